@@ -1,0 +1,14 @@
+# One image for the api, the workers, the migrations and the MLflow server.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY services ./services
+COPY api ./api
+COPY worker ./worker
+COPY migrations ./migrations
+COPY alembic.ini ./
+COPY examples ./examples
+RUN pip install '.[server]'
+EXPOSE 8000 5000
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "api:create_app()"]

