@@ -1,0 +1,36 @@
+"""sweeplab's NumPy trainer: feed-forward networks and backpropagation from first principles.
+
+A pure library (numpy and the standard library; scikit-learn only to read its
+bundled datasets). Entry points::
+
+    from services.trainer import parse_spec, load_dataset, build_network, fit
+    result = fit({"dataset": {"name": "moons"},
+                  "architecture": {"layers": [{"units": 32}]},
+                  "hyperparameters": {"learning_rate": 0.1}})
+"""
+
+from .data import Dataset, dataset_from_arrays, load_dataset
+from .diagnostics import diagnose
+
+from .gradcheck import gradient_check
+from .lr_finder import lr_range_test
+from .network import Network, build_network
+from .spec import Spec, SpecError, parse_spec
+from .train import TrainResult, fit, flatten_record
+
+__all__ = [
+    "Dataset",
+    "Network",
+    "Spec",
+    "SpecError",
+    "TrainResult",
+    "build_network",
+    "dataset_from_arrays",
+    "diagnose",
+    "fit",
+    "flatten_record",
+    "gradient_check",
+    "load_dataset",
+    "lr_range_test",
+    "parse_spec",
+]

@@ -1,0 +1,62 @@
+"""Checkpoints: the full training state as bytes, without pickle.
+
+A checkpoint is an ``.npz`` archive (``np.savez``) holding the arrays (the
+flat parameter vector, the optimizer's moment buffers, the best parameters
+kept for early stopping) and one more array, ``meta``: UTF-8 JSON with
+everything else (epoch, spec, architecture, optimizer step count, the
+training generator's ``bit_generator.state``, early-stopping state and the
+history so far). It loads with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FORMAT = "sweeplab-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    meta: dict
+    params: np.ndarray
+    optimizer_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    best_params: np.ndarray | None = None
+
+    @property
+    def epoch(self) -> int:
+        return int(self.meta["epoch"])
+
+
+def dump_checkpoint(ckpt: Checkpoint) -> bytes:
+    """Serialize a checkpoint to ``.npz`` bytes."""
+    meta = dict(ckpt.meta, format=FORMAT, version=VERSION)
+    arrays = {"params": ckpt.params, "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+    for key, value in ckpt.optimizer_arrays.items():
+        arrays[f"opt.{key}"] = value
+    if ckpt.best_params is not None:
+        arrays["best_params"] = ckpt.best_params
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def load_checkpoint(blob: bytes) -> Checkpoint:
+    """Read bytes written by ``dump_checkpoint``."""
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            opt = {k[4:]: z[k] for k in z.files if k.startswith("opt.")}
+            best = z["best_params"] if "best_params" in z.files else None
+            params = z["params"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"not a sweeplab checkpoint: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError("not a sweeplab checkpoint")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"checkpoint version {meta.get('version')} is not {VERSION}")
+    return Checkpoint(meta, params, opt, best)

@@ -1,0 +1,295 @@
+"""Datasets: synthetic generators, scikit-learn's bundled sets, inline arrays.
+
+``load_dataset(dataset_spec)`` returns a ``Dataset`` with ``X_train, y_train,
+X_val, y_val``. Classification labels are integers ``0..k-1``; regression
+targets are floats of shape ``(n,)`` or ``(n, d)``. The split is stratified
+for classification, and features (and regression targets) are standardized
+with the training part's statistics only. Everything random comes from
+``np.random.default_rng(dataset.seed)``; scikit-learn is imported only to read
+its bundled files (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+CLASSIFICATION, REGRESSION = "classification", "regression"
+
+
+@dataclass
+class Dataset:
+    """Train/validation arrays and what the network needs to know about them.
+
+    Attributes
+    ----------
+    X_train, X_val : ndarray, shape (n, n_features), float64
+    y_train, y_val : ndarray, shape (n,) int64 labels, or (n,) / (n, d) float64 targets
+    task : "classification" or "regression"
+    n_classes : int or None
+    """
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    task: str
+    n_classes: int | None = None
+    name: str = "data"
+    classes: list | None = None
+    feature_mean: np.ndarray | None = None
+    feature_std: np.ndarray | None = None
+    target_mean: np.ndarray | None = None
+    target_std: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X_train.shape[1])
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of the output layer (before the binary / multi-class choice)."""
+        if self.task == CLASSIFICATION:
+            return int(self.n_classes or 0)
+        return 1 if self.y_train.ndim == 1 else int(self.y_train.shape[1])
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "n_classes": self.n_classes,
+            "n_features": self.n_features,
+            "n_train": int(len(self.X_train)),
+            "n_val": int(len(self.X_val)),
+        }
+
+
+# --- synthetic generators: (rng, **options) -> (X, y) ---------------------------
+
+
+def make_xor(rng, n_samples=400, noise=0.15):
+    """The four corners of the unit square, label = x0 XOR x1, plus Gaussian noise.
+
+    With ``n_samples=4`` and ``noise=0`` this is the XOR truth table.
+    """
+    corners = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    idx = np.arange(n_samples) % 4
+    X = corners[idx] + noise * rng.standard_normal((n_samples, 2))
+    y = np.array([0, 1, 1, 0])[idx]
+    return X, y
+
+
+def make_spirals(rng, n_samples=300, noise=0.2, arms=3):
+    """``arms`` interleaved spiral arms, one class each (the cs231n spiral)."""
+    per = np.full(arms, n_samples // arms)
+    per[: n_samples % arms] += 1
+    X, y = [], []
+    for k, m in enumerate(per):
+        r = np.linspace(0.0, 1.0, m)
+        t = np.linspace(k * 4.0, (k + 1) * 4.0, m) * (3.0 / arms) + noise * rng.standard_normal(m)
+        X.append(np.c_[r * np.sin(t), r * np.cos(t)])
+        y.append(np.full(m, k))
+    return np.concatenate(X), np.concatenate(y)
+
+
+def make_moons(rng, n_samples=400, noise=0.1):
+    """Two interleaving half circles (as scikit-learn's ``make_moons``)."""
+    n_out = n_samples // 2
+    n_in = n_samples - n_out
+    t_out = np.linspace(0, np.pi, n_out)
+    t_in = np.linspace(0, np.pi, n_in)
+    X = np.r_[np.c_[np.cos(t_out), np.sin(t_out)], np.c_[1 - np.cos(t_in), 0.5 - np.sin(t_in)]]
+    y = np.r_[np.zeros(n_out, int), np.ones(n_in, int)]
+    return X + noise * rng.standard_normal(X.shape), y
+
+
+def make_circles(rng, n_samples=400, noise=0.05, factor=0.5):
+    """A small circle inside a large one (as scikit-learn's ``make_circles``)."""
+    n_out = n_samples // 2
+    n_in = n_samples - n_out
+    t_out = np.linspace(0, 2 * np.pi, n_out, endpoint=False)
+    t_in = np.linspace(0, 2 * np.pi, n_in, endpoint=False)
+    X = np.r_[np.c_[np.cos(t_out), np.sin(t_out)], factor * np.c_[np.cos(t_in), np.sin(t_in)]]
+    y = np.r_[np.zeros(n_out, int), np.ones(n_in, int)]
+    return X + noise * rng.standard_normal(X.shape), y
+
+
+def make_blobs(rng, n_samples=400, noise=1.0, centers=3, n_features=2):
+    """Isotropic Gaussian clusters (std ``noise``) around centers drawn in [-10, 10]."""
+    C = rng.uniform(-10.0, 10.0, size=(centers, n_features))
+    y = np.arange(n_samples) % centers
+    return C[y] + noise * rng.standard_normal((n_samples, n_features)), y
+
+
+def make_sine(rng, n_samples=400, noise=0.1):
+    """Regression: ``y = sin(x) + noise * N(0, 1)`` for ``x ~ U(-pi, pi)``."""
+    X = rng.uniform(-np.pi, np.pi, size=(n_samples, 1))
+    return X, np.sin(X[:, 0]) + noise * rng.standard_normal(n_samples)
+
+
+def _sklearn(loader_name: str):
+    def load(rng):
+        from sklearn import datasets  # bundled files only, imported on demand
+
+        bunch = getattr(datasets, loader_name)()
+        return np.asarray(bunch.data, np.float64), np.asarray(bunch.target)
+
+    load.__name__ = loader_name
+    return load
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    make: Callable
+    task: str
+    options: dict[str, Any]  # accepted options and their defaults
+
+
+_SYNTH_N = {"n_samples": 400}
+DATASETS: dict[str, DatasetInfo] = {
+    "xor": DatasetInfo(make_xor, CLASSIFICATION, {**_SYNTH_N, "noise": 0.15}),
+    "spirals": DatasetInfo(
+        make_spirals, CLASSIFICATION, {"n_samples": 300, "noise": 0.2, "arms": 3}
+    ),
+    "moons": DatasetInfo(make_moons, CLASSIFICATION, {**_SYNTH_N, "noise": 0.1}),
+    "circles": DatasetInfo(
+        make_circles, CLASSIFICATION, {**_SYNTH_N, "noise": 0.05, "factor": 0.5}
+    ),
+    "blobs": DatasetInfo(
+        make_blobs, CLASSIFICATION, {**_SYNTH_N, "noise": 1.0, "centers": 3, "n_features": 2}
+    ),
+    "sine": DatasetInfo(make_sine, REGRESSION, {**_SYNTH_N, "noise": 0.1}),
+    "digits": DatasetInfo(_sklearn("load_digits"), CLASSIFICATION, {}),
+    "iris": DatasetInfo(_sklearn("load_iris"), CLASSIFICATION, {}),
+    "wine": DatasetInfo(_sklearn("load_wine"), CLASSIFICATION, {}),
+    "breast_cancer": DatasetInfo(_sklearn("load_breast_cancer"), CLASSIFICATION, {}),
+    "diabetes": DatasetInfo(_sklearn("load_diabetes"), REGRESSION, {}),
+    "arrays": DatasetInfo(None, "", {"X": None, "y": None, "task": None}),
+}
+
+
+def dataset_task(name: str, options: dict) -> tuple[str, int | None]:
+    """``(task, n_classes)`` known without loading the data (n_classes may be None)."""
+    if name == "arrays":
+        y = np.asarray(options["y"])
+        task = options.get("task") or infer_task(y)
+        return task, (len(np.unique(y)) if task == CLASSIFICATION else None)
+    info = DATASETS[name]
+    n_classes = {
+        "xor": 2,
+        "moons": 2,
+        "circles": 2,
+        "breast_cancer": 2,
+        "iris": 3,
+        "wine": 3,
+        "digits": 10,
+        "spirals": options.get("arms"),
+        "blobs": options.get("centers"),
+    }.get(name)
+    return info.task, n_classes
+
+
+def infer_task(y: np.ndarray) -> str:
+    """Integer, boolean or string labels mean classification; floats mean regression."""
+    return CLASSIFICATION if y.dtype.kind in "biuUSO" else REGRESSION
+
+
+def stratified_split(
+    y: np.ndarray, validation_split: float, rng: np.random.Generator, stratify: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, val)``; with ``stratify`` each class is split in proportion."""
+    n = len(y)
+    if validation_split <= 0:
+        return np.arange(n), np.arange(0)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)] if stratify else [np.arange(n)]
+    val = []
+    for idx in groups:
+        idx = rng.permutation(idx)
+        val.append(idx[: int(round(validation_split * len(idx)))])
+    val_idx = np.sort(np.concatenate(val))
+    train_mask = np.ones(n, bool)
+    train_mask[val_idx] = False
+    return np.flatnonzero(train_mask), val_idx
+
+
+def _standardize(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    return mean, np.where(std == 0, 1.0, std)
+
+
+def load_dataset(dataset_spec) -> Dataset:
+    """Build the dataset described by a ``dataset`` spec (dict or ``DatasetSpec``).
+
+    Parameters
+    ----------
+    dataset_spec : dict or spec.DatasetSpec
+        ``name``, ``validation_split``, ``seed``, ``standardize``,
+        ``standardize_targets`` and the dataset's own options (``n_samples``,
+        ``noise``, ``arms``, ...; ``X``, ``y``, ``task`` for ``arrays``).
+    """
+    from .spec import DatasetSpec, parse_dataset
+
+    ds = dataset_spec if isinstance(dataset_spec, DatasetSpec) else parse_dataset(dataset_spec)
+    rng = np.random.default_rng(ds.seed)
+    info = DATASETS[ds.name]
+    if ds.name == "arrays":
+        X = np.asarray(ds.options["X"], dtype=np.float64)
+        if X.ndim == 1:
+            X = X[:, None]
+        y = np.asarray(ds.options["y"])
+        task = ds.options.get("task") or infer_task(y)
+    else:
+        opts = {k: v for k, v in ds.options.items()}
+        X, y = info.make(rng, **opts)
+        task = info.task
+
+    classes = None
+    n_classes = None
+    if task == CLASSIFICATION:
+        classes_arr, y = np.unique(y, return_inverse=True)
+        y = y.reshape(-1).astype(np.int64)
+        classes = classes_arr.tolist()
+        n_classes = len(classes)
+    else:
+        y = np.asarray(y, dtype=np.float64)
+
+    train_idx, val_idx = stratified_split(y, ds.validation_split, rng, task == CLASSIFICATION)
+    X_train, X_val, y_train, y_val = X[train_idx], X[val_idx], y[train_idx], y[val_idx]
+
+    data = Dataset(X_train, y_train, X_val, y_val, task, n_classes, ds.name, classes)
+    if ds.standardize:
+        mean, std = _standardize(X_train)
+        data.X_train = (X_train - mean) / std
+        data.X_val = (X_val - mean) / std
+        data.feature_mean, data.feature_std = mean, std
+    if task == REGRESSION and ds.standardize_targets:
+        mean, std = _standardize(y_train)
+        data.y_train = (y_train - mean) / std
+        data.y_val = (y_val - mean) / std
+        data.target_mean, data.target_std = mean, std
+    return data
+
+
+def dataset_from_arrays(
+    X_train, y_train, X_val=None, y_val=None, *, task: str | None = None, name: str = "arrays"
+) -> Dataset:
+    """Wrap ready-made arrays (no split, no standardization) as a ``Dataset``."""
+    X_train = np.asarray(X_train, np.float64)
+    y_train = np.asarray(y_train)
+    task = task or infer_task(y_train)
+    if X_val is None:
+        X_val = np.empty((0, X_train.shape[1]))
+        y_val = np.empty((0,) + y_train.shape[1:], y_train.dtype)
+    X_val, y_val = np.asarray(X_val, np.float64), np.asarray(y_val)
+    n_classes = None
+    if task == CLASSIFICATION:
+        y_train = y_train.astype(np.int64)
+        y_val = y_val.astype(np.int64)
+        n_classes = int(max(y_train.max(initial=0), y_val.max(initial=0)) + 1)
+    else:
+        y_train, y_val = y_train.astype(np.float64), y_val.astype(np.float64)
+    return Dataset(X_train, y_train, X_val, y_val, task, n_classes, name)

@@ -1,0 +1,243 @@
+"""Diagnosis: what went wrong in a run, read off its history.
+
+``diagnose(history, ...)`` returns a list of findings, each a dict with a
+``code``, a plain ``message``, the ``evidence`` (numbers and epochs) and a
+``suggestion``. An empty list means the run looks healthy. The rules are
+deliberately simple thresholds on the per-epoch records:
+
+==================== =========================================================
+code                 fires when
+==================== =========================================================
+diverged             the loss or a weight became non-finite
+not_learning         the training loss fell by less than 1% over >= 3 epochs
+vanishing_gradients  median ||dW_first|| / ||dW_last|| < 1e-3
+exploding_gradients  that ratio > 1e3, or the gradient norm grew 1000-fold
+dead_relus           >= 50% of a ReLU layer's units fired on no example
+overfitting          val loss rose >= 5% over >= 3 epochs since its best
+                     while the training loss kept falling
+underfitting         final training accuracy < 0.8 (classification) or
+                     R^2 on the training set < 0.5 (regression)
+==================== =========================================================
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+NOT_LEARNING_REL = 0.01
+VANISHING_RATIO = 1e-3
+EXPLODING_RATIO = 1e3
+DEAD_FRACTION = 0.5
+OVERFIT_RISE = 0.05
+OVERFIT_EPOCHS = 3
+UNDERFIT_ACCURACY = 0.8
+UNDERFIT_R2 = 0.5
+
+
+def _finding(code: str, message: str, evidence: dict, suggestion: str) -> dict:
+    return {"code": code, "message": message, "evidence": evidence, "suggestion": suggestion}
+
+
+def _global_norm(norms: list) -> float | None:
+    if not norms or any(g is None for g in norms):
+        return None
+    return math.sqrt(sum(g * g for g in norms))
+
+
+def diagnose(
+    history: list[dict],
+    *,
+    status: str = "completed",
+    task: str = "classification",
+    diverged_epoch: int | None = None,
+    baseline_loss: float | None = None,
+) -> list[dict]:
+    """Findings for a run's ``history`` (list of epoch records).
+
+    Parameters
+    ----------
+    status : the run's final status (``"diverged"`` adds that finding)
+    task : ``"classification"`` or ``"regression"``
+    baseline_loss : for regression, the MSE of predicting the training mean
+        (the target variance), used for R^2.
+    """
+    findings: list[dict] = []
+    finite = [
+        r for r in history if r.get("train_loss") is not None and r.get("epoch") != diverged_epoch
+    ]
+
+    if status == "diverged":
+        last = finite[-1] if finite else None
+        findings.append(
+            _finding(
+                "diverged",
+                f"Training diverged in epoch {diverged_epoch}: the loss or the weights "
+                "became infinite or NaN.",
+                {
+                    "epoch": diverged_epoch,
+                    "learning_rate": history[-1].get("learning_rate") if history else None,
+                    "last_finite_train_loss": last["train_loss"] if last else None,
+                    "last_finite_epoch": last["epoch"] if last else None,
+                },
+                "Lower the learning rate (try 10x smaller), or add gradient_clip_norm.",
+            )
+        )
+
+    not_learning = False
+    if len(finite) >= 3:
+        first = finite[0]["train_loss"]
+        best = min(r["train_loss"] for r in finite)
+        rel = (first - best) / max(abs(first), 1e-12)
+        if rel < NOT_LEARNING_REL:
+            not_learning = True
+            dead = [d for d in (finite[-1].get("dead_relu_fraction") or []) if d is not None]
+            all_dead = any(d >= 1.0 for d in dead)
+            findings.append(
+                _finding(
+                    "not_learning",
+                    "The training loss stayed flat"
+                    + (
+                        ": a ReLU layer is completely dead."
+                        if all_dead
+                        else ": the learning rate is probably too low."
+                    ),
+                    {
+                        "first_train_loss": first,
+                        "best_train_loss": best,
+                        "relative_improvement": rel,
+                        "epochs": len(finite),
+                        "learning_rate": finite[-1].get("learning_rate"),
+                    },
+                    "Raise the learning rate (an lr_range_test finds a good one)"
+                    + (", and use leaky_relu or He initialization." if all_dead else "."),
+                )
+            )
+
+    ratios = []
+    for r in finite:
+        g = r.get("grad_norm") or []
+        if len(g) >= 2 and g[0] is not None and g[-1] is not None and g[-1] > 0 and g[0] > 0:
+            ratios.append(g[0] / g[-1])
+    if ratios:
+        ratio = statistics.median(ratios)
+        if ratio < VANISHING_RATIO:
+            findings.append(
+                _finding(
+                    "vanishing_gradients",
+                    f"The first layer's gradient is {ratio:.1e} times the last layer's: "
+                    "early layers barely learn.",
+                    {
+                        "median_first_to_last_grad_ratio": ratio,
+                        "grad_norm_last_epoch": finite[-1].get("grad_norm"),
+                    },
+                    "Use relu or leaky_relu instead of sigmoid/tanh, He initialization, "
+                    "or fewer layers.",
+                )
+            )
+
+    norms = [(r["epoch"], _global_norm(r.get("grad_norm") or [])) for r in history]
+    norms = [(e, g) for e, g in norms if g is not None and g > 0]
+    growth = norms[-1][1] / norms[0][1] if len(norms) >= 2 else 1.0
+    peak = max(norms, key=lambda eg: eg[1]) if norms else None
+    exploding_ratio = ratios and statistics.median(ratios) > EXPLODING_RATIO
+    if exploding_ratio or max((g for _, g in norms), default=0) > EXPLODING_RATIO * (
+        norms[0][1] if norms else math.inf
+    ):
+        findings.append(
+            _finding(
+                "exploding_gradients",
+                "Gradient norms grew by orders of magnitude"
+                + (
+                    " from the last layer back to the first."
+                    if exploding_ratio
+                    else " during training."
+                ),
+                {
+                    "first_epoch_grad_norm": norms[0][1] if norms else None,
+                    "peak_grad_norm": peak[1] if peak else None,
+                    "peak_epoch": peak[0] if peak else None,
+                    "growth": growth,
+                    "median_first_to_last_grad_ratio": statistics.median(ratios)
+                    if ratios
+                    else None,
+                },
+                "Set gradient_clip_norm (e.g. 1.0), lower the learning rate, or use a "
+                "smaller initialization (he / xavier).",
+            )
+        )
+
+    if finite:
+        dead = finite[-1].get("dead_relu_fraction") or []
+        worst = max((d for d in dead if d is not None), default=0.0)
+        if worst >= DEAD_FRACTION:
+            findings.append(
+                _finding(
+                    "dead_relus",
+                    f"{worst:.0%} of the units in a ReLU layer never fire: they no longer learn.",
+                    {"dead_relu_fraction": dead, "epoch": finite[-1]["epoch"]},
+                    "Lower the learning rate, use leaky_relu, or He initialization.",
+                )
+            )
+
+    val = [r for r in finite if r.get("val_loss") is not None]
+    overfitting = False
+    if len(val) >= OVERFIT_EPOCHS + 1:
+        best = min(val, key=lambda r: r["val_loss"])
+        last = val[-1]
+        if (
+            last["epoch"] - best["epoch"] >= OVERFIT_EPOCHS
+            and last["val_loss"] > best["val_loss"] * (1 + OVERFIT_RISE)
+            and last["train_loss"] < best["train_loss"]
+        ):
+            overfitting = True
+            findings.append(
+                _finding(
+                    "overfitting",
+                    f"The validation loss has risen since epoch {best['epoch']} while the "
+                    "training loss kept falling: the network memorizes the training set.",
+                    {
+                        "best_val_epoch": best["epoch"],
+                        "best_val_loss": best["val_loss"],
+                        "last_epoch": last["epoch"],
+                        "last_val_loss": last["val_loss"],
+                        "train_loss_at_best": best["train_loss"],
+                        "last_train_loss": last["train_loss"],
+                    },
+                    "Add early_stopping, l2 or dropout, use a smaller network, or more data.",
+                )
+            )
+
+    if finite and status != "diverged" and not not_learning and not overfitting:
+        last = finite[-1]
+        if task == "classification" and last.get("train_accuracy") is not None:
+            if last["train_accuracy"] < UNDERFIT_ACCURACY:
+                findings.append(
+                    _finding(
+                        "underfitting",
+                        f"Even on the training set the accuracy is only {last['train_accuracy']:.1%}.",
+                        {
+                            "train_accuracy": last["train_accuracy"],
+                            "val_accuracy": last.get("val_accuracy"),
+                            "epoch": last["epoch"],
+                        },
+                        "Use a larger network, train longer, or raise the learning rate.",
+                    )
+                )
+        elif task == "regression" and baseline_loss:
+            r2 = 1.0 - last["train_loss"] / baseline_loss
+            if r2 < UNDERFIT_R2:
+                findings.append(
+                    _finding(
+                        "underfitting",
+                        f"The network explains only {r2:.0%} of the training targets' variance.",
+                        {
+                            "train_r2": r2,
+                            "train_loss": last["train_loss"],
+                            "target_variance": baseline_loss,
+                            "epoch": last["epoch"],
+                        },
+                        "Use a larger network, train longer, or raise the learning rate.",
+                    )
+                )
+    return findings

@@ -1,0 +1,316 @@
+"""The feed-forward network: a stack of ``Dense`` layers and a loss.
+
+All parameters live in one flat vector ``params_flat`` laid out as
+``[W_0, ..., W_L, b_0, ..., b_L]`` (and the gradients likewise in
+``grads_flat``); each layer's ``params["W"]`` / ``params["b"]`` are views
+into it. The optimizer then updates the whole network in a handful of
+vectorized calls, L2 and weight decay reach the weights as the prefix
+``params_flat[:n_weights]``, and a checkpoint is two arrays.
+
+When the loss is fused with the output activation (softmax + cross-entropy,
+sigmoid + binary cross-entropy) the last layer is linear during training and
+``forward`` returns logits; ``predict`` applies the output activation.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+from .activations import get_activation
+from .data import CLASSIFICATION, Dataset
+from .initializers import get_initializer
+from .layers import Dense
+from .losses import Loss, get_loss
+
+EVAL_CHUNK = 8192  # rows per forward pass when evaluating a whole set
+
+
+class Network:
+    """A feed-forward network.
+
+    Parameters
+    ----------
+    layers : list of Dense
+        Hidden layers and the output layer, ``layers[i].n_out == layers[i+1].n_in``.
+    loss : Loss
+        The training objective; if ``loss.fused_activation`` is set the output
+        layer must be linear and ``output_activation`` names the fused one.
+    output_activation : str
+        Applied by ``predict``.
+    task : "classification" or "regression"
+    """
+
+    def __init__(
+        self, layers: list[Dense], loss: Loss, output_activation: str, task: str = CLASSIFICATION
+    ):
+        self.layers = layers
+        self.loss = loss
+        self.output_activation = output_activation
+        self.task = task
+        self.fused = loss.fused_activation is not None
+        self.dtype = layers[0].dtype
+        self._bind_flat()
+
+    # --- flat parameter storage ----------------------------------------------------
+
+    def _bind_flat(self) -> None:
+        sizes_W = [layer.params["W"].size for layer in self.layers]
+        sizes_b = [layer.params["b"].size for layer in self.layers]
+        self.n_weights = int(sum(sizes_W))
+        total = self.n_weights + int(sum(sizes_b))
+        self.params_flat = np.empty(total, self.dtype)
+        self.grads_flat = np.zeros(total, self.dtype)
+        offset = 0
+        for key, sizes in (("W", sizes_W), ("b", sizes_b)):
+            for layer, size in zip(self.layers, sizes):
+                shape = layer.params[key].shape
+                view = self.params_flat[offset : offset + size].reshape(shape)
+                view[...] = layer.params[key]
+                layer.params[key] = view
+                layer.grads[key] = self.grads_flat[offset : offset + size].reshape(shape)
+                offset += size
+
+    @property
+    def n_params(self) -> int:
+        return int(self.params_flat.size)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Widths ``[n_features, hidden..., n_outputs]``."""
+        return [self.layers[0].n_in] + [layer.n_out for layer in self.layers]
+
+    # --- forward and backward ------------------------------------------------------------
+
+    def forward(
+        self, X: np.ndarray, training: bool = False, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """Outputs ``O`` of shape ``(batch, n_out)`` for ``X`` of shape ``(batch, n_features)``.
+
+        ``O`` are logits when the loss is fused with the output activation.
+        """
+        A = X
+        for layer in self.layers:
+            A = layer.forward(A, training, rng)
+        return A
+
+    def backward(self, dO: np.ndarray) -> None:
+        """Backpropagate ``dO = dL/dO`` (overwritten) and fill every layer's ``grads``."""
+        layers = self.layers
+        d = dO
+        for i in range(len(layers) - 1, 0, -1):
+            d = layers[i].backward(d)
+        layers[0].backward(d, need_dX=False)
+
+    def loss_and_grads(self, X: np.ndarray, Y: np.ndarray, l2: float = 0.0) -> float:
+        """One training forward/backward without dropout randomness beyond ``rng=None``.
+
+        Returns the data loss plus ``l2 / 2 * sum ||W||^2`` and leaves the
+        gradient of that total in ``grads_flat``. (Used by the gradient checker.)
+        """
+        O = self.forward(X, training=True)
+        dO = np.empty_like(O)
+        loss = float(self.loss.forward_backward(O, Y, dO))
+        self.backward(dO)
+        if l2:
+            W = self.params_flat[: self.n_weights]
+            self.grads_flat[: self.n_weights] += l2 * W
+            loss += 0.5 * l2 * float(np.vdot(W, W))
+        return loss
+
+    # --- targets, predictions, evaluation ----------------------------------------------
+
+    def encode_targets(self, y: np.ndarray) -> np.ndarray:
+        """Targets ``Y`` shaped like the outputs: one-hot rows, 0/1 column, or values."""
+        n_out = self.layers[-1].n_out
+        if self.task == CLASSIFICATION:
+            y = np.asarray(y, np.int64).reshape(-1)
+            if n_out == 1:
+                return y.astype(self.dtype)[:, None]
+            Y = np.zeros((len(y), n_out), self.dtype)
+            Y[np.arange(len(y)), y] = 1
+            return Y
+        y = np.asarray(y, self.dtype)
+        return y[:, None] if y.ndim == 1 else y
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Final outputs (probabilities for classification) for ``X``, shape ``(n, n_out)``."""
+        X = np.asarray(X, self.dtype)
+        out = []
+        act = get_activation(self.output_activation) if self.fused else None
+        for s in range(0, max(len(X), 1), EVAL_CHUNK):
+            O = self.forward(X[s : s + EVAL_CHUNK])
+            out.append(act.forward(O) if act is not None else O)
+        return np.concatenate(out) if out else np.empty((0, self.layers[-1].n_out), self.dtype)
+
+    def correct(self, O: np.ndarray, labels: np.ndarray) -> int:
+        """Number of rows of ``O`` whose predicted class equals ``labels``."""
+        if O.shape[1] == 1:
+            threshold = 0.0 if self.fused else 0.5
+            pred = (O[:, 0] > threshold).astype(np.int64)
+        else:
+            pred = np.argmax(O, axis=1)
+        return int(np.count_nonzero(pred == labels))
+
+    def evaluate(
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        labels: np.ndarray | None = None,
+        active: list[np.ndarray | None] | None = None,
+    ) -> tuple[float, float | None]:
+        """Mean loss and accuracy (``labels`` given) over a whole set, in chunks.
+
+        If ``active`` is given (one boolean array per layer, or None), each
+        ReLU layer's entry is OR-ed with the units that fired on some row.
+        """
+        n = len(X)
+        if n == 0:
+            return float("nan"), None
+        total, correct = 0.0, 0
+        for s in range(0, n, EVAL_CHUNK):
+            A = X[s : s + EVAL_CHUNK]
+            for i, layer in enumerate(self.layers):
+                A = layer.forward(A)
+                if active is not None and active[i] is not None:
+                    active[i] |= np.logical_or.reduce(A > 0, axis=0)
+            total += self.loss.value(A, Y[s : s + EVAL_CHUNK]) * len(A)
+            if labels is not None:
+                correct += self.correct(A, labels[s : s + EVAL_CHUNK])
+        return total / n, (correct / n if labels is not None else None)
+
+    # --- norms ------------------------------------------------------------------------------
+
+    def weight_norms(self) -> list[float]:
+        """Frobenius norm of each layer's ``W``."""
+        return [float(np.sqrt(np.vdot(L.params["W"], L.params["W"]))) for L in self.layers]
+
+    def grad_norms(self) -> list[float]:
+        """Frobenius norm of each layer's current ``dL/dW``."""
+        return [float(np.sqrt(np.vdot(L.grads["W"], L.grads["W"]))) for L in self.layers]
+
+    # --- copies and serialization -----------------------------------------------------------
+
+    def architecture(self) -> dict:
+        return {
+            "sizes": self.sizes,
+            "activations": [layer.activation.name for layer in self.layers],
+            "dropout": [layer.dropout for layer in self.layers],
+            "output_activation": self.output_activation,
+            "loss": self.loss.name,
+            "task": self.task,
+            "dtype": self.dtype.name,
+        }
+
+    def astype(self, dtype) -> Network:
+        """A copy of the network with parameters in ``dtype``."""
+        net = _from_architecture(self.architecture(), dtype)
+        net.params_flat[...] = self.params_flat
+        return net
+
+    def copy(self) -> Network:
+        return self.astype(self.dtype)
+
+    def to_npz_bytes(self) -> bytes:
+        """The weights as ``.npz`` bytes (``layer_i.W``, ``layer_i.b`` and an
+        ``architecture`` JSON string); ``Network.from_npz_bytes`` reads them back."""
+        arrays = {}
+        for i, layer in enumerate(self.layers):
+            arrays[f"layer_{i}.W"] = layer.params["W"]
+            arrays[f"layer_{i}.b"] = layer.params["b"]
+        arrays["architecture"] = np.array(json.dumps(self.architecture()))
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_npz_bytes(cls, blob: bytes) -> Network:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            arch = json.loads(str(z["architecture"]))
+            net = _from_architecture(arch, arch["dtype"])
+            for i, layer in enumerate(net.layers):
+                layer.params["W"][...] = z[f"layer_{i}.W"]
+                layer.params["b"][...] = z[f"layer_{i}.b"]
+        return net
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"Network([{inner}], loss={self.loss.name!r}, output={self.output_activation!r})"
+
+
+def _from_architecture(arch: dict, dtype) -> Network:
+    sizes, acts = arch["sizes"], arch["activations"]
+    dropout = arch.get("dropout") or [0.0] * len(acts)
+    layers = [Dense(sizes[i], sizes[i + 1], acts[i], dropout[i], dtype) for i in range(len(acts))]
+    return Network(layers, get_loss(arch["loss"]), arch["output_activation"], arch["task"])
+
+
+def build_network(spec, dataset: Dataset, rng: np.random.Generator | None = None) -> Network:
+    """Build and initialize the network a spec describes for ``dataset``.
+
+    Parameters
+    ----------
+    spec : dict or Spec
+    dataset : Dataset
+        Gives the input width, the task and the number of classes / targets.
+    rng : Generator, optional
+        Draws the initial weights; by default the spec seed's init stream
+        (``generators(seed)[0]``).
+    """
+    from .spec import parse_spec
+
+    spec = parse_spec(spec)
+    arch, hp = spec.architecture, spec.hyperparameters
+    output_activation, loss_name = _head_for(spec, dataset)
+    loss = get_loss(loss_name)
+    dtype = np.dtype(hp.dtype)
+    if dataset.task == CLASSIFICATION:
+        n_out = (
+            1 if output_activation == "sigmoid" and dataset.n_classes == 2 else dataset.n_classes
+        )
+    else:
+        n_out = dataset.n_outputs
+    sizes = [dataset.n_features] + [layer.units for layer in arch.layers] + [int(n_out)]
+    acts = [layer.activation for layer in arch.layers]
+    acts.append("linear" if loss.fused_activation else output_activation)
+    if rng is None:
+        rng = generators(hp.seed)[0]
+    init = get_initializer(arch.initializer)
+    layers = []
+    for i, act in enumerate(acts):
+        hidden = i < len(acts) - 1
+        layer = Dense(sizes[i], sizes[i + 1], act, hp.dropout if hidden else 0.0, dtype)
+        layer.params["W"][...] = init(rng, sizes[i], sizes[i + 1], arch.init_std)
+        layers.append(layer)
+    return Network(layers, loss, output_activation, dataset.task)
+
+
+def _head_for(spec, dataset: Dataset) -> tuple[str, str]:
+    """Output activation and loss; re-inferred when the data is not the spec's own."""
+    from .spec import resolve_head
+
+    out = spec.architecture.output_activation
+    loss = spec.hyperparameters.loss
+    if (dataset.task, dataset.n_classes) != (spec.task, spec.n_classes):
+        out_inferred, loss_inferred = spec.head_inferred
+        out, loss = resolve_head(
+            dataset.task,
+            dataset.n_classes,
+            "" if out_inferred else out,
+            "" if loss_inferred else loss,
+        )
+    return out, loss
+
+
+def generators(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """``(init, train)`` generators, independent streams of one seed.
+
+    ``init`` draws the initial weights; ``train`` draws the per-epoch
+    permutations and the dropout masks (its state is checkpointed).
+    """
+    init_ss, train_ss = np.random.SeedSequence(seed).spawn(2)
+    return np.random.Generator(np.random.PCG64(init_ss)), np.random.Generator(
+        np.random.PCG64(train_ss)
+    )

@@ -1,0 +1,524 @@
+"""The job spec: validation, defaults, and the normalized record of a run.
+
+``parse_spec(d)`` checks a plain dict completely before anything is built and
+returns a ``Spec`` whose ``to_dict()`` is the normalized, JSON-serializable
+spec with every default filled in. Any problem raises ``SpecError`` (a
+``ValueError``) whose ``loc`` is the dotted path of the field
+(``"hyperparameters.learning_rate"``, ``"architecture.layers.0.units"``) and
+whose message names the allowed values. Unknown fields are errors, so a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from .data import CLASSIFICATION, DATASETS, REGRESSION, dataset_task
+from .initializers import INITIALIZERS
+from .losses import LOSSES
+from .optimizers import OPTIMIZERS
+from .schedules import SCHEDULE_OPTIONS
+
+MAX_UNITS = 65_536
+MAX_LAYERS = 64
+MAX_EPOCHS = 1_000_000
+MAX_SAMPLES = 10_000_000
+DTYPES = ("float32", "float64")
+TRAIN_METRICS = ("after_epoch", "running")
+ES_METRICS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")
+_MISSING = object()
+
+
+class SpecError(ValueError):
+    """A spec problem at ``loc`` (dotted path); ``str(err)`` is ``"loc: message"``."""
+
+    def __init__(self, loc: str, message: str):
+        super().__init__(f"{loc}: {message}")
+        self.loc = loc
+        self.message = message
+
+
+# --- the normalized spec ------------------------------------------------------
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    validation_split: float = 0.2
+    seed: int = 0
+    standardize: bool = True
+    standardize_targets: bool = True
+    options: dict[str, Any] = field(default_factory=dict)  # n_samples, noise, arms, X, y, ...
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "options"}
+        for k, v in self.options.items():
+            d[k] = v.tolist() if isinstance(v, np.ndarray) else v
+        return d
+
+
+@dataclass
+class LayerSpec:
+    units: int
+    activation: str = "relu"
+
+
+@dataclass
+class ArchitectureSpec:
+    layers: list[LayerSpec]
+    output_activation: str
+    initializer: str = "he"
+    init_std: float = 0.01
+
+
+@dataclass
+class EarlyStoppingSpec:
+    metric: str = "val_loss"
+    patience: int = 5
+    min_delta: float = 0.0
+    restore_best: bool = True
+
+    @property
+    def mode(self) -> str:
+        return "max" if self.metric.endswith("accuracy") else "min"
+
+
+@dataclass
+class HyperParameters:
+    learning_rate: float
+    loss: str
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    nesterov: bool = False
+    dampening: float = 0.0
+    alpha: float = 0.99
+    eps: float = 1e-8
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    batch_size: int | None = 32
+    epochs: int = 20
+    lr_schedule: dict = field(default_factory=lambda: {"name": "constant", "warmup_epochs": 0})
+    l2: float = 0.0
+    dropout: float = 0.0
+    gradient_clip_norm: float | None = None
+    early_stopping: EarlyStoppingSpec | None = None
+    seed: int = 0
+    dtype: str = "float32"
+    train_metrics: str = "after_epoch"
+
+    def optimizer_options(self) -> dict:
+        return {
+            "momentum": self.momentum,
+            "dampening": self.dampening,
+            "nesterov": self.nesterov,
+            "alpha": self.alpha,
+            "eps": self.eps,
+            "betas": tuple(self.betas),
+            "weight_decay": self.weight_decay,
+        }
+
+
+@dataclass
+class Spec:
+    """A validated job spec. Build with ``parse_spec``."""
+
+    name: str
+    dataset: DatasetSpec
+    architecture: ArchitectureSpec
+    hyperparameters: HyperParameters
+    task: str = CLASSIFICATION
+    n_classes: int | None = None
+    #: whether output activation / loss were inferred (and so may follow other data)
+    head_inferred: tuple[bool, bool] = (False, False)
+
+    def to_dict(self) -> dict:
+        """The normalized spec: defaults filled in, JSON-serializable."""
+        return {
+            "name": self.name,
+            "dataset": self.dataset.to_dict(),
+            "architecture": asdict(self.architecture),
+            "hyperparameters": asdict(self.hyperparameters),
+        }
+
+
+# --- field readers --------------------------------------------------------------
+
+
+def _section(d: Any, loc: str, allowed: tuple[str, ...] | set[str]) -> dict:
+    if not isinstance(d, dict):
+        raise SpecError(loc, f"must be an object, got {type(d).__name__}")
+    for key in sorted(d, key=str):
+        if key not in allowed:
+            raise SpecError(
+                f"{loc}.{key}" if loc else str(key),
+                f"unknown field; allowed: {', '.join(sorted(allowed))}",
+            )
+    return d
+
+
+def _join(loc: str, key: str) -> str:
+    return f"{loc}.{key}" if loc else key
+
+
+def _number(
+    d, loc, key, default=_MISSING, *, gt=None, ge=None, lt=None, le=None, nullable=False
+) -> float | None:
+    path = _join(loc, key)
+    v = d.get(key, default)
+    if v is _MISSING:
+        raise SpecError(path, "is required")
+    if v is None:
+        if nullable:
+            return None
+        raise SpecError(path, "must be a number, got null")
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise SpecError(path, f"must be a number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise SpecError(path, f"must be a finite number, got {v}")
+    for bound, ok, word in (
+        (gt, lambda b: v > b, ">"),
+        (ge, lambda b: v >= b, ">="),
+        (lt, lambda b: v < b, "<"),
+        (le, lambda b: v <= b, "<="),
+    ):
+        if bound is not None and not ok(bound):
+            raise SpecError(path, f"must be {word} {bound}, got {v}")
+    return v
+
+
+def _int(d, loc, key, default=_MISSING, *, ge=None, le=None, nullable=False) -> int | None:
+    path = _join(loc, key)
+    v = d.get(key, default)
+    if v is _MISSING:
+        raise SpecError(path, "is required")
+    if v is None:
+        if nullable:
+            return None
+        raise SpecError(path, "must be an integer, got null")
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise SpecError(path, f"must be an integer, got {type(v).__name__} {v!r}")
+    v = int(v)
+    if ge is not None and v < ge:
+        raise SpecError(path, f"must be >= {ge}, got {v}")
+    if le is not None and v > le:
+        raise SpecError(path, f"must be <= {le}, got {v}")
+    return v
+
+
+def _bool(d, loc, key, default) -> bool:
+    v = d.get(key, default)
+    if not isinstance(v, (bool, np.bool_)):
+        raise SpecError(_join(loc, key), f"must be true or false, got {v!r}")
+    return bool(v)
+
+
+def _choice(d, loc, key, choices, default=_MISSING, *, nullable=False) -> str | None:
+    path = _join(loc, key)
+    v = d.get(key, default)
+    if v is _MISSING:
+        raise SpecError(path, f"is required; one of: {', '.join(choices)}")
+    if v is None and nullable:
+        return None
+    if not isinstance(v, str) or v not in choices:
+        raise SpecError(path, f"must be one of: {', '.join(choices)}; got {v!r}")
+    return v
+
+
+# --- sections ---------------------------------------------------------------------
+
+_DATASET_COMMON = ("name", "validation_split", "seed", "standardize", "standardize_targets")
+
+
+def parse_dataset(d: Any, loc: str = "dataset") -> DatasetSpec:
+    """Validate a ``dataset`` section (see ``data.DATASETS`` for each one's options)."""
+    if not isinstance(d, dict):
+        raise SpecError(loc, f"must be an object, got {type(d).__name__}")
+    name = _choice(d, loc, "name", tuple(DATASETS))
+    info = DATASETS[name]
+    _section(d, loc, set(_DATASET_COMMON) | set(info.options))
+    ds = DatasetSpec(
+        name=name,
+        validation_split=_number(d, loc, "validation_split", 0.2, ge=0.0, lt=1.0),
+        seed=_int(d, loc, "seed", 0, ge=0, le=2**63 - 1),
+        standardize=_bool(d, loc, "standardize", True),
+        standardize_targets=_bool(d, loc, "standardize_targets", True),
+    )
+    opts: dict[str, Any] = {}
+    if name == "arrays":
+        opts["X"], opts["y"] = _arrays(d, loc)
+        opts["task"] = _choice(d, loc, "task", (CLASSIFICATION, REGRESSION), None, nullable=True)
+        if opts["task"] == CLASSIFICATION and np.asarray(opts["y"]).ndim != 1:
+            raise SpecError(f"{loc}.y", "classification labels must be a flat list")
+    for key, default in info.options.items():
+        if key in ("X", "y", "task"):
+            continue
+        if key == "n_samples":
+            opts[key] = _int(d, loc, key, default, ge=4, le=MAX_SAMPLES)
+        elif key == "noise":
+            opts[key] = _number(d, loc, key, default, ge=0.0, le=100.0)
+        elif key == "factor":
+            opts[key] = _number(d, loc, key, default, gt=0.0, lt=1.0)
+        elif key == "arms":
+            opts[key] = _int(d, loc, key, default, ge=2, le=100)
+        elif key == "centers":
+            opts[key] = _int(d, loc, key, default, ge=2, le=1000)
+        elif key == "n_features":
+            opts[key] = _int(d, loc, key, default, ge=1, le=MAX_UNITS)
+    ds.options = opts
+    return ds
+
+
+def _arrays(d: dict, loc: str) -> tuple[np.ndarray, np.ndarray]:
+    if "X" not in d or "y" not in d:
+        raise SpecError(f"{loc}.{'X' if 'X' not in d else 'y'}", "is required for 'arrays'")
+    try:
+        X = np.asarray(d["X"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SpecError(f"{loc}.X", "must be a rectangular list of numbers") from None
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2 or X.shape[0] < 2 or X.shape[1] < 1:
+        raise SpecError(f"{loc}.X", f"must have shape (n_samples >= 2, n_features), got {X.shape}")
+    if not np.isfinite(X).all():
+        raise SpecError(f"{loc}.X", "must hold finite numbers only (no NaN or inf)")
+    y_raw = d["y"]
+    y = np.asarray(y_raw)
+    if y.dtype == object or y.ndim == 0 or y.ndim > 2:
+        raise SpecError(f"{loc}.y", "must be a list of labels or numbers (or rows of numbers)")
+    if y.shape[0] != X.shape[0]:
+        raise SpecError(f"{loc}.y", f"has {y.shape[0]} rows but X has {X.shape[0]}")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise SpecError(f"{loc}.y", "must hold finite numbers only (no NaN or inf)")
+    return X, y
+
+
+def parse_architecture(d: Any, loc: str = "architecture") -> tuple[ArchitectureSpec, bool]:
+    _section(d, loc, ("layers", "output_activation", "initializer", "init_std"))
+    if "layers" not in d:
+        raise SpecError(f"{loc}.layers", 'is required (a list of {"units", "activation"})')
+    raw = d["layers"]
+    if not isinstance(raw, list):
+        raise SpecError(f"{loc}.layers", f"must be a list, got {type(raw).__name__}")
+    if len(raw) > MAX_LAYERS:
+        raise SpecError(f"{loc}.layers", f"at most {MAX_LAYERS} hidden layers, got {len(raw)}")
+    layers = []
+    for i, layer in enumerate(raw):
+        lloc = f"{loc}.layers.{i}"
+        _section(layer, lloc, ("units", "activation"))
+        layers.append(
+            LayerSpec(
+                units=_int(layer, lloc, "units", ge=1, le=MAX_UNITS),
+                activation=_choice(layer, lloc, "activation", HIDDEN_ACTIVATIONS, "relu"),
+            )
+        )
+    out = _choice(d, loc, "output_activation", OUTPUT_ACTIVATIONS, None, nullable=True)
+    arch = ArchitectureSpec(
+        layers=layers,
+        output_activation=out or "",
+        initializer=_choice(d, loc, "initializer", tuple(INITIALIZERS), "he"),
+        init_std=_number(d, loc, "init_std", 0.01, gt=0.0, le=100.0),
+    )
+    return arch, out is None
+
+
+def parse_schedule(d: Any, loc: str) -> dict:
+    if d is None:
+        d = {"name": "constant"}
+    if not isinstance(d, dict):
+        raise SpecError(loc, f"must be an object, got {type(d).__name__}")
+    name = _choice(d, loc, "name", tuple(SCHEDULE_OPTIONS), "constant")
+    options = SCHEDULE_OPTIONS[name]
+    _section(d, loc, {"name", "warmup_epochs", *options})
+    out: dict[str, Any] = {
+        "name": name,
+        "warmup_epochs": _int(d, loc, "warmup_epochs", 0, ge=0, le=MAX_EPOCHS),
+    }
+    if name == "step":
+        out["step_size"] = _int(d, loc, "step_size", options["step_size"], ge=1, le=MAX_EPOCHS)
+        out["gamma"] = _number(d, loc, "gamma", options["gamma"], gt=0.0, le=1.0)
+    elif name == "exponential":
+        out["gamma"] = _number(d, loc, "gamma", options["gamma"], gt=0.0, le=1.0)
+    elif name == "cosine":
+        out["t_max"] = _int(d, loc, "t_max", None, ge=1, le=MAX_EPOCHS, nullable=True)
+        out["min_lr"] = _number(d, loc, "min_lr", 0.0, ge=0.0)
+    return out
+
+
+def parse_early_stopping(d: Any, loc: str) -> EarlyStoppingSpec | None:
+    if d is None:
+        return None
+    _section(d, loc, ("metric", "patience", "min_delta", "restore_best"))
+    return EarlyStoppingSpec(
+        metric=_choice(d, loc, "metric", ES_METRICS, "val_loss"),
+        patience=_int(d, loc, "patience", 5, ge=1, le=MAX_EPOCHS),
+        min_delta=_number(d, loc, "min_delta", 0.0, ge=0.0),
+        restore_best=_bool(d, loc, "restore_best", True),
+    )
+
+
+_HP_FIELDS = (
+    "learning_rate",
+    "optimizer",
+    "momentum",
+    "nesterov",
+    "dampening",
+    "alpha",
+    "eps",
+    "betas",
+    "weight_decay",
+    "batch_size",
+    "epochs",
+    "loss",
+    "lr_schedule",
+    "l2",
+    "dropout",
+    "gradient_clip_norm",
+    "early_stopping",
+    "seed",
+    "dtype",
+    "train_metrics",
+)
+
+
+def parse_hyperparameters(d: Any, loc: str = "hyperparameters") -> tuple[HyperParameters, bool]:
+    _section(d, loc, _HP_FIELDS)
+    optimizer = _choice(d, loc, "optimizer", tuple(OPTIMIZERS), "sgd")
+    momentum = _number(d, loc, "momentum", 0.0, ge=0.0, lt=1.0)
+    nesterov = _bool(d, loc, "nesterov", False)
+    dampening = _number(d, loc, "dampening", 0.0, ge=0.0, lt=1.0)
+    if nesterov and optimizer == "sgd" and (momentum <= 0 or dampening != 0):
+        raise SpecError(f"{loc}.nesterov", "needs momentum > 0 and dampening = 0 (as PyTorch)")
+    betas = d.get("betas", [0.9, 0.999])
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise SpecError(f"{loc}.betas", "must be a list of two numbers in [0, 1)")
+    betas = [
+        _number({str(i): b}, f"{loc}.betas", str(i), ge=0.0, lt=1.0) for i, b in enumerate(betas)
+    ]
+    wd_default = 0.01 if optimizer == "adamw" else 0.0
+    weight_decay = _number(d, loc, "weight_decay", wd_default, ge=0.0, nullable=True)
+    if weight_decay is None:
+        weight_decay = wd_default
+    if weight_decay and optimizer != "adamw":
+        raise SpecError(
+            f"{loc}.weight_decay", "is adamw's decoupled decay; use l2 for the other optimizers"
+        )
+    hp = HyperParameters(
+        learning_rate=_number(d, loc, "learning_rate", gt=0.0, le=1e6),
+        loss=_choice(d, loc, "loss", tuple(LOSSES), None, nullable=True) or "",
+        optimizer=optimizer,
+        momentum=momentum,
+        nesterov=nesterov,
+        dampening=dampening,
+        alpha=_number(d, loc, "alpha", 0.99, ge=0.0, lt=1.0),
+        eps=_number(d, loc, "eps", 1e-8, gt=0.0, le=1.0),
+        betas=betas,
+        weight_decay=weight_decay,
+        batch_size=_int(d, loc, "batch_size", 32, ge=1, le=MAX_SAMPLES, nullable=True),
+        epochs=_int(d, loc, "epochs", 20, ge=1, le=MAX_EPOCHS),
+        lr_schedule=parse_schedule(d.get("lr_schedule"), f"{loc}.lr_schedule"),
+        l2=_number(d, loc, "l2", 0.0, ge=0.0, le=1e3),
+        dropout=_number(d, loc, "dropout", 0.0, ge=0.0, lt=1.0),
+        gradient_clip_norm=_number(d, loc, "gradient_clip_norm", None, gt=0.0, nullable=True),
+        early_stopping=parse_early_stopping(d.get("early_stopping"), f"{loc}.early_stopping"),
+        seed=_int(d, loc, "seed", 0, ge=0, le=2**63 - 1),
+        dtype=_choice(d, loc, "dtype", DTYPES, "float32"),
+        train_metrics=_choice(d, loc, "train_metrics", TRAIN_METRICS, "after_epoch"),
+    )
+    return hp, not d.get("loss")
+
+
+def resolve_head(
+    task: str, n_classes: int | None, output_activation: str, loss: str, loc: str = ""
+) -> tuple[str, str]:
+    """Fill in (and check) the output activation and loss for a task.
+
+    Multi-class -> softmax + cross_entropy; binary -> sigmoid +
+    binary_cross_entropy; regression -> linear + mse.
+    """
+    out_loc = _join(loc, "architecture.output_activation")
+    loss_loc = _join(loc, "hyperparameters.loss")
+    if task == REGRESSION:
+        out = output_activation or "linear"
+        if loss and loss != "mse":
+            raise SpecError(loss_loc, f"a regression task needs 'mse', got {loss!r}")
+        if out == "softmax":
+            raise SpecError(out_loc, "softmax needs a classification task")
+        return out, "mse"
+    binary = n_classes == 2
+    if not output_activation:
+        if loss == "cross_entropy":
+            output_activation = "softmax"
+        elif loss == "binary_cross_entropy" or binary:
+            output_activation = "sigmoid"
+        else:
+            output_activation = "softmax"
+    if not loss:
+        loss = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}.get(
+            output_activation, "mse"
+        )
+    if loss == "cross_entropy" and output_activation != "softmax":
+        raise SpecError(out_loc, f"cross_entropy needs 'softmax', got {output_activation!r}")
+    if loss == "binary_cross_entropy":
+        if output_activation != "sigmoid":
+            raise SpecError(
+                out_loc, f"binary_cross_entropy needs 'sigmoid', got {output_activation!r}"
+            )
+        if n_classes is not None and n_classes != 2:
+            raise SpecError(loss_loc, f"binary_cross_entropy needs 2 classes, got {n_classes}")
+    if (
+        output_activation == "sigmoid"
+        and n_classes is not None
+        and n_classes != 2
+        and loss != "mse"
+    ):
+        raise SpecError(out_loc, f"sigmoid output needs 2 classes, got {n_classes}")
+    return output_activation, loss
+
+
+def parse_spec(d: Any) -> Spec:
+    """Validate a job spec dict and fill in its defaults.
+
+    Raises
+    ------
+    SpecError
+        With ``loc`` the dotted path of the first offending field.
+    """
+    if isinstance(d, Spec):
+        return d
+    _section(d, "", ("name", "dataset", "architecture", "hyperparameters"))
+    name = d.get("name", "job")
+    if not isinstance(name, str) or len(name) > 200:
+        raise SpecError("name", "must be a string of at most 200 characters")
+    for key in ("dataset", "architecture", "hyperparameters"):
+        if key not in d:
+            raise SpecError(key, "is required")
+    dataset = parse_dataset(d["dataset"])
+    arch, out_inferred = parse_architecture(d["architecture"])
+    hp, loss_inferred = parse_hyperparameters(d["hyperparameters"])
+    task, n_classes = dataset_task(dataset.name, dataset.options)
+    if task == CLASSIFICATION and n_classes is not None and n_classes < 2:
+        raise SpecError("dataset.y", f"classification needs at least 2 classes, got {n_classes}")
+    arch.output_activation, hp.loss = resolve_head(task, n_classes, arch.output_activation, hp.loss)
+    es = hp.early_stopping
+    if es is not None:
+        if es.metric.startswith("val_") and dataset.validation_split == 0:
+            raise SpecError(
+                "hyperparameters.early_stopping.metric",
+                f"{es.metric!r} needs dataset.validation_split > 0",
+            )
+        if es.metric.endswith("accuracy") and task == REGRESSION:
+            raise SpecError(
+                "hyperparameters.early_stopping.metric",
+                "accuracy needs a classification task; use val_loss or train_loss",
+            )
+    if hp.dropout and not arch.layers:
+        raise SpecError("hyperparameters.dropout", "needs at least one hidden layer")
+    return Spec(name, dataset, arch, hp, task, n_classes, (out_inferred, loss_inferred))

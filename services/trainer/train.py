@@ -1,0 +1,391 @@
+"""The training loop: mini-batch gradient descent, early stopping, divergence, checkpoints.
+
+``fit(spec)`` trains epoch by epoch. Each epoch draws a fresh permutation
+from the job's training generator and gathers the shuffled data once; the
+mini-batches are then slices (no per-batch fancy indexing), every layer
+writes into preallocated buffers, and the optimizer updates one flat
+parameter vector. Per-epoch metrics (norms, dead units, accuracies) are
+computed once per epoch, not per step.
+
+A record per epoch (see ``docs/CONTRACTS.md``)::
+
+    epoch             1-based
+    train_loss        mean of the epoch's mini-batch data losses, each taken
+                      before its update
+    val_loss          after the epoch's updates (None without a validation set)
+    train_accuracy    classification only: after the epoch's updates
+                      (``train_metrics="running"``: over the mini-batches before
+                      each update, which saves a pass over the training set)
+    val_accuracy      classification only
+    learning_rate     the epoch's rate
+    grad_norm         per layer ||dL/dW|| (data loss + L2, before clipping) on the
+                      epoch's last full-size mini-batch
+    weight_norm       per layer ||W|| after the epoch
+    dead_relu_fraction per layer share of ReLU units that fired on no training
+                      row after the epoch (validation rows with "running");
+                      None for other layers
+    seconds           wall time of the epoch
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .checkpoint import Checkpoint, dump_checkpoint, load_checkpoint
+from .data import CLASSIFICATION, Dataset, load_dataset
+from .diagnostics import diagnose
+from .network import Network, build_network, generators
+from .optimizers import clip_by_global_norm, get_optimizer
+from .schedules import learning_rate
+from .spec import Spec, parse_spec
+
+COMPLETED, EARLY_STOPPED, DIVERGED, STOPPED = "completed", "early_stopped", "diverged", "stopped"
+
+
+@dataclass
+class TrainResult:
+    """The outcome of ``fit``."""
+
+    status: str
+    history: list[dict]
+    best_epoch: int | None
+    best_metrics: dict | None
+    diverged_epoch: int | None
+    seconds: float
+    diagnosis: list[dict]
+    network: Network
+    spec: Spec
+    dataset: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """JSON-serializable result without the history and the network."""
+        last = self.history[-1] if self.history else None
+        return {
+            "status": self.status,
+            "epochs": len(self.history),
+            "best_epoch": self.best_epoch,
+            "best_metrics": self.best_metrics,
+            "diverged_epoch": self.diverged_epoch,
+            "final_metrics": flatten_record(last) if last else None,
+            "seconds": self.seconds,
+            "diagnosis": self.diagnosis,
+            "dataset": self.dataset,
+            "n_params": self.network.n_params,
+        }
+
+
+def flatten_record(record: dict) -> dict[str, float]:
+    """Scalars of a record, per-layer lists as ``"grad_norm.layer_0"`` etc.
+
+    ``None`` entries (non-ReLU layers, missing validation) are left out.
+    """
+    flat: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                if v is not None:
+                    flat[f"{key}.layer_{i}"] = float(v)
+        elif value is not None and not isinstance(value, bool):
+            flat[key] = float(value)
+    return flat
+
+
+def _finite_or_none(x):
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+class _BestTracker:
+    """Best epoch by a metric; with ``patience`` it is also early stopping."""
+
+    def __init__(self, metric: str, mode: str, min_delta: float = 0.0, patience: int | None = None):
+        self.metric, self.mode, self.min_delta, self.patience = metric, mode, min_delta, patience
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.wait = 0
+
+    def update(self, epoch: int, value: float | None) -> bool:
+        """Record ``value``; return True if it improved on the best."""
+        if value is None:
+            return False
+        if self.best is None:
+            better = True
+        elif self.mode == "min":
+            better = value < self.best - self.min_delta
+        else:
+            better = value > self.best + self.min_delta
+        if better:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+        else:
+            self.wait += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.wait >= self.patience
+
+    def state(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+
+    def load(self, state: dict) -> None:
+        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+
+
+def _as_dataset(data) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, dict):
+        return load_dataset(data)
+    raise TypeError(f"data must be a Dataset or a dataset spec dict, got {type(data).__name__}")
+
+
+def fit(
+    spec,
+    *,
+    data: Dataset | dict | None = None,
+    network: Network | None = None,
+    on_epoch: Callable[[dict], bool | None] | None = None,
+    resume_from: bytes | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[int, bytes], None] | None = None,
+) -> TrainResult:
+    """Train a network as ``spec`` describes.
+
+    Parameters
+    ----------
+    spec : dict or Spec
+        The job spec (validated by ``parse_spec``; a bad one raises ``SpecError``).
+    data : Dataset or dict, optional
+        Data to use instead of ``spec["dataset"]``.
+    network : Network, optional
+        Start from this network (it is trained in place) instead of a fresh one.
+    on_epoch : callable, optional
+        ``on_epoch(record)`` after each epoch; a truthy return stops training
+        (status ``"stopped"``).
+    resume_from : bytes, optional
+        A checkpoint from ``on_checkpoint``; training continues after its epoch
+        and reproduces the uninterrupted run bit for bit.
+    checkpoint_every : int
+        If > 0, call ``on_checkpoint(epoch, blob)`` every that many epochs.
+
+    Returns
+    -------
+    TrainResult
+        ``status`` is ``"completed"``, ``"early_stopped"``, ``"diverged"`` or
+        ``"stopped"``; divergence is never an exception.
+    """
+    started = time.perf_counter()
+    spec = parse_spec(spec)
+    hp = spec.hyperparameters
+    data = _as_dataset(data) if data is not None else load_dataset(spec.dataset)
+    if len(data.X_train) == 0:
+        raise ValueError("the training set is empty")
+    init_rng, rng = generators(hp.seed)
+    net = network if network is not None else build_network(spec, data, init_rng)
+    dtype = net.dtype
+    classification = data.task == CLASSIFICATION
+
+    X_train = np.ascontiguousarray(data.X_train, dtype)
+    Y_train = net.encode_targets(data.y_train)
+    X_val = np.ascontiguousarray(data.X_val, dtype)
+    Y_val = net.encode_targets(data.y_val)
+    labels_train = data.y_train.astype(np.int64) if classification else None
+    labels_val = data.y_val.astype(np.int64) if classification else None
+    has_val = len(X_val) > 0
+
+    optimizer = get_optimizer(hp.optimizer, net.n_weights, **hp.optimizer_options())
+    es = hp.early_stopping
+    if es is not None:
+        tracker = _BestTracker(es.metric, es.mode, es.min_delta, es.patience)
+    else:
+        tracker = _BestTracker("val_loss" if has_val else "train_loss", "min")
+    restore_best = es is not None and es.restore_best
+    best_params = net.params_flat.copy() if restore_best else None
+
+    history: list[dict] = []
+    start_epoch, seconds_before = 0, 0.0
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from)
+        if ckpt.meta["architecture"]["sizes"] != net.sizes or ckpt.params.size != net.n_params:
+            raise ValueError("checkpoint does not match the network this spec builds")
+        net.params_flat[...] = ckpt.params
+        optimizer.load_state_dict(ckpt.meta["optimizer"], ckpt.optimizer_arrays)
+        rng.bit_generator.state = ckpt.meta["rng"]
+        tracker.load(ckpt.meta["tracker"])
+        if ckpt.best_params is not None and restore_best:
+            best_params = ckpt.best_params.copy()
+        history = list(ckpt.meta["history"])
+        start_epoch = ckpt.epoch
+        seconds_before = float(ckpt.meta.get("seconds", 0.0))
+
+    n = len(X_train)
+    bs = min(hp.batch_size or n, n)
+    batches = [(s, min(s + bs, n)) for s in range(0, n, bs)]
+    norm_step = len(batches) - 2 if (n % bs and len(batches) > 1) else len(batches) - 1
+    running = hp.train_metrics == "running" or not classification
+    relu_layers = [layer.activation.name == "relu" for layer in net.layers]
+
+    # per-epoch gathered copies and per-batch-size output-gradient buffers
+    Xe, Ye = np.empty_like(X_train), np.empty_like(Y_train)
+    Le = np.empty_like(labels_train) if classification else None
+    dO_buffers = {e - s: np.empty((e - s, Y_train.shape[1]), dtype) for s, e in batches}
+    batch_losses = np.empty(len(batches), np.float64)
+    params, grads, nw = net.params_flat, net.grads_flat, net.n_weights
+    W_all, gW_all = params[:nw], grads[:nw]
+    l2_tmp = np.empty_like(W_all) if hp.l2 else None
+    loss_fn, clip = net.loss, hp.gradient_clip_norm
+
+    status, diverged_epoch = COMPLETED, None
+    epoch = start_epoch
+    for epoch in range(start_epoch + 1, hp.epochs + 1):
+        t0 = time.perf_counter()
+        lr = learning_rate(hp.learning_rate, epoch - 1, hp.lr_schedule, hp.epochs)
+        perm = rng.permutation(n)
+        np.take(X_train, perm, axis=0, out=Xe)
+        np.take(Y_train, perm, axis=0, out=Ye)
+        if classification and running:
+            np.take(labels_train, perm, out=Le)
+        correct = 0
+        grad_norms: list[float] = []
+        with np.errstate(all="ignore"):
+            for i, (s, e) in enumerate(batches):
+                O = net.forward(Xe[s:e], True, rng)
+                dO = dO_buffers[e - s]
+                batch_losses[i] = loss_fn.forward_backward(O, Ye[s:e], dO)
+                if classification and running:
+                    correct += net.correct(O, Le[s:e])
+                net.backward(dO)
+                if l2_tmp is not None:
+                    np.multiply(W_all, hp.l2, out=l2_tmp)
+                    gW_all += l2_tmp
+                if i == norm_step:
+                    grad_norms = net.grad_norms()
+                if clip is not None:
+                    clip_by_global_norm(grads, clip)
+                optimizer.step(params, grads, lr)
+
+            train_loss = float(batch_losses.mean())
+            # after the epoch's updates: accuracies and the units that fired
+            active = [
+                np.zeros(layer.n_out, bool) if r else None
+                for layer, r in zip(net.layers, relu_layers)
+            ]
+            train_acc, measured = None, False
+            if classification and running:
+                train_acc = correct / n
+            if (classification and not running) or not has_val:
+                _, train_acc_after = net.evaluate(X_train, Y_train, labels_train, active)
+                train_acc = train_acc if running else train_acc_after
+                measured = True
+            val_loss, val_acc = None, None
+            if has_val:
+                val_loss, val_acc = net.evaluate(
+                    X_val, Y_val, labels_val, None if measured else active
+                )
+            finite = math.isfinite(train_loss) and bool(np.isfinite(params).all())
+            finite = finite and (val_loss is None or math.isfinite(val_loss))
+
+        record = {
+            "epoch": epoch,
+            "train_loss": _finite_or_none(train_loss),
+            "val_loss": _finite_or_none(val_loss),
+        }
+        if classification:
+            record["train_accuracy"] = train_acc
+            record["val_accuracy"] = val_acc
+        record["learning_rate"] = lr
+        record["grad_norm"] = [_finite_or_none(g) for g in grad_norms]
+        record["weight_norm"] = [_finite_or_none(w) for w in net.weight_norms()]
+        record["dead_relu_fraction"] = [
+            float(1.0 - a.mean()) if a is not None else None for a in active
+        ]
+        record["seconds"] = time.perf_counter() - t0
+        history.append(record)
+
+        if not finite:
+            status, diverged_epoch = DIVERGED, epoch
+            if on_epoch is not None:
+                on_epoch(record)
+            break
+        if tracker.update(epoch, record.get(tracker.metric)) and best_params is not None:
+            np.copyto(best_params, params)
+        if on_epoch is not None and on_epoch(record):
+            status = STOPPED
+            break
+        if tracker.should_stop:
+            status = EARLY_STOPPED
+            break
+        if (
+            checkpoint_every > 0
+            and on_checkpoint is not None
+            and epoch % checkpoint_every == 0
+            and epoch < hp.epochs
+        ):
+            elapsed = seconds_before + time.perf_counter() - started
+            on_checkpoint(
+                epoch,
+                _checkpoint(
+                    spec, net, optimizer, rng, tracker, best_params, history, epoch, elapsed
+                ),
+            )
+
+    if restore_best and status in (COMPLETED, EARLY_STOPPED) and tracker.best_epoch is not None:
+        np.copyto(params, best_params)
+
+    best_metrics = None
+    if tracker.best_epoch is not None:
+        best_metrics = flatten_record(history[tracker.best_epoch - 1])
+        best_metrics.pop("seconds", None)
+    seconds = seconds_before + time.perf_counter() - started
+    baseline = float(np.mean(np.var(Y_train, axis=0))) if not classification else None
+    diagnosis = diagnose(
+        history,
+        status=status,
+        task=data.task,
+        diverged_epoch=diverged_epoch,
+        baseline_loss=baseline,
+    )
+    return TrainResult(
+        status,
+        history,
+        tracker.best_epoch,
+        best_metrics,
+        diverged_epoch,
+        seconds,
+        diagnosis,
+        net,
+        spec,
+        data.summary(),
+    )
+
+
+def _checkpoint(
+    spec: Spec,
+    net: Network,
+    optimizer,
+    rng: np.random.Generator,
+    tracker: _BestTracker,
+    best_params,
+    history,
+    epoch: int,
+    seconds: float,
+) -> bytes:
+    scalars, arrays = optimizer.state_dict()
+    meta = {
+        "epoch": epoch,
+        "spec": spec.to_dict(),
+        "architecture": net.architecture(),
+        "optimizer": scalars,
+        "rng": rng.bit_generator.state,
+        "tracker": tracker.state(),
+        "history": history,
+        "seconds": seconds,
+    }
+    return dump_checkpoint(Checkpoint(meta, net.params_flat.copy(), arrays, best_params))
