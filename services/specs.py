@@ -1,0 +1,513 @@
+"""Request models for jobs and sweeps, with the limits; the OpenAPI schemas come from here.
+
+Pydantic checks shape, types and limits; the trainer's ``parse_spec`` then
+checks meaning (and fills defaults), so both front doors accept exactly the
+trainer's format. Both kinds of failure become :class:`SpecValidationError`,
+whose ``details`` name the field by dotted path.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from services.config import Limits
+from services.trainer.activations import HIDDEN_ACTIVATIONS
+from services.trainer.activations import OUTPUT_ACTIVATIONS as _OUTPUT_ACTIVATIONS
+from services.trainer.data import DATASETS
+from services.trainer.initializers import INITIALIZERS
+from services.trainer.losses import LOSSES
+from services.trainer.optimizers import OPTIMIZERS
+from services.trainer.schedules import SCHEDULE_OPTIONS
+
+# Names come from the trainer's own tables, so the two never disagree.
+ACTIVATIONS = Literal[HIDDEN_ACTIVATIONS]  # type: ignore[valid-type]
+OUTPUT_ACTIVATIONS = Literal[_OUTPUT_ACTIVATIONS]  # type: ignore[valid-type]
+DATASET_NAMES = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
+INITIALIZER_NAMES = Literal[tuple(INITIALIZERS)]  # type: ignore[valid-type]
+LOSS_NAMES = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
+OPTIMIZER_NAMES = Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
+SCHEDULE_NAMES = Literal[tuple(SCHEDULE_OPTIONS)]  # type: ignore[valid-type]
+OBJECTIVE_METRICS = Literal["val_loss", "train_loss", "val_accuracy", "train_accuracy"]
+
+# (n_features, n_outputs) of the bundled datasets, for the parameter-count limit.
+_DATASET_SHAPES = {
+    "digits": (64, 10), "iris": (4, 3), "wine": (13, 3), "breast_cancer": (30, 1),
+    "diabetes": (10, 1), "sine": (1, 1), "xor": (2, 1), "moons": (2, 1), "circles": (2, 1),
+}  # fmt: skip
+
+
+class SpecValidationError(ValueError):
+    """A spec that failed validation; ``details`` is ``[{"loc": "a.b.0", "msg": ...}]``."""
+
+    def __init__(self, message: str, details: list[dict[str, str]]):
+        super().__init__(message)
+        self.details = details
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    return (info.context or {}).get("limits") or Limits()
+
+
+# --- the job spec (the trainer's format) ------------------------------------
+
+
+class DatasetSpec(Strict):
+    """Common fields, plus each dataset's own options (the trainer checks which apply)."""
+
+    name: DATASET_NAMES
+    validation_split: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    seed: Annotated[int, Field(ge=0)] = 0
+    standardize: bool = True
+    standardize_targets: bool = True
+    n_samples: Annotated[int, Field(ge=4)] | None = None
+    noise: Annotated[float, Field(ge=0, le=100)] | None = None
+    factor: Annotated[float, Field(gt=0, lt=1)] | None = None
+    arms: Annotated[int, Field(ge=2, le=100)] | None = None
+    centers: Annotated[int, Field(ge=2, le=1000)] | None = None
+    n_features: Annotated[int, Field(ge=1, le=65_536)] | None = None
+    X: list[list[float]] | list[float] | None = None
+    y: list[int | float | str | bool | list[float]] | None = None
+    task: Literal["classification", "regression"] | None = None
+
+    @field_validator("n_samples")
+    @classmethod
+    def _max_samples(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value > _limits(info).max_samples:
+            raise ValueError(f"n_samples must be at most {_limits(info).max_samples}")
+        return value
+
+    @field_validator("X")
+    @classmethod
+    def _max_rows(cls, value: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        if value is not None and len(value) > _limits(info).max_samples:
+            raise ValueError(f"at most {_limits(info).max_samples} samples")
+        return value
+
+
+class LayerSpec(Strict):
+    units: Annotated[int, Field(ge=1)]
+    activation: ACTIVATIONS = "relu"
+
+    @field_validator("units")
+    @classmethod
+    def _max_units(cls, value: int, info: ValidationInfo) -> int:
+        if value > _limits(info).max_units:
+            raise ValueError(f"units must be at most {_limits(info).max_units}")
+        return value
+
+
+class ArchitectureSpec(Strict):
+    layers: list[LayerSpec]
+    output_activation: OUTPUT_ACTIVATIONS | None = None
+    initializer: INITIALIZER_NAMES = "he"
+    init_std: Annotated[float, Field(gt=0, le=100)] = 0.01
+
+    @field_validator("layers")
+    @classmethod
+    def _max_layers(cls, value: list[LayerSpec], info: ValidationInfo) -> list[LayerSpec]:
+        if len(value) > _limits(info).max_layers:
+            raise ValueError(f"at most {_limits(info).max_layers} layers")
+        return value
+
+
+class LRScheduleSpec(Strict):
+    name: SCHEDULE_NAMES = "constant"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    step_size: Annotated[int, Field(ge=1)] | None = None
+    gamma: Annotated[float, Field(gt=0, le=1)] | None = None
+    t_max: Annotated[int, Field(ge=1)] | None = None
+    min_lr: Annotated[float, Field(ge=0)] | None = None
+
+
+class EarlyStoppingSpec(Strict):
+    metric: OBJECTIVE_METRICS = "val_loss"
+    patience: Annotated[int, Field(ge=1)] = 5
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+    restore_best: bool = True
+
+
+class HyperparametersSpec(Strict):
+    learning_rate: Annotated[float, Field(gt=0, le=1e6)]
+    optimizer: OPTIMIZER_NAMES = "sgd"
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    nesterov: bool = False
+    dampening: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    alpha: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    eps: Annotated[float, Field(gt=0, le=1)] = 1e-8
+    betas: Annotated[
+        list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)
+    ] = [
+        0.9,
+        0.999,
+    ]
+    weight_decay: Annotated[float, Field(ge=0)] | None = None
+    batch_size: Annotated[int, Field(ge=1)] | None = 32
+    epochs: Annotated[int, Field(ge=1)] = 20
+    loss: LOSS_NAMES | None = None
+    lr_schedule: LRScheduleSpec | None = None
+    l2: Annotated[float, Field(ge=0, le=1e3)] = 0.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    gradient_clip_norm: Annotated[float, Field(gt=0)] | None = None
+    early_stopping: EarlyStoppingSpec | None = None
+    seed: Annotated[int, Field(ge=0)] = 0
+    dtype: Literal["float32", "float64"] = "float32"
+    train_metrics: Literal["after_epoch", "running"] = "after_epoch"
+
+    @field_validator("epochs")
+    @classmethod
+    def _max_epochs(cls, value: int, info: ValidationInfo) -> int:
+        if value > _limits(info).max_epochs:
+            raise ValueError(f"epochs must be at most {_limits(info).max_epochs}")
+        return value
+
+
+class JobCreate(Strict):
+    """A job spec: the trainer's format (see the trainer's ``parse_spec``)."""
+
+    name: Annotated[str, Field(max_length=200)] | None = None
+    dataset: DatasetSpec
+    architecture: ArchitectureSpec
+    hyperparameters: HyperparametersSpec
+
+    @model_validator(mode="after")
+    def _check_params(self, info: ValidationInfo) -> JobCreate:
+        limit = _limits(info).max_params
+        if (n := count_parameters(self)) > limit:
+            raise PydanticCustomError(
+                "too_many_parameters",
+                "the network has {n} parameters, at most {limit}",
+                {"n": n, "limit": limit, "loc": "architecture.layers"},
+            )
+        return self
+
+
+def count_parameters(spec: JobCreate) -> int:
+    """Weights and biases of the network (the output width estimated where unknown)."""
+    ds = spec.dataset
+    n_in, n_out = _DATASET_SHAPES.get(ds.name, (ds.n_features or 2, ds.centers or ds.arms or 3))
+    if ds.name == "arrays" and ds.X:
+        first = ds.X[0]
+        n_in = len(first) if isinstance(first, list) else 1
+        n_out = min(len({repr(v) for v in ds.y or []}), 1000) if ds.task != "regression" else 1
+    widths = [n_in, *(layer.units for layer in spec.architecture.layers), n_out]
+    return sum((a + 1) * b for a, b in itertools.pairwise(widths))
+
+
+# --- the sweep spec -----------------------------------------------------------
+
+
+class ParameterSpec(Strict):
+    """``{"values": [...]}`` or ``{"distribution": ..., "min": ..., "max": ...}``."""
+
+    values: Annotated[list[Any], Field(min_length=1)] | None = None
+    distribution: Literal["uniform", "log_uniform", "int_uniform", "choice"] | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ParameterSpec:
+        if self.distribution in (None, "choice"):
+            if self.values is None:
+                raise ValueError("give 'values' (or a distribution with min and max)")
+            if self.min is not None or self.max is not None:
+                raise ValueError("'min'/'max' go with uniform, log_uniform or int_uniform")
+            return self
+        if self.values is not None:
+            raise ValueError(f"'{self.distribution}' takes min and max, not values")
+        if self.min is None or self.max is None:
+            raise ValueError(f"'{self.distribution}' needs min and max")
+        if self.min > self.max or (self.min == self.max and self.distribution != "int_uniform"):
+            raise ValueError("min must be below max")
+        if self.distribution == "log_uniform" and self.min <= 0:
+            raise ValueError("log_uniform needs min > 0")
+        if self.distribution == "int_uniform" and not (
+            float(self.min).is_integer() and float(self.max).is_integer()
+        ):
+            raise ValueError("int_uniform needs integer min and max")
+        return self
+
+    def probe_values(self) -> list[Any]:
+        """Values that together exercise the whole range (for validation)."""
+        if self.values is not None:
+            return list(self.values)
+        assert self.min is not None and self.max is not None
+        if self.distribution == "int_uniform":
+            return [int(self.min), int(self.max)]
+        return [self.min, self.max]
+
+
+class ObjectiveSpec(Strict):
+    metric: OBJECTIVE_METRICS = "val_loss"
+    goal: Literal["minimize", "maximize", "min", "max"] | None = None
+
+    @model_validator(mode="after")
+    def _default_goal(self) -> ObjectiveSpec:
+        goal = self.goal or ("maximize" if self.metric.endswith("accuracy") else "minimize")
+        self.goal = {"min": "minimize", "max": "maximize"}.get(goal, goal)  # type: ignore[assignment]
+        return self
+
+
+class EarlyStoppingPolicy(Strict):
+    """Median stopping or ASHA, at epoch boundaries, against the sweep's other trials."""
+
+    policy: Literal["median", "asha"]
+    min_epochs: Annotated[int, Field(ge=1)] = 1
+    min_peers: Annotated[int, Field(ge=1)] = 2
+    reduction_factor: Annotated[int, Field(ge=2)] = 3
+
+
+class SweepCreate(Strict):
+    name: Annotated[str, Field(max_length=200)] | None = None
+    experiment: Annotated[str, Field(max_length=200)] | None = None
+    base: JobCreate
+    method: Literal["grid", "random", "tpe"]
+    parameters: Annotated[dict[str, ParameterSpec], Field(min_length=1)]
+    n_trials: Annotated[int, Field(ge=1)] | None = None
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    max_concurrency: Annotated[int, Field(ge=1)] = 2
+    early_stopping: EarlyStoppingPolicy | None = None
+    seed: int = 0
+    n_startup_trials: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> SweepCreate:
+        limits = _limits(info)
+        if self.max_concurrency > limits.max_concurrency:
+            raise ValueError(f"max_concurrency must be at most {limits.max_concurrency}")
+        if self.method == "grid":
+            for path, param in self.parameters.items():
+                if param.values is None or param.distribution not in (None, "choice"):
+                    raise ValueError(f"grid parameter '{path}' needs 'values'")
+            size = math.prod(len(p.values or ()) for p in self.parameters.values())
+            if self.n_trials is not None and self.n_trials != size:
+                raise ValueError(f"a grid has {size} trials; leave n_trials out")
+            if size > limits.max_trials:
+                raise ValueError(f"the grid has {size} trials, at most {limits.max_trials}")
+        elif self.n_trials is None:
+            raise ValueError(f"method '{self.method}' needs n_trials")
+        elif self.n_trials > limits.max_trials:
+            raise ValueError(f"n_trials must be at most {limits.max_trials}")
+        return self
+
+    def total_trials(self) -> int:
+        if self.method == "grid":
+            return math.prod(len(p.values or ()) for p in self.parameters.values())
+        assert self.n_trials is not None
+        return self.n_trials
+
+
+# --- responses (for the OpenAPI document) ---------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    loc: str
+    msg: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[ErrorDetail] = []
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class JobPublic(BaseModel):
+    id: str
+    name: str | None
+    status: Literal["queued", "running", "succeeded", "failed", "diverged", "cancelled", "pruned"]
+    sweep_id: str | None
+    trial_index: int | None
+    params: dict[str, Any] | None
+    spec: dict[str, Any]
+    progress: dict[str, Any]
+    latest_metrics: dict[str, Any] | None
+    best_metrics: dict[str, Any] | None
+    best_epoch: int | None
+    objective: float | None
+    result: dict[str, Any] | None
+    diagnosis: list[Any] | None
+    error: str | None
+    prune_reason: str | None
+    cancel_requested: bool
+    timings: dict[str, Any]
+    attempts: int
+    worker: str | None
+    links: dict[str, str]
+    mlflow: dict[str, Any] | None
+
+
+class JobPage(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None
+
+
+class MetricRow(BaseModel):
+    epoch: int
+    metrics: dict[str, Any]
+
+
+class MetricsPublic(BaseModel):
+    job_id: str
+    epochs: list[MetricRow]
+
+
+class LeaderboardRow(BaseModel):
+    rank: int
+    job_id: str
+    status: str
+    objective: float | None
+    params: dict[str, Any] | None
+    best_epoch: int | None
+    epochs_done: int
+
+
+class SweepPublic(BaseModel):
+    id: str
+    name: str | None
+    experiment: str | None
+    status: Literal["running", "done", "cancelled"]
+    method: str
+    objective: dict[str, str]
+    max_concurrency: int
+    n_trials: int
+    n_created: int
+    counts: dict[str, int]
+    best_trial: LeaderboardRow | None
+    leaderboard: list[LeaderboardRow]
+    spec: dict[str, Any]
+    timings: dict[str, Any]
+    links: dict[str, str]
+    mlflow: dict[str, Any] | None
+
+
+class SweepPage(BaseModel):
+    items: list[SweepPublic]
+    next_cursor: str | None
+
+
+# --- validation entry points ------------------------------------------------------
+
+
+_NOT_OBJECT = {"loc": "", "msg": "expected a JSON object"}
+
+
+def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def _pydantic_details(err: ValidationError, prefix: str = "") -> list[dict[str, str]]:
+    details = []
+    for e in err.errors(include_url=False):
+        # Drop union/validator tags ("function-after[...]"), keep the field path.
+        parts = [p for p in e["loc"] if not (isinstance(p, str) and "[" in p)]
+        loc = _loc(parts)
+        if e.get("ctx", {}).get("loc"):
+            loc = f"{loc}.{e['ctx']['loc']}".strip(".")
+        msg = e["msg"].removeprefix("Value error, ")
+        details.append({"loc": f"{prefix}.{loc}".strip(".") if prefix else loc, "msg": msg})
+    return details
+
+
+def _trainer_normalize(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Run the trainer's semantic checks and return its normalized spec."""
+    try:
+        from services.trainer import SpecError, parse_spec
+    except ImportError:  # the trainer is not installed in this checkout
+        return spec
+    try:
+        return parse_spec(copy.deepcopy(spec)).to_dict()
+    except SpecError as err:
+        loc = getattr(err, "loc", None) or ""
+        full = f"{prefix}.{loc}".strip(".") if prefix else loc
+        raise SpecValidationError("invalid job spec", [{"loc": full, "msg": str(err)}]) from err
+
+
+def validate_job(data: Any, limits: Limits | None = None) -> dict[str, Any]:
+    """Validate a job spec; return the normalized spec (trainer defaults filled in)."""
+    if not isinstance(data, dict):
+        raise SpecValidationError("a job spec is a JSON object", [_NOT_OBJECT])
+    try:
+        model = JobCreate.model_validate(data, context={"limits": limits or Limits()})
+    except ValidationError as err:
+        raise SpecValidationError("invalid job spec", _pydantic_details(err)) from err
+    return _trainer_normalize(model.model_dump(exclude_unset=True))
+
+
+def validate_sweep(data: Any, limits: Limits | None = None) -> SweepCreate:
+    """Validate a sweep spec, including every parameter value applied to the base."""
+    limits = limits or Limits()
+    if not isinstance(data, dict):
+        raise SpecValidationError("a sweep spec is a JSON object", [_NOT_OBJECT])
+    try:
+        sweep = SweepCreate.model_validate(data, context={"limits": limits})
+    except ValidationError as err:
+        raise SpecValidationError("invalid sweep spec", _pydantic_details(err)) from err
+    base = sweep.base.model_dump(exclude_unset=True)
+    _trainer_normalize(base, prefix="base")
+    for path, param in sweep.parameters.items():
+        for i, value in enumerate(param.probe_values()):
+            where = f"parameters.{path}" + (f".values.{i}" if param.values is not None else "")
+            try:
+                spec = apply_params(base, {path: value})
+            except (KeyError, IndexError, TypeError) as err:
+                raise SpecValidationError(
+                    "invalid sweep parameter", [{"loc": f"parameters.{path}", "msg": str(err)}]
+                ) from err
+            try:
+                validate_job(spec, limits)
+            except SpecValidationError as err:
+                msgs = "; ".join(f"{d['loc']}: {d['msg']}" for d in err.details)
+                raise SpecValidationError(
+                    "a sweep parameter gives an invalid job spec",
+                    [{"loc": where, "msg": f"value {value!r} gives an invalid spec ({msgs})"}],
+                ) from err
+    return sweep
+
+
+def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``base`` with each dotted path (list indices too) set.
+
+    Missing object keys are created; a list index must exist.
+    """
+    spec = copy.deepcopy(base)
+    for path, value in params.items():
+        parts = path.split(".")
+        node: Any = spec
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise IndexError(f"'{'.'.join(parts[: depth + 1])}': no such list index")
+                key: Any = int(part)
+            elif isinstance(node, dict):
+                key = part
+            else:
+                raise TypeError(f"'{'.'.join(parts[:depth])}' is not an object or a list")
+            if last:
+                node[key] = copy.deepcopy(value)
+            else:
+                if isinstance(node, dict) and node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
+    return spec
