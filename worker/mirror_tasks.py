@@ -1,0 +1,93 @@
+"""Celery tasks that mirror jobs and sweeps to MLflow (thin: ids in, services.tracking does it).
+
+Registered with ``shared_task`` so that whichever Celery app the worker builds
+picks them up once it imports this module (``include=["worker.mirror_tasks"]``).
+All three are idempotent: the database says what is already in MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from celery import shared_task, signals
+
+from services import tracking
+from services.config import Settings
+
+log = logging.getLogger(__name__)
+
+RETRY_CAP_S = 300  # back off up to 5 minutes between attempts while MLflow is down
+PENDING_EVERY_S = 60  # mirror_pending re-runs itself this often while something lags
+PENDING_GUARD = "sweeplab:mirror_pending:scheduled"
+
+
+def _backoff(retries: int) -> float:
+    return min(RETRY_CAP_S, 2.0 ** min(retries, 10)) * (0.75 + 0.5 * random.random())
+
+
+@shared_task(name=tracking.MIRROR_JOB_TASK, bind=True, max_retries=200, acks_late=True)
+def mirror_job(self, job_id: str) -> str:
+    """Mirror one job to MLflow (epochs, tags, artifacts, status), retrying until it lands."""
+    settings = Settings.from_env()
+    try:
+        tracking.mirror_job(settings, job_id, finalize=True)
+    except tracking.MirrorBusy as exc:
+        raise self.retry(exc=exc, countdown=1.0 + random.random()) from None
+    except Exception as exc:
+        log.warning("mirror of job %s failed (%s); retry %d", job_id, exc, self.request.retries)
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
+    _follow_sweep(settings, job_id)
+    return "mirrored"
+
+
+@shared_task(name=tracking.MIRROR_SWEEP_TASK, bind=True, max_retries=200, acks_late=True)
+def mirror_sweep(self, sweep_id: str) -> str:
+    """Close a finished sweep's parent run once every trial is mirrored."""
+    settings = Settings.from_env()
+    try:
+        tracking.mirror_sweep(settings, sweep_id, finalize=True)
+    except tracking.MirrorBusy as exc:
+        raise self.retry(exc=exc, countdown=1.0 + random.random()) from None
+    except Exception as exc:
+        log.warning("mirror of sweep %s failed (%s)", sweep_id, exc)
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
+    state = tracking.sweep_mirror_final(settings, sweep_id)
+    if state is False:  # ended (or ending) but not closed yet: look again shortly
+        raise self.retry(countdown=2.0 + random.random())
+    return "closed" if state else "running"
+
+
+@shared_task(name=tracking.MIRROR_PENDING_TASK, bind=True, acks_late=True)
+def mirror_pending(self) -> dict[str, int]:
+    """Mirror every job and sweep whose mirror lags; run again later while some still do."""
+    settings = Settings.from_env()
+    counts = tracking.mirror_pending(settings)
+    if counts["left"]:
+        try:  # one pending re-run at a time across all workers
+            redis = tracking.redis_client(settings)
+            if redis.set(PENDING_GUARD, 1, nx=True, ex=PENDING_EVERY_S - 5):
+                self.apply_async(countdown=PENDING_EVERY_S, queue=settings.celery_queue)
+        except Exception:
+            log.warning("could not schedule the next mirror catch-up", exc_info=True)
+    return counts
+
+
+def _follow_sweep(settings: Settings, job_id: str) -> None:
+    sweep_id = tracking.job_sweep_id(settings, job_id)
+    if sweep_id and tracking.sweep_mirror_final(settings, sweep_id) is False:
+        # The sweep is marked done right after its last trial's job_finished:
+        # close its parent run in a moment.
+        tracking.send_task(settings, tracking.MIRROR_SWEEP_TASK, [sweep_id], countdown=2)
+
+
+@signals.worker_ready.connect
+def _catch_up_at_start(sender=None, **_kwargs) -> None:
+    """Catch up on what was not mirrored while no worker (or no MLflow) was up."""
+    settings = Settings.from_env()
+    if not tracking.enabled(settings):
+        return
+    try:
+        tracking.send_task(settings, tracking.MIRROR_PENDING_TASK, [], countdown=5)
+    except Exception:
+        log.warning("could not enqueue the MLflow catch-up", exc_info=True)
