@@ -133,9 +133,19 @@ def start_redis(port: int, data_dir: Path, log_file: Path) -> subprocess.Popen:
     """Start a throw-away Redis server on 127.0.0.1:``port`` and wait for it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        find_redis_server(), "--bind", "127.0.0.1", "--port", str(port),
-        "--save", "", "--appendonly", "no", "--dir", str(data_dir),
-        "--daemonize", "no",
+        find_redis_server(),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data_dir),
+        "--daemonize",
+        "no",
     ]
     proc = _spawn(argv, log_file)
     wait_for(lambda: redis_ping(f"redis://127.0.0.1:{port}/0"), "redis-server", 15, proc)
@@ -158,8 +168,12 @@ def ensure_redis(url: str, data_dir: Path, log_file: Path) -> subprocess.Popen |
 def _spawn(argv: Sequence[str], log_file: Path, env: dict | None = None) -> subprocess.Popen:
     log = open(log_file, "ab")  # noqa: SIM115  (the child owns it)
     return subprocess.Popen(
-        list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env=env, start_new_session=True,
+        list(argv),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
     )
 
 
@@ -230,7 +244,10 @@ def service_env() -> dict[str, str]:
 def migrate(env: dict[str, str]) -> None:
     """Bring the database schema to head with Alembic."""
     subprocess.run(
-        [_bin("alembic"), "upgrade", "head"], env=env, check=True, cwd=_repo_root(),
+        [_bin("alembic"), "upgrade", "head"],
+        env=env,
+        check=True,
+        cwd=_repo_root(),
         stdout=subprocess.DEVNULL,
     )
 
@@ -263,8 +280,17 @@ def up(*, workers: int = 2, mlflow: bool = True) -> None:
         print(f"api: already running on {API_HOST}:{API_PORT}")
     else:
         argv = [
-            _bin("gunicorn"), "--bind", f"{API_HOST}:{API_PORT}", "--workers", "2",
-            "--threads", "4", "--timeout", "60", "--chdir", str(_repo_root()),
+            _bin("gunicorn"),
+            "--bind",
+            f"{API_HOST}:{API_PORT}",
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--timeout",
+            "60",
+            "--chdir",
+            str(_repo_root()),
             "api:create_app()",
         ]
         proc = _spawn(argv, log / "api.log", env)
@@ -276,8 +302,16 @@ def up(*, workers: int = 2, mlflow: bool = True) -> None:
         print("worker: already running")
     else:
         argv = [
-            _bin("celery"), "-A", "worker.app", "worker", "--concurrency", str(workers),
-            "--loglevel", "INFO", "--hostname", f"sweeplab-{os.getpid()}@%h",
+            _bin("celery"),
+            "-A",
+            "worker.app",
+            "worker",
+            "--concurrency",
+            str(workers),
+            "--loglevel",
+            "INFO",
+            "--hostname",
+            f"sweeplab-{os.getpid()}@%h",
         ]
         proc = _spawn(argv, log / "worker.log", dict(env, PYTHONPATH=str(_repo_root())))
         _record("worker", proc)
@@ -326,7 +360,8 @@ def status() -> int:
 
 def _api(method: str, path: str, body: dict | None = None) -> dict:
     req = urllib.request.Request(
-        f"http://{API_HOST}:{API_PORT}/api/v1{path}", method=method,
+        f"http://{API_HOST}:{API_PORT}/api/v1{path}",
+        method=method,
         data=None if body is None else json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
     )
