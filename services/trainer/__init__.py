@@ -11,7 +11,6 @@ bundled datasets). Entry points::
 
 from .data import Dataset, dataset_from_arrays, load_dataset
 from .diagnostics import diagnose
-
 from .gradcheck import gradient_check
 from .lr_finder import lr_range_test
 from .network import Network, build_network

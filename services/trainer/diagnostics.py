@@ -11,9 +11,10 @@ code                 fires when
 diverged             the loss or a weight became non-finite
 not_learning         the training loss fell by less than 1% over >= 3 epochs
 vanishing_gradients  median ||dW_first|| / ||dW_last|| < 1e-3
-exploding_gradients  that ratio > 1e3, or the gradient norm grew 1000-fold
+exploding_gradients  that ratio > 1e3, a layer's gradient norm > 1e3, or the
+                     gradient norm grew 1000-fold during training
 dead_relus           >= 50% of a ReLU layer's units fired on no example
-overfitting          val loss rose >= 5% over >= 3 epochs since its best
+overfitting          val loss rose >= 10% over >= 3 epochs since its best
                      while the training loss kept falling
 underfitting         final training accuracy < 0.8 (classification) or
                      R^2 on the training set < 0.5 (regression)
@@ -28,8 +29,9 @@ import statistics
 NOT_LEARNING_REL = 0.01
 VANISHING_RATIO = 1e-3
 EXPLODING_RATIO = 1e3
+EXPLODING_NORM = 1e3
 DEAD_FRACTION = 0.5
-OVERFIT_RISE = 0.05
+OVERFIT_RISE = 0.10
 OVERFIT_EPOCHS = 3
 UNDERFIT_ACCURACY = 0.8
 UNDERFIT_R2 = 0.5
@@ -138,34 +140,24 @@ def diagnose(
 
     norms = [(r["epoch"], _global_norm(r.get("grad_norm") or [])) for r in history]
     norms = [(e, g) for e, g in norms if g is not None and g > 0]
-    growth = norms[-1][1] / norms[0][1] if len(norms) >= 2 else 1.0
     peak = max(norms, key=lambda eg: eg[1]) if norms else None
-    exploding_ratio = ratios and statistics.median(ratios) > EXPLODING_RATIO
-    if exploding_ratio or max((g for _, g in norms), default=0) > EXPLODING_RATIO * (
-        norms[0][1] if norms else math.inf
-    ):
-        findings.append(
-            _finding(
-                "exploding_gradients",
-                "Gradient norms grew by orders of magnitude"
-                + (
-                    " from the last layer back to the first."
-                    if exploding_ratio
-                    else " during training."
-                ),
-                {
-                    "first_epoch_grad_norm": norms[0][1] if norms else None,
-                    "peak_grad_norm": peak[1] if peak else None,
-                    "peak_epoch": peak[0] if peak else None,
-                    "growth": growth,
-                    "median_first_to_last_grad_ratio": statistics.median(ratios)
-                    if ratios
-                    else None,
-                },
-                "Set gradient_clip_norm (e.g. 1.0), lower the learning rate, or use a "
-                "smaller initialization (he / xavier).",
-            )
-        )
+    median_ratio = statistics.median(ratios) if ratios else None
+    reasons = []
+    if median_ratio is not None and median_ratio > EXPLODING_RATIO:
+        reasons.append("from the last layer back to the first")
+    if peak and peak[1] > EXPLODING_NORM:
+        reasons.append(f"to {peak[1]:.3g} in epoch {peak[0]}")
+    if peak and peak[1] > EXPLODING_RATIO * norms[0][1]:
+        reasons.append(f"{peak[1] / norms[0][1]:.3g}-fold during training")
+    if reasons:
+        findings.append(_finding(
+            "exploding_gradients",
+            "Gradient norms grew by orders of magnitude: " + "; ".join(reasons) + ".",
+            {"first_epoch_grad_norm": norms[0][1], "peak_grad_norm": peak[1],
+             "peak_epoch": peak[0], "median_first_to_last_grad_ratio": median_ratio},
+            "Set gradient_clip_norm (e.g. 1.0), lower the learning rate, or use a "
+            "smaller initialization (he / xavier).",
+        ))
 
     if finite:
         dead = finite[-1].get("dead_relu_fraction") or []
@@ -215,7 +207,8 @@ def diagnose(
                 findings.append(
                     _finding(
                         "underfitting",
-                        f"Even on the training set the accuracy is only {last['train_accuracy']:.1%}.",
+                        "Even on the training set the accuracy is only "
+                        f"{last['train_accuracy']:.1%}.",
                         {
                             "train_accuracy": last["train_accuracy"],
                             "val_accuracy": last.get("val_accuracy"),

@@ -6,7 +6,7 @@ Each initializer draws ``W`` of shape ``(fan_in, fan_out)`` from an explicit
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -10,7 +10,7 @@ Backward, given ``dA = dL/dA`` of shape ``(batch, n_out)``::
 
     dZ = dA * g'(Z)        # (batch, n_out)
     dW = X.T @ dZ          # (n_in, n_out)
-    db = sum_rows(dZ)      # (n_out,)
+    db = 1^T dZ            # (n_out,), the sum over the batch
     dX = dZ @ W.T          # (batch, n_in)
 
 ``params`` and ``grads`` are dicts keyed ``"W"`` and ``"b"``. When a layer is
@@ -32,9 +32,10 @@ from .activations import Activation, get_activation
 class _Buffers:
     """Per-batch-size scratch arrays of a layer (training mode only)."""
 
-    __slots__ = ("Z", "A", "dX", "noise", "drop", "D")
+    __slots__ = ("Z", "A", "dX", "ones", "noise", "drop", "D")
 
     def __init__(self, n: int, n_in: int, n_out: int, dtype, dropout: float):
+        self.ones = np.ones(n, dtype)  # sums the batch's rows with one BLAS call
         self.Z = np.empty((n, n_out), dtype)
         self.A = np.empty((n, n_out), dtype)
         self.dX = np.empty((n, n_in), dtype)
@@ -137,7 +138,7 @@ class Dense:
             dA = np.multiply(dA, drop, out=dA)
         dZ = dA if self._identity else self.activation.backward(dA, Z, A, out=dA)
         np.matmul(X.T, dZ, out=self.grads["W"])  # (n_in, n_out)
-        np.add.reduce(dZ, axis=0, out=self.grads["b"])  # (n_out,)
+        np.matmul(buf.ones, dZ, out=self.grads["b"])  # (n_out,) = 1^T dZ, the column sums
         if not need_dX:
             return None
         return np.matmul(dZ, self.params["W"].T, out=buf.dX)  # (batch, n_in)

@@ -65,7 +65,7 @@ class Network:
         self.grads_flat = np.zeros(total, self.dtype)
         offset = 0
         for key, sizes in (("W", sizes_W), ("b", sizes_b)):
-            for layer, size in zip(self.layers, sizes):
+            for layer, size in zip(self.layers, sizes, strict=True):
                 shape = layer.params[key].shape
                 view = self.params_flat[offset : offset + size].reshape(shape)
                 view[...] = layer.params[key]
@@ -145,14 +145,17 @@ class Network:
             out.append(act.forward(O) if act is not None else O)
         return np.concatenate(out) if out else np.empty((0, self.layers[-1].n_out), self.dtype)
 
+    def predict_labels(self, O: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Predicted classes (int64, shape ``(batch,)``) from outputs ``O`` of ``forward``."""
+        if O.shape[1] == 1:
+            threshold = 0.0 if self.fused else 0.5  # logit 0 is probability 0.5
+            return np.greater(O[:, 0], threshold, out=out, casting="unsafe") if out is not None \
+                else (O[:, 0] > threshold).astype(np.int64)
+        return O.argmax(axis=1, out=out)
+
     def correct(self, O: np.ndarray, labels: np.ndarray) -> int:
         """Number of rows of ``O`` whose predicted class equals ``labels``."""
-        if O.shape[1] == 1:
-            threshold = 0.0 if self.fused else 0.5
-            pred = (O[:, 0] > threshold).astype(np.int64)
-        else:
-            pred = np.argmax(O, axis=1)
-        return int(np.count_nonzero(pred == labels))
+        return int(np.count_nonzero(self.predict_labels(O) == labels))
 
     def evaluate(
         self,

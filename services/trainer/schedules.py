@@ -15,7 +15,7 @@ linearly over the first ``w`` epochs, ``lr_e = base * (e + 1) / w`` for
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 Schedule = Callable[[float, int, dict, int], float]
 

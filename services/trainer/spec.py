@@ -453,6 +453,8 @@ def resolve_head(
             raise SpecError(out_loc, "softmax needs a classification task")
         return out, "mse"
     binary = n_classes == 2
+    if output_activation == "sigmoid" and n_classes not in (None, 2) and loss != "mse":
+        raise SpecError(out_loc, f"sigmoid output needs 2 classes, got {n_classes}; use softmax")
     if not output_activation:
         if loss == "cross_entropy":
             output_activation = "softmax"

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -235,6 +235,8 @@ def fit(
     # per-epoch gathered copies and per-batch-size output-gradient buffers
     Xe, Ye = np.empty_like(X_train), np.empty_like(Y_train)
     Le = np.empty_like(labels_train) if classification else None
+    track_predictions = classification and running
+    predicted = np.empty(n, np.int64)  # running mode: each row's class before its update
     dO_buffers = {e - s: np.empty((e - s, Y_train.shape[1]), dtype) for s, e in batches}
     batch_losses = np.empty(len(batches), np.float64)
     params, grads, nw = net.params_flat, net.grads_flat, net.n_weights
@@ -250,17 +252,16 @@ def fit(
         perm = rng.permutation(n)
         np.take(X_train, perm, axis=0, out=Xe)
         np.take(Y_train, perm, axis=0, out=Ye)
-        if classification and running:
+        if track_predictions:
             np.take(labels_train, perm, out=Le)
-        correct = 0
         grad_norms: list[float] = []
         with np.errstate(all="ignore"):
             for i, (s, e) in enumerate(batches):
                 O = net.forward(Xe[s:e], True, rng)
                 dO = dO_buffers[e - s]
                 batch_losses[i] = loss_fn.forward_backward(O, Ye[s:e], dO)
-                if classification and running:
-                    correct += net.correct(O, Le[s:e])
+                if track_predictions:
+                    net.predict_labels(O, out=predicted[s:e])
                 net.backward(dO)
                 if l2_tmp is not None:
                     np.multiply(W_all, hp.l2, out=l2_tmp)
@@ -275,11 +276,11 @@ def fit(
             # after the epoch's updates: accuracies and the units that fired
             active = [
                 np.zeros(layer.n_out, bool) if r else None
-                for layer, r in zip(net.layers, relu_layers)
+                for layer, r in zip(net.layers, relu_layers, strict=True)
             ]
             train_acc, measured = None, False
-            if classification and running:
-                train_acc = correct / n
+            if track_predictions:
+                train_acc = int(np.count_nonzero(predicted == Le)) / n
             if (classification and not running) or not has_val:
                 _, train_acc_after = net.evaluate(X_train, Y_train, labels_train, active)
                 train_acc = train_acc if running else train_acc_after

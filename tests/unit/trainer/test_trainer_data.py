@@ -1,0 +1,124 @@
+"""Datasets: every generator and bundled set, the split and the standardization."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.trainer import SpecError, load_dataset
+from services.trainer.data import DATASETS
+
+EXPECTED = {
+    # name: (task, n_classes, n_features)
+    "xor": ("classification", 2, 2),
+    "spirals": ("classification", 3, 2),
+    "moons": ("classification", 2, 2),
+    "circles": ("classification", 2, 2),
+    "blobs": ("classification", 3, 2),
+    "sine": ("regression", None, 1),
+    "digits": ("classification", 10, 64),
+    "iris": ("classification", 3, 4),
+    "wine": ("classification", 3, 13),
+    "breast_cancer": ("classification", 2, 30),
+    "diabetes": ("regression", None, 10),
+}
+
+
+def test_every_dataset_is_covered():
+    assert set(EXPECTED) | {"arrays"} == set(DATASETS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_dataset_loads_split_and_standardized(name):
+    task, n_classes, n_features = EXPECTED[name]
+    data = load_dataset({"name": name, "validation_split": 0.25, "seed": 3})
+    assert data.task == task and data.n_classes == n_classes and data.n_features == n_features
+    n_train, n_val = len(data.X_train), len(data.X_val)
+    assert len(data.y_train) == n_train and len(data.y_val) == n_val
+    assert n_val == pytest.approx(0.25 * (n_train + n_val), abs=(n_classes or 1))
+    assert np.isfinite(data.X_train).all() and np.isfinite(data.X_val).all()
+    # standardized with the training statistics only
+    assert np.allclose(data.X_train.mean(axis=0), 0, atol=1e-9)
+    std = data.X_train.std(axis=0)
+    assert np.all((np.abs(std - 1) < 1e-9) | (std == 0))
+    if task == "classification":
+        assert data.y_train.dtype == np.int64
+        assert set(np.unique(data.y_train)) == set(range(n_classes))
+        # stratified: each class's share is the same in both parts
+        share_train = np.bincount(data.y_train, minlength=n_classes) / n_train
+        share_val = np.bincount(data.y_val, minlength=n_classes) / n_val
+        assert np.allclose(share_train, share_val, atol=0.05)
+    else:
+        assert np.isclose(data.y_train.mean(), 0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["xor", "spirals", "moons", "circles", "blobs", "sine"])
+def test_synthetic_options_and_seed(name):
+    a = load_dataset({"name": name, "n_samples": 120, "noise": 0.05, "seed": 1})
+    b = load_dataset({"name": name, "n_samples": 120, "noise": 0.05, "seed": 1})
+    c = load_dataset({"name": name, "n_samples": 120, "noise": 0.05, "seed": 2})
+    assert len(a.X_train) + len(a.X_val) == 120
+    assert np.array_equal(a.X_train, b.X_train) and np.array_equal(a.y_train, b.y_train)
+    assert not np.array_equal(a.X_train, c.X_train)
+
+
+def test_spiral_arms_and_blob_centers():
+    assert load_dataset({"name": "spirals", "arms": 5}).n_classes == 5
+    blobs = load_dataset({"name": "blobs", "centers": 4, "n_features": 7})
+    assert blobs.n_classes == 4 and blobs.n_features == 7
+
+
+def test_xor_truth_table():
+    data = load_dataset(
+        {"name": "xor", "n_samples": 4, "noise": 0.0, "validation_split": 0.0, "standardize": False}
+    )
+    pairs = zip(data.X_train.tolist(), data.y_train.tolist(), strict=True)
+    table = {tuple(x): y for x, y in pairs}
+    assert table == {(0.0, 0.0): 0, (0.0, 1.0): 1, (1.0, 0.0): 1, (1.0, 1.0): 0}
+
+
+def test_standardization_uses_training_statistics_only():
+    X = [[0.0], [2.0], [4.0], [6.0], [100.0], [200.0]]
+    y = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    raw = load_dataset(
+        {
+            "name": "arrays",
+            "X": X,
+            "y": y,
+            "standardize": False,
+            "standardize_targets": False,
+            "validation_split": 0.34,
+            "seed": 0,
+        }
+    )
+    std = load_dataset({"name": "arrays", "X": X, "y": y, "validation_split": 0.34, "seed": 0})
+    mean, sd = raw.X_train.mean(axis=0), raw.X_train.std(axis=0)
+    assert np.allclose(std.X_val, (raw.X_val - mean) / sd)
+    assert np.allclose(std.feature_mean, mean) and np.allclose(std.feature_std, sd)
+    assert np.allclose(std.y_val, (raw.y_val - raw.y_train.mean()) / raw.y_train.std())
+
+
+def test_arrays_dataset_classification_with_string_labels():
+    data = load_dataset(
+        {
+            "name": "arrays",
+            "X": [[i, i % 3] for i in range(30)],
+            "y": ["a", "b", "c"] * 10,
+            "validation_split": 0.2,
+        }
+    )
+    assert data.task == "classification" and data.n_classes == 3 and data.classes == ["a", "b", "c"]
+    assert len(data.X_val) == 6
+
+
+def test_arrays_dataset_regression_multi_target_and_numpy_input():
+    X = np.linspace(0, 1, 20)[:, None]
+    y = np.c_[np.sin(X[:, 0]), np.cos(X[:, 0])]
+    data = load_dataset({"name": "arrays", "X": X, "y": y, "task": "regression"})
+    assert data.task == "regression" and data.n_outputs == 2 and data.y_train.shape[1] == 2
+
+
+def test_bad_dataset_spec_is_a_spec_error():
+    with pytest.raises(SpecError) as err:
+        load_dataset({"name": "moons", "arms": 2})
+    assert err.value.loc == "dataset.arms"

@@ -1,0 +1,393 @@
+"""The training loop: records, statuses, early stopping, divergence, resume, reproducibility."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from services.trainer import (
+    Network,
+    TrainResult,
+    build_network,
+    dataset_from_arrays,
+    fit,
+    flatten_record,
+    load_dataset,
+    parse_spec,
+)
+from services.trainer.schedules import learning_rate
+
+from .conftest import make_spec, strip_seconds
+
+RECORD_KEYS = {
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "train_accuracy",
+    "val_accuracy",
+    "learning_rate",
+    "grad_norm",
+    "weight_norm",
+    "dead_relu_fraction",
+    "seconds",
+}
+
+
+def test_fit_learns_moons_and_records_every_epoch():
+    records = []
+    result = fit(
+        make_spec(hyperparameters={"epochs": 20, "optimizer": "adam", "learning_rate": 0.01}),
+        on_epoch=records.append,
+    )
+    assert isinstance(result, TrainResult) and result.status == "completed"
+    assert records == result.history and [r["epoch"] for r in records] == list(range(1, 21))
+    for r in records:
+        assert set(r) == RECORD_KEYS
+        assert len(r["grad_norm"]) == len(r["weight_norm"]) == len(r["dead_relu_fraction"]) == 2
+        assert r["dead_relu_fraction"][1] is None and 0 <= r["dead_relu_fraction"][0] <= 1
+        json.dumps(r, allow_nan=False)
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert records[-1]["val_accuracy"] > 0.85
+    summary = result.summary()
+    json.dumps(summary, allow_nan=False)
+    assert summary["status"] == "completed" and summary["best_epoch"] == result.best_epoch
+    assert "history" not in summary and "network" not in summary
+    assert result.best_metrics["val_loss"] == min(r["val_loss"] for r in records)
+    assert result.diverged_epoch is None and result.seconds > 0
+    assert isinstance(result.network, Network)
+    assert (
+        Network.from_npz_bytes(result.network.to_npz_bytes()).params_flat.tobytes()
+        == result.network.params_flat.tobytes()
+    )
+
+
+def test_regression_records_have_no_accuracy():
+    result = fit(
+        make_spec(dataset={"name": "sine", "n_samples": 200}, hyperparameters={"epochs": 3})
+    )
+    assert "train_accuracy" not in result.history[0] and "val_accuracy" not in result.history[0]
+    assert result.network.loss.name == "mse"
+
+
+def test_train_loss_is_the_mean_of_batch_losses_before_each_update():
+    """Full batch: the epoch's train loss equals the loss of the weights it started with."""
+    spec = make_spec(hyperparameters={"batch_size": None, "epochs": 3, "dtype": "float64"})
+    data = load_dataset(spec["dataset"])
+    net = build_network(spec, data)
+    Y = net.encode_targets(data.y_train)
+    start_loss = net.loss.value(net.forward(data.X_train), Y)
+    result = fit(spec, data=data, network=net)
+    assert result.history[0]["train_loss"] == pytest.approx(start_loss, rel=1e-12)
+    # and train_accuracy is measured after the epoch's updates
+    correct = net.correct(net.forward(data.X_train), data.y_train)
+    assert result.history[-1]["train_accuracy"] == correct / len(data.X_train)
+
+
+def test_flatten_record():
+    record = {
+        "epoch": 3,
+        "train_loss": 0.5,
+        "val_loss": None,
+        "grad_norm": [1.0, 2.0],
+        "dead_relu_fraction": [0.25, None],
+        "seconds": 0.1,
+    }
+    assert flatten_record(record) == {
+        "epoch": 3.0,
+        "train_loss": 0.5,
+        "grad_norm.layer_0": 1.0,
+        "grad_norm.layer_1": 2.0,
+        "dead_relu_fraction.layer_0": 0.25,
+        "seconds": 0.1,
+    }
+
+
+@pytest.mark.parametrize("batch_size, steps", [(None, 1), (1, 160), (50, 4)])
+def test_gradient_descent_forms(batch_size, steps):
+    """Full batch, stochastic and mini-batch: one optimizer step per batch."""
+    result = fit(
+        make_spec(
+            hyperparameters={
+                "batch_size": batch_size,
+                "epochs": 2,
+                "optimizer": "adam",
+                "learning_rate": 1e-3,
+            }
+        )
+    )
+    assert result.status == "completed"
+    # adam counts its steps; recover it from a checkpoint
+    blobs = []
+    fit(
+        make_spec(
+            hyperparameters={
+                "batch_size": batch_size,
+                "epochs": 2,
+                "optimizer": "adam",
+                "learning_rate": 1e-3,
+            }
+        ),
+        checkpoint_every=1,
+        on_checkpoint=lambda e, b: blobs.append(b),
+    )
+    from services.trainer.checkpoint import load_checkpoint
+
+    assert load_checkpoint(blobs[0]).meta["optimizer"]["t"] == steps
+
+
+def test_callback_can_stop_training():
+    result = fit(make_spec(hyperparameters={"epochs": 10}), on_epoch=lambda r: r["epoch"] == 3)
+    assert result.status == "stopped" and len(result.history) == 3
+
+
+def test_divergence_stops_at_once_with_the_epoch():
+    seen = []
+    result = fit(
+        make_spec(
+            dataset={"name": "sine", "n_samples": 200},
+            architecture={"layers": [{"units": 32}, {"units": 32}]},
+            hyperparameters={"learning_rate": 10.0, "epochs": 50},
+        ),
+        on_epoch=seen.append,
+    )
+    assert result.status == "diverged"
+    assert result.diverged_epoch == len(result.history) == len(seen) < 50
+    last = result.history[-1]
+    assert last["train_loss"] is None or last["val_loss"] is None
+    for record in result.history:
+        json.dumps(record, allow_nan=False)  # None, never NaN/inf
+    for record in result.history[:-1]:
+        assert math.isfinite(record["train_loss"])
+    assert [d["code"] for d in result.diagnosis][0] == "diverged"
+    json.dumps(result.summary(), allow_nan=False)
+
+
+def _overfit_spec(**es):
+    return make_spec(
+        dataset={"name": "moons", "n_samples": 40, "noise": 0.4, "validation_split": 0.5},
+        architecture={"layers": [{"units": 128}, {"units": 128}]},
+        hyperparameters={
+            "optimizer": "adam",
+            "learning_rate": 0.01,
+            "epochs": 150,
+            "batch_size": None,
+            "early_stopping": es or None,
+        },
+    )
+
+
+def test_early_stopping_patience_and_restore_best():
+    result = fit(_overfit_spec(patience=4))
+    assert result.status == "early_stopped"
+    val = [r["val_loss"] for r in result.history]
+    best = result.best_epoch
+    assert val[best - 1] == min(val)
+    assert len(result.history) == best + 4
+    # the returned network holds the best epoch's weights
+    data = load_dataset(_overfit_spec()["dataset"])
+    net = result.network
+    loss, _ = net.evaluate(
+        data.X_val.astype(np.float32), net.encode_targets(data.y_val), data.y_val
+    )
+    assert loss == pytest.approx(val[best - 1], rel=1e-6)
+
+
+def test_early_stopping_min_delta_and_no_restore():
+    result = fit(_overfit_spec(patience=3, min_delta=10.0, restore_best=False))
+    assert result.status == "early_stopped" and result.best_epoch == 1
+    assert len(result.history) == 4
+    plain = fit(_overfit_spec(patience=3, min_delta=10.0, restore_best=False))
+    assert np.array_equal(plain.network.params_flat, result.network.params_flat)
+
+
+def test_early_stopping_on_accuracy_maximizes():
+    result = fit(_overfit_spec(metric="val_accuracy", patience=5))
+    acc = [r["val_accuracy"] for r in result.history]
+    assert acc[result.best_epoch - 1] == max(acc)
+    assert acc.index(max(acc)) == result.best_epoch - 1  # first epoch reaching the best
+
+
+RESUME_SPEC = make_spec(
+    dataset={"name": "spirals", "n_samples": 150, "noise": 0.2},
+    architecture={"layers": [{"units": 24}, {"units": 12, "activation": "tanh"}]},
+    hyperparameters={
+        "optimizer": "adam",
+        "learning_rate": 0.01,
+        "epochs": 9,
+        "batch_size": 16,
+        "dropout": 0.2,
+        "l2": 1e-3,
+        "gradient_clip_norm": 5.0,
+        "lr_schedule": {"name": "cosine", "warmup_epochs": 2},
+        "early_stopping": {"patience": 50},
+    },
+)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_resume_equals_uninterrupted_bit_for_bit(optimizer):
+    spec = make_spec(**{k: v for k, v in RESUME_SPEC.items() if k != "name"})
+    spec["hyperparameters"]["optimizer"] = optimizer
+    if optimizer == "sgd":
+        spec["hyperparameters"].update(momentum=0.9, nesterov=True, learning_rate=0.05)
+    blobs = {}
+    full = fit(spec, checkpoint_every=3, on_checkpoint=lambda e, b: blobs.setdefault(e, b))
+    assert sorted(blobs) == [3, 6] and all(isinstance(b, bytes) for b in blobs.values())
+    for epoch, blob in blobs.items():
+        seen = []
+        resumed = fit(spec, resume_from=blob, on_epoch=seen.append)
+        assert [r["epoch"] for r in seen] == list(range(epoch + 1, 10))
+        assert strip_seconds(resumed.history) == strip_seconds(full.history)
+        assert resumed.network.params_flat.tobytes() == full.network.params_flat.tobytes()
+        assert resumed.best_epoch == full.best_epoch and resumed.status == full.status
+
+
+def test_resume_after_early_stopping_state():
+    spec = _overfit_spec(patience=6)
+    blobs = {}
+    full = fit(spec, checkpoint_every=1, on_checkpoint=lambda e, b: blobs.setdefault(e, b))
+    assert full.status == "early_stopped"
+    mid = max(e for e in blobs if e > full.best_epoch)  # inside the patience window
+    resumed = fit(spec, resume_from=blobs[mid])
+    assert strip_seconds(resumed.history) == strip_seconds(full.history)
+    assert resumed.network.params_flat.tobytes() == full.network.params_flat.tobytes()
+    assert resumed.best_epoch == full.best_epoch
+
+
+def test_checkpoint_is_not_a_pickle():
+    blobs = []
+    fit(
+        make_spec(hyperparameters={"epochs": 2}),
+        checkpoint_every=1,
+        on_checkpoint=lambda e, b: blobs.append(b),
+    )
+    import io
+
+    with np.load(io.BytesIO(blobs[0]), allow_pickle=False) as z:
+        assert "params" in z.files and "meta" in z.files
+    with pytest.raises(ValueError):
+        fit(make_spec(), resume_from=b"garbage")
+
+
+def test_reproducible_bit_for_bit_and_seed_matters():
+    spec = make_spec(hyperparameters={"dropout": 0.3, "epochs": 4})
+    a, b = fit(spec), fit(spec)
+    assert strip_seconds(a.history) == strip_seconds(b.history)
+    assert a.network.params_flat.tobytes() == b.network.params_flat.tobytes()
+    c = fit(make_spec(hyperparameters={"dropout": 0.3, "epochs": 4, "seed": 1}))
+    assert c.network.params_flat.tobytes() != a.network.params_flat.tobytes()
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        ({"name": "constant"}, lambda e: 0.1),
+        ({"name": "step", "step_size": 3, "gamma": 0.5}, lambda e: 0.1 * 0.5 ** (e // 3)),
+        ({"name": "exponential", "gamma": 0.9}, lambda e: 0.1 * 0.9**e),
+        (
+            {"name": "cosine", "min_lr": 0.01},
+            lambda e: 0.01 + 0.09 * (1 + math.cos(math.pi * e / 8)) / 2,
+        ),
+        ({"name": "constant", "warmup_epochs": 4}, lambda e: 0.1 * min(e + 1, 4) / 4),
+        (
+            {"name": "step", "step_size": 2, "gamma": 0.1, "warmup_epochs": 2},
+            lambda e: 0.1 * (e + 1) / 2 if e < 2 else 0.1 * 0.1 ** ((e - 2) // 2),
+        ),
+        (
+            {"name": "exponential", "gamma": 0.5, "warmup_epochs": 3},
+            lambda e: 0.1 * (e + 1) / 3 if e < 3 else 0.1 * 0.5 ** (e - 3),
+        ),
+        (
+            {"name": "cosine", "warmup_epochs": 2},
+            lambda e: (
+                0.1 * (e + 1) / 2 if e < 2 else 0.1 * (1 + math.cos(math.pi * (e - 2) / 6)) / 2
+            ),
+        ),
+        (
+            {"name": "cosine", "t_max": 4},
+            lambda e: 0.1 * (1 + math.cos(math.pi * min(e, 4) / 4)) / 2,
+        ),
+    ],
+)
+def test_schedules_give_each_epoch_its_rate(schedule, expected):
+    result = fit(
+        make_spec(hyperparameters={"epochs": 8, "lr_schedule": schedule, "learning_rate": 0.1})
+    )
+    rates = [r["learning_rate"] for r in result.history]
+    assert rates == pytest.approx([expected(e) for e in range(8)], rel=1e-12)
+    spec = parse_spec(make_spec(hyperparameters={"lr_schedule": schedule}))
+    assert learning_rate(0.1, 0, spec.hyperparameters.lr_schedule, 8) == pytest.approx(expected(0))
+
+
+def test_l2_dropout_clipping_and_float64_run():
+    base = {"epochs": 3, "dtype": "float64"}
+    plain = fit(make_spec(hyperparameters=base))
+    assert plain.network.dtype == np.float64
+    l2 = fit(make_spec(hyperparameters={**base, "l2": 0.5}))
+    assert l2.history[-1]["weight_norm"][0] < plain.history[-1]["weight_norm"][0]
+    clipped = fit(make_spec(hyperparameters={**base, "gradient_clip_norm": 1e-3}))
+    moved = np.abs(
+        clipped.network.params_flat
+        - build_network(
+            make_spec(hyperparameters=base), load_dataset(make_spec()["dataset"])
+        ).params_flat
+    ).sum()
+    assert moved < np.abs(plain.network.params_flat).sum()
+    dropped = fit(make_spec(hyperparameters={**base, "dropout": 0.5}))
+    assert dropped.status == "completed"
+    assert strip_seconds(dropped.history) != strip_seconds(plain.history)
+
+
+def test_clip_by_global_norm_matches_torch_rule():
+    from services.trainer.optimizers import clip_by_global_norm
+
+    g = np.array([3.0, 4.0])
+    assert clip_by_global_norm(g, 1.0) == 5.0
+    assert np.allclose(g, np.array([3.0, 4.0]) / (5.0 + 1e-6))
+    h = np.array([0.3, 0.4])
+    clip_by_global_norm(h, 1.0)
+    assert np.array_equal(h, [0.3, 0.4])
+
+
+def test_fit_with_data_and_network_given():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 3))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    data = dataset_from_arrays(X[:40], y[:40], X[40:], y[40:])
+    spec = make_spec(
+        dataset={"name": "digits"},  # re-inferred for the data given
+        hyperparameters={"epochs": 5},
+    )
+    result = fit(spec, data=data)
+    assert result.network.sizes == [3, 16, 1] and result.network.loss.name == "binary_cross_entropy"
+    again = fit(spec, data=data, network=result.network)
+    assert again.network is result.network
+
+
+def test_no_validation_split():
+    result = fit(
+        make_spec(
+            dataset={"name": "xor", "n_samples": 4, "noise": 0.0, "validation_split": 0.0},
+            architecture={"layers": [{"units": 8, "activation": "tanh"}]},
+            hyperparameters={
+                "epochs": 300,
+                "batch_size": None,
+                "learning_rate": 0.5,
+                "optimizer": "sgd",
+                "momentum": 0.9,
+            },
+        )
+    )
+    last = result.history[-1]
+    assert last["val_loss"] is None and last["val_accuracy"] is None
+    assert last["train_accuracy"] == 1.0  # the XOR truth table is learnt
+    assert result.best_epoch is not None
+
+
+def test_running_train_metrics_mode():
+    result = fit(make_spec(hyperparameters={"epochs": 3, "train_metrics": "running"}))
+    assert all(0 <= r["train_accuracy"] <= 1 for r in result.history)
+    assert all(r["dead_relu_fraction"][0] is not None for r in result.history)
