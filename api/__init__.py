@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf
+        raise ValueError(f"{text} is out of the range of a double")
+    return value
+
+
 def json_body() -> Any:
     """The request's JSON: 415 if not JSON, 413 if too big, 400 if malformed or NaN."""
     if not request.is_json:
@@ -80,7 +88,7 @@ def json_body() -> Any:
     if limit is not None and len(raw) > limit:
         raise APIError(413, f"request body larger than {limit} bytes")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as err:
         raise APIError(400, f"malformed JSON: {err}", code="malformed_json") from err
 

@@ -99,7 +99,13 @@ def create_job():
     session = db()
     job = job_service.create_job(session, spec=spec)
     session.commit()
-    services().dispatcher.enqueue_jobs([job.id])
+    try:
+        services().dispatcher.enqueue_jobs([job.id])
+    except Exception as err:  # the broker is down: do not leave a job nobody will run
+        job_service.fail_unqueued(session, [job.id], err)
+        session.commit()
+        raise APIError(503, f"the job queue is unavailable ({type(err).__name__}); try again",
+                       code="queue_unavailable") from err  # fmt: skip
     return job_public(job), 201, {"Location": url_for("jobs.get_job", job_id=job.id)}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from services.specs import (
@@ -50,8 +51,10 @@ PAGE = [
 
 def openapi_document() -> dict[str, Any]:
     """The whole OpenAPI 3.1 document."""
-    models = [JobCreate, SweepCreate, JobPublic, JobPage, MetricsPublic, SweepPublic, SweepPage,
-              ErrorResponse]  # fmt: skip
+    models: list[type[BaseModel]] = [
+        JobCreate, SweepCreate, JobPublic, JobPage, MetricsPublic, SweepPublic, SweepPage,
+        ErrorResponse,
+    ]  # fmt: skip
     _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     schemas = top.get("$defs", {})
     body = {"required": True, "content": {"application/json": {"schema": _ref("JobCreate")}}}

@@ -79,7 +79,14 @@ def create_sweep():
     session = db()
     sweep, job_ids = sweep_service.create_sweep(session, sweep=spec, limits=svc.settings.limits)
     session.commit()
-    svc.dispatcher.enqueue_jobs(job_ids)
+    try:
+        svc.dispatcher.enqueue_jobs(job_ids)
+    except Exception as err:  # the broker is down: stop the sweep rather than strand it
+        sweep_service.cancel_sweep(session, sweep.id)
+        job_service.fail_unqueued(session, job_ids, err)
+        session.commit()
+        raise APIError(503, f"the job queue is unavailable ({type(err).__name__}); try again",
+                       code="queue_unavailable") from err  # fmt: skip
     return sweep_public(sweep), 201, {"Location": url_for("sweeps.get_sweep", sweep_id=sweep.id)}
 
 

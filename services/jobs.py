@@ -55,6 +55,11 @@ class BadCursorError(ValueError):
     pass
 
 
+def _rowcount(result: Any) -> int:
+    """Rows matched by an UPDATE (a ``CursorResult``)."""
+    return int(result.rowcount)
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -162,11 +167,13 @@ def request_cancel(session: Session, job_id: str) -> Job:
     ``LookupError`` when there is no such job.
     """
     now = utcnow()
-    done = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now)
-    ).rowcount
+    done = _rowcount(
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now)
+        )
+    )
     if not done:
         session.execute(
             update(Job)
@@ -181,30 +188,43 @@ def request_cancel(session: Session, job_id: str) -> Job:
     return job
 
 
+def fail_unqueued(session: Session, job_ids: list[str], err: Exception) -> None:
+    """Mark jobs whose message could not be sent as failed (if nobody took them)."""
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status.in_(("queued", "cancelled")))
+        .values(status="failed", error=f"could not be queued: {err}", finished_at=now,
+                updated_at=now)
+    )  # fmt: skip
+
+
 # --- the worker's side: claim, record, finish ---------------------------------------
 
 
 def claim_job(session: Session, *, job_id: str, worker: str, lease_seconds: float) -> Job | None:
     """Take a queued job, or a running one whose lease expired; None if neither."""
     now = utcnow()
-    claimed = session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            or_(
-                Job.status == "queued",
-                and_(Job.status == "running", Job.lease_expires_at < now),
-            ),
+    claimed = _rowcount(
+        session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                or_(
+                    Job.status == "queued",
+                    and_(Job.status == "running", Job.lease_expires_at < now),
+                ),
+            )
+            .values(
+                status="running",
+                worker=worker,
+                attempts=Job.attempts + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                started_at=func.coalesce(Job.started_at, now),
+                updated_at=now,
+            )
         )
-        .values(
-            status="running",
-            worker=worker,
-            attempts=Job.attempts + 1,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            started_at=func.coalesce(Job.started_at, now),
-            updated_at=now,
-        )
-    ).rowcount
+    )
     if not claimed:
         return None
     return session.get(Job, job_id, populate_existing=True)
@@ -236,11 +256,15 @@ def record_epochs(
     lease expired finds ``owned=False`` and must stop.
     """
     now = utcnow()
-    owned = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now, **progress)
-    ).rowcount
+    owned = _rowcount(
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
+            .values(
+                lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now, **progress
+            )
+        )
+    )
     if not owned:
         return FlushResult(owned=False)
     if rows:
@@ -260,11 +284,15 @@ def finish_job(session: Session, *, job_id: str, attempt: int, status: str, **va
     """Set the final status if this attempt still owns the running job."""
     now = utcnow()
     return bool(
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
-            .values(status=status, finished_at=now, updated_at=now, lease_expires_at=None, **values)
-        ).rowcount
+        _rowcount(
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
+                .values(
+                    status=status, finished_at=now, updated_at=now, lease_expires_at=None, **values
+                )
+            )
+        )
     )
 
 
@@ -296,12 +324,9 @@ def jsonable(value: Any) -> Any:
 
 
 def _flatten(record: dict[str, Any]) -> dict[str, Any]:
-    try:
-        from services.trainer import flatten_record
-    except ImportError:
-        flatten_record = None
-    flat = flatten_record(record) if flatten_record else record
-    return jsonable(flat)
+    from services.trainer import flatten_record
+
+    return jsonable(flatten_record(record))
 
 
 @dataclass

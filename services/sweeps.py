@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.celery_app import Dispatcher
 from services.config import Limits, Settings
 from services.db.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobMetric, Sweep, utcnow
-from services.jobs import Objective, create_job, paginate
+from services.jobs import Objective, create_job, expired_leases, paginate
 from services.specs import (
     EarlyStoppingPolicy,
     ParameterSpec,
@@ -187,12 +187,14 @@ def random_point(parameters: dict[str, ParameterSpec], seed: int, index: int) ->
     for path, p in parameters.items():
         if p.values is not None:
             point[path] = p.values[int(rng.integers(len(p.values)))]
-        elif p.distribution == "uniform":
+            continue
+        assert p.min is not None and p.max is not None
+        if p.distribution == "uniform":
             point[path] = float(rng.uniform(p.min, p.max))
         elif p.distribution == "log_uniform":
-            point[path] = float(math.exp(rng.uniform(math.log(p.min), math.log(p.max))))  # type: ignore[arg-type]
+            point[path] = float(math.exp(rng.uniform(math.log(p.min), math.log(p.max))))
         else:  # int_uniform, both ends included
-            point[path] = int(rng.integers(int(p.min), int(p.max) + 1))  # type: ignore[arg-type]
+            point[path] = int(rng.integers(int(p.min), int(p.max) + 1))
     return point
 
 
@@ -208,10 +210,12 @@ def optuna_distributions(parameters: dict[str, ParameterSpec]) -> dict[str, Any]
     for path, p in parameters.items():
         if p.values is not None:
             dists[path] = CategoricalDistribution(list(range(len(p.values))))
-        elif p.distribution == "int_uniform":
-            dists[path] = IntDistribution(int(p.min), int(p.max))  # type: ignore[arg-type]
+            continue
+        assert p.min is not None and p.max is not None
+        if p.distribution == "int_uniform":
+            dists[path] = IntDistribution(int(p.min), int(p.max))
         else:
-            dists[path] = FloatDistribution(p.min, p.max, log=p.distribution == "log_uniform")  # type: ignore[arg-type]
+            dists[path] = FloatDistribution(p.min, p.max, log=p.distribution == "log_uniform")
     return dists
 
 
@@ -237,7 +241,10 @@ def tpe_study(sweep: Sweep, trials: list[Job], index: int):  # -> optuna.Study
         n_startup_trials=10 if startup is None else startup,
         constant_liar=True,  # trials still running count as pending, not as unknowns
     )
-    study = optuna.create_study(direction=sweep.objective_goal, sampler=sampler)
+    direction = optuna.study.StudyDirection.MINIMIZE
+    if sweep.objective_goal == "maximize":
+        direction = optuna.study.StudyDirection.MAXIMIZE
+    study = optuna.create_study(direction=direction, sampler=sampler)
     for trial in trials:
         if not trial.params:
             continue
@@ -425,7 +432,8 @@ def leaderboard(sweep: Sweep, trials: list[Job]) -> list[Job]:
 def best_trial(sweep: Sweep, board: list[Job]) -> Job | None:
     """The best finished trial (succeeded first; else the best of any)."""
     done = [t for t in board if t.status == "succeeded"]
-    return (done or board or [None])[0]
+    ranked = done or board
+    return ranked[0] if ranked else None
 
 
 def list_sweeps(
@@ -436,3 +444,32 @@ def list_sweeps(
     if statuses:
         stmt = stmt.where(Sweep.status.in_(statuses))
     return paginate(session, Sweep, stmt, cursor=cursor, limit=limit)
+
+
+def recover(
+    *, settings: Settings, session_factory: sessionmaker[Session], dispatcher: Dispatcher
+) -> tuple[list[str], list[str]]:
+    """Re-send jobs whose worker died (lease expired) and advance stalled sweeps.
+
+    A sweep stalls if the worker that ended its last active trial died before
+    it could create the next ones. Both steps are idempotent, so running this
+    from several workers at once is harmless. Returns (job ids re-sent, job
+    ids newly created for sweeps).
+    """
+    with session_factory() as session:
+        expired = expired_leases(session)
+        session.commit()
+    dispatcher.enqueue_jobs(expired)
+    with session_factory() as session:
+        active = select(Job.id).where(Job.sweep_id == Sweep.id, Job.status.in_(ACTIVE_STATUSES))
+        stalled = list(
+            session.scalars(select(Sweep.id).where(Sweep.status == "running", ~active.exists()))
+        )
+        session.commit()
+    created: list[str] = []
+    for sweep_id in stalled:
+        created += advance_and_enqueue(
+            settings=settings, session_factory=session_factory, dispatcher=dispatcher,
+            sweep_id=sweep_id,
+        )  # fmt: skip
+    return expired, created

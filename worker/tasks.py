@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from celery import shared_task, signals
 from sqlalchemy import Engine
@@ -12,11 +13,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.celery_app import RUN_JOB, Dispatcher
 from services.config import Settings
 from services.db import make_engine, make_session_factory
-from services.jobs import LeaseHeldError, execute_job, expired_leases
+from services.jobs import LeaseHeldError, execute_job
+from services.sweeps import recover
 
 log = logging.getLogger(__name__)
 
-REQUEUE_EXPIRED = "sweeplab.requeue_expired"
+RECOVER = "sweeplab.recover"
+RECOVER_GUARD = "sweeplab:recover:scheduled"
+RECOVER_EVERY_S = 30.0
 
 
 @dataclass
@@ -56,13 +60,13 @@ def _after_fork(**_kwargs: object) -> None:
 
 
 @signals.worker_ready.connect
-def _on_ready(sender: object = None, **_kwargs: object) -> None:
+def _on_ready(sender: Any = None, **_kwargs: Any) -> None:
     """Pick up jobs whose worker died (their lease expired) once this worker is up."""
     try:
-        app = sender.app  # type: ignore[union-attr]
-        app.send_task(REQUEUE_EXPIRED, queue=app.conf.task_default_queue)
+        app = sender.app
+        app.send_task(RECOVER, queue=app.conf.task_default_queue)
     except Exception:
-        log.exception("could not schedule %s", REQUEUE_EXPIRED)
+        log.exception("could not schedule %s", RECOVER)
 
 
 @shared_task(name=RUN_JOB, bind=True, acks_late=True, max_retries=None)
@@ -80,12 +84,17 @@ def run_job(self, job_id: str) -> str:
         raise self.retry(countdown=err.retry_in, max_retries=None) from None
 
 
-@shared_task(name=REQUEUE_EXPIRED)
-def requeue_expired() -> int:
-    """Send ``run_job`` again for running jobs whose lease expired."""
+@shared_task(name=RECOVER, bind=True)
+def recover_jobs(self) -> dict[str, int]:
+    """Re-send jobs of dead workers, advance stalled sweeps; repeat every 30 s (one chain)."""
     rt = runtime()
-    with rt.sessions() as session:
-        ids = expired_leases(session)
-        session.commit()
-    rt.dispatcher.enqueue_jobs(ids)
-    return len(ids)
+    expired, created = recover(
+        settings=rt.settings, session_factory=rt.sessions, dispatcher=rt.dispatcher
+    )
+    if expired or created:
+        log.warning("recovered %d expired jobs, %d new sweep trials", len(expired), len(created))
+    # One pending follow-up per queue, however many workers scheduled one.
+    guard = f"{RECOVER_GUARD}:{rt.settings.celery_queue}"
+    if rt.dispatcher.redis.set(guard, 1, nx=True, ex=int(RECOVER_EVERY_S) - 1):
+        self.apply_async(countdown=RECOVER_EVERY_S, queue=rt.settings.celery_queue)
+    return {"expired": len(expired), "created": len(created)}

@@ -1,0 +1,110 @@
+"""The sweeps API and the OpenAPI document."""
+
+from __future__ import annotations
+
+import copy
+
+from services.jobs import execute_job
+from tests.conftest import XOR_JOB
+
+API = "/api/v1"
+
+
+def sweep_body(**changes):
+    body = {
+        "name": "lr-sweep",
+        "experiment": "xor",
+        "base": copy.deepcopy(XOR_JOB),
+        "method": "grid",
+        "parameters": {"hyperparameters.learning_rate": {"values": [0.01, 0.1, 1.0, 3.0]}},
+        "objective": {"metric": "val_loss", "goal": "minimize"},
+        "max_concurrency": 2,
+    }
+    body.update(changes)
+    return body
+
+
+def drain(app, dispatcher, client, sweep_id):
+    svc = app.extensions["sweeplab"]
+    done = set()
+    while pending := [j for j in dispatcher.enqueued if j not in done]:
+        for job_id in pending:
+            execute_job(settings=svc.settings, session_factory=svc.sessions,
+                        dispatcher=dispatcher, job_id=job_id)  # fmt: skip
+            done.add(job_id)
+    return client.get(f"{API}/sweeps/{sweep_id}").get_json()
+
+
+def test_grid_sweep_end_to_end(client, app, dispatcher):
+    response = client.post(f"{API}/sweeps", json=sweep_body())
+    assert response.status_code == 201
+    sweep = response.get_json()
+    assert sweep["status"] == "running" and sweep["n_trials"] == 4
+    assert sweep["counts"]["queued"] == 2 and len(dispatcher.enqueued) == 2
+    sweep = drain(app, dispatcher, client, sweep["id"])
+    assert sweep["status"] == "done" and sweep["counts"]["succeeded"] == 4
+    board = sweep["leaderboard"]
+    assert [row["rank"] for row in board] == [1, 2, 3, 4]
+    assert [row["objective"] for row in board] == sorted(row["objective"] for row in board)
+    assert sweep["best_trial"]["job_id"] == board[0]["job_id"]
+    trials = client.get(f"{API}/sweeps/{sweep['id']}/trials").get_json()["items"]
+    assert sorted(t["params"]["hyperparameters.learning_rate"] for t in trials) == [
+        0.01, 0.1, 1.0, 3.0]  # fmt: skip
+    assert all(t["sweep_id"] == sweep["id"] for t in trials)
+    listed = client.get(f"{API}/jobs?sweep={sweep['id']}&limit=3").get_json()
+    assert len(listed["items"]) == 3 and listed["next_cursor"]
+    assert client.get(f"{API}/sweeps").get_json()["items"][0]["id"] == sweep["id"]
+
+
+def test_cancel_sweep(client, dispatcher):
+    sweep = client.post(f"{API}/sweeps", json=sweep_body()).get_json()
+    response = client.post(f"{API}/sweeps/{sweep['id']}/cancel")
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "cancelled" and body["counts"]["cancelled"] == 2
+    assert client.get(f"{API}/sweeps?status=cancelled").get_json()["items"][0]["id"] == sweep["id"]
+
+
+def test_cancelling_a_queued_trial_starts_the_next(client, dispatcher):
+    sweep = client.post(f"{API}/sweeps", json=sweep_body()).get_json()
+    first = dispatcher.enqueued[0]
+    client.post(f"{API}/jobs/{first}/cancel")
+    assert len(dispatcher.enqueued) == 3
+    assert client.get(f"{API}/sweeps/{sweep['id']}").get_json()["n_created"] == 3
+
+
+def test_bad_sweeps_are_422(client):
+    bad = sweep_body(parameters={"hyperparameters.learning_rate": {"values": [0.1, 0]}})
+    response = client.post(f"{API}/sweeps", json=bad)
+    assert response.status_code == 422
+    details = response.get_json()["error"]["details"]
+    assert details[0]["loc"] == "parameters.hyperparameters.learning_rate.values.1"
+    response = client.post(f"{API}/sweeps", json=sweep_body(method="random"))
+    assert response.status_code == 422
+    response = client.post(f"{API}/sweeps", json=sweep_body(method="random", n_trials=1001))
+    assert response.status_code == 422
+
+
+def test_openapi_document(client):
+    doc = client.get(f"{API}/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.1")
+    schemas = doc["components"]["schemas"]
+    assert {"JobCreate", "SweepCreate", "JobPublic", "SweepPublic", "ErrorResponse"} <= set(schemas)
+    job = schemas["JobCreate"]
+    assert job["additionalProperties"] is False
+    assert set(job["required"]) == {"dataset", "architecture", "hyperparameters"}
+    assert doc["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    refs = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                refs.append(node["$ref"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc)
+    assert refs and all(r.removeprefix("#/components/schemas/") in schemas for r in refs)

@@ -1,0 +1,186 @@
+"""Job and sweep spec validation: shapes, limits, the trainer's semantic checks."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from typing import Any
+
+import pytest
+
+from services.config import Limits
+from services.specs import (
+    SpecValidationError,
+    apply_params,
+    validate_job,
+    validate_sweep,
+)
+from tests.conftest import XOR_JOB
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    return apply_params(XOR_JOB, {path: value})
+
+
+def error_locs(spec: Any, limits: Limits | None = None) -> list[str]:
+    with pytest.raises(SpecValidationError) as info:
+        validate_job(spec, limits)
+    return [d["loc"] for d in info.value.details]
+
+
+def test_valid_job_is_normalized_by_the_trainer():
+    spec = validate_job(copy.deepcopy(XOR_JOB))
+    assert spec["hyperparameters"]["optimizer"] == "sgd"
+    assert spec["hyperparameters"]["loss"] == "binary_cross_entropy"
+    assert spec["architecture"]["output_activation"] == "sigmoid"
+    assert spec["hyperparameters"]["epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "loc"),
+    [
+        ("hyperparameters.learning_rate", 0, "hyperparameters.learning_rate"),
+        ("hyperparameters.learning_rate", -1.0, "hyperparameters.learning_rate"),
+        ("hyperparameters.learning_rate", "0.1", "hyperparameters.learning_rate"),
+        ("hyperparameters.learning_rate", math.nan, "hyperparameters.learning_rate"),
+        ("hyperparameters.learning_rate", math.inf, "hyperparameters.learning_rate"),
+        ("hyperparameters.optimizer", "adamax", "hyperparameters.optimizer"),
+        ("hyperparameters.epochs", True, "hyperparameters.epochs"),
+        ("hyperparameters.epochs", 10_001, "hyperparameters.epochs"),
+        ("hyperparameters.lr", 0.1, "hyperparameters.lr"),
+        ("architecture.layers.0.units", 0, "architecture.layers.0.units"),
+        ("architecture.layers.0.units", 4097, "architecture.layers.0.units"),
+        ("architecture.layers.0.activation", "swish", "architecture.layers.0.activation"),
+        ("architecture.layers", [{"units": 2}] * 21, "architecture.layers"),
+        ("architecture.layers", [{"units": 4096}] * 3, "architecture.layers"),
+        ("dataset.n_samples", 200_001, "dataset.n_samples"),
+        ("dataset.name", "mnist", "dataset.name"),
+        ("dataset.arms", 3, "dataset.arms"),  # xor has no arms: the trainer says so
+        ("hyperparameters.nesterov", True, "hyperparameters.nesterov"),  # needs momentum
+        ("surprise", 1, "surprise"),
+    ],
+)
+def test_bad_job_specs_name_the_field(path: str, value: Any, loc: str):
+    assert loc in error_locs(with_change(path, value))
+
+
+def test_missing_required_fields():
+    spec = copy.deepcopy(XOR_JOB)
+    del spec["hyperparameters"]["learning_rate"]
+    assert error_locs(spec) == ["hyperparameters.learning_rate"]
+    assert error_locs([1, 2]) == [""]
+
+
+def test_limits_are_configurable():
+    spec = with_change("hyperparameters.epochs", 50)
+    validate_job(spec)
+    assert error_locs(spec, Limits(max_epochs=10)) == ["hyperparameters.epochs"]
+    assert error_locs(XOR_JOB, Limits(max_params=10)) == ["architecture.layers"]
+
+
+def test_apply_params_follows_dotted_paths_and_list_indices():
+    base = {"a": {"b": [{"c": 1}, {"c": 2}]}}
+    out = apply_params(base, {"a.b.1.c": 5, "a.d": 3, "e.f": 4})
+    assert out == {"a": {"b": [{"c": 1}, {"c": 5}], "d": 3}, "e": {"f": 4}}
+    assert base == {"a": {"b": [{"c": 1}, {"c": 2}]}}
+    with pytest.raises(IndexError):
+        apply_params(base, {"a.b.2.c": 1})
+
+
+def sweep(**changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": "lr",
+        "base": copy.deepcopy(XOR_JOB),
+        "method": "grid",
+        "parameters": {"hyperparameters.learning_rate": {"values": [0.01, 0.1, 1.0]}},
+        "objective": {"metric": "val_loss", "goal": "minimize"},
+        "max_concurrency": 2,
+    }
+    spec.update(changes)
+    return spec
+
+
+def sweep_locs(spec: Any, limits: Limits | None = None) -> list[str]:
+    with pytest.raises(SpecValidationError) as info:
+        validate_sweep(spec, limits)
+    return [d["loc"] for d in info.value.details]
+
+
+def test_valid_sweeps():
+    assert validate_sweep(sweep()).total_trials() == 3
+    grid = sweep(parameters={"hyperparameters.learning_rate": {"values": [0.1, 1.0]},
+                             "architecture.layers.0.units": {"values": [2, 4, 8]}})  # fmt: skip
+    assert validate_sweep(grid).total_trials() == 6
+    rnd = sweep(method="tpe", n_trials=7, parameters={
+        "hyperparameters.learning_rate": {"distribution": "log_uniform", "min": 1e-3, "max": 1},
+        "architecture.layers.0.units": {"distribution": "int_uniform", "min": 2, "max": 8},
+        "hyperparameters.optimizer": {"distribution": "choice", "values": ["sgd", "adam"]},
+    })  # fmt: skip
+    model = validate_sweep(rnd)
+    assert model.total_trials() == 7
+    assert model.objective.goal == "minimize"
+
+
+@pytest.mark.parametrize(
+    ("changes", "loc"),
+    [
+        ({"method": "random"}, ""),
+        ({"method": "bayes"}, "method"),
+        ({"parameters": {"hyperparameters.learning_rate": {"values": [0.1, -1.0]}}},
+         "parameters.hyperparameters.learning_rate.values.1"),
+        ({"parameters": {"architecture.layers.3.units": {"values": [2]}}},
+         "parameters.architecture.layers.3.units"),
+        ({"parameters": {"hyperparameters.learning_rate": {"values": [0.1]}}, "max_concurrency": 0},
+         "max_concurrency"),
+        ({"method": "random", "n_trials": 1001}, ""),
+        ({"method": "random", "n_trials": 3, "parameters": {
+            "hyperparameters.learning_rate": {"distribution": "log_uniform", "min": 0, "max": 1}}},
+         "parameters.hyperparameters.learning_rate"),
+        ({"method": "random", "n_trials": 3, "parameters": {
+            "hyperparameters.learning_rate": {"distribution": "uniform", "min": 1, "max": 0.5}}},
+         "parameters.hyperparameters.learning_rate"),
+        ({"objective": {"metric": "f1"}}, "objective.metric"),
+        ({"early_stopping": {"policy": "hyperband"}}, "early_stopping.policy"),
+        ({"extra": 1}, "extra"),
+        ({"base": {"dataset": {"name": "xor"}}}, "base.architecture"),
+    ],
+)  # fmt: skip
+def test_bad_sweeps_name_the_field(changes: dict[str, Any], loc: str):
+    assert loc in sweep_locs(sweep(**changes))
+
+
+def test_grid_size_is_limited():
+    values = {"values": list(range(1, 40))}
+    spec = sweep(parameters={"architecture.layers.0.units": values,
+                             "hyperparameters.epochs": values})  # fmt: skip
+    assert sweep_locs(spec) == [""]
+    assert len(list(itertools.product(values["values"], values["values"]))) > 1000
+
+
+def test_names_match_the_trainer_tables():
+    from typing import get_args
+
+    from services import specs
+    from services.trainer.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+    from services.trainer.data import DATASETS
+    from services.trainer.initializers import INITIALIZERS
+    from services.trainer.losses import LOSSES
+    from services.trainer.optimizers import OPTIMIZERS
+    from services.trainer.schedules import SCHEDULE_OPTIONS
+
+    assert set(get_args(specs.ACTIVATIONS)) == set(HIDDEN_ACTIVATIONS)
+    assert set(get_args(specs.OUTPUT_ACTIVATIONS)) == set(OUTPUT_ACTIVATIONS)
+    assert set(get_args(specs.DATASET_NAMES)) == set(DATASETS)
+    assert set(get_args(specs.INITIALIZER_NAMES)) == set(INITIALIZERS)
+    assert set(get_args(specs.LOSS_NAMES)) == set(LOSSES)
+    assert set(get_args(specs.OPTIMIZER_NAMES)) == set(OPTIMIZERS)
+    assert set(get_args(specs.SCHEDULE_NAMES)) == set(SCHEDULE_OPTIONS)
+
+
+def test_dataset_options_cover_the_trainer():
+    from services.specs import DatasetSpec
+    from services.trainer.data import DATASETS
+
+    options = {key for info in DATASETS.values() for key in info.options}
+    assert options <= set(DatasetSpec.model_fields)
