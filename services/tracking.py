@@ -61,6 +61,12 @@ MIRROR_SWEEP_TASK = "sweeplab.mirror_sweep"
 MIRROR_INTERVAL = 2.0  # seconds between two background passes in a training process
 DOWN_BACKOFF = (5.0, 60.0)  # background backoff while MLflow does not answer: start, cap
 HTTP_TIMEOUT_S = "5"
+# Celery on Redis serves priority 0 (run_job's default) before 9: a mirror task
+# then never holds up the next trial, it fills a worker slot that would idle.
+# Jobs that ran at least LONG_JOB_S are mirrored at trial priority instead: their
+# final mirror (~0.5 s) is small beside them, and their users watch MLflow.
+LOW_PRIORITY = 9
+LONG_JOB_S = 20.0
 LOCK_SECONDS = 120  # a pass that takes longer loses its lock (and is simply redone)
 SYNC_KEY = "seconds"  # present in every epoch record: its last step = last epoch mirrored
 
@@ -394,10 +400,20 @@ def _celery_app(settings: Any) -> Any:
         return _celery[key]
 
 
-def send_task(settings: Any, name: str, args: Sequence[Any] = (), countdown: float = 0) -> None:
-    """Send a mirror task by name on the sweeplab queue."""
+def send_task(
+    settings: Any,
+    name: str,
+    args: Sequence[Any] = (),
+    countdown: float = 0,
+    priority: int = LOW_PRIORITY,
+) -> None:
+    """Send a mirror task by name on the sweeplab queue (behind trials by default)."""
     _celery_app(settings).send_task(
-        name, args=list(args), queue=settings.celery_queue, countdown=countdown or None
+        name,
+        args=list(args),
+        queue=settings.celery_queue,
+        countdown=countdown or None,
+        priority=priority,
     )
 
 
@@ -657,15 +673,20 @@ def _job_tags(snap: JobSnapshot, sweep_run_id: str | None) -> dict[str, Any]:
     return tags
 
 
-def _n_outputs(snap: JobSnapshot) -> int | None:
+def _n_outputs(snap: Any) -> int | None:
+    """The output layer's width, from the trainer's result (its dataset summary)."""
     result = snap.result or {}
-    for key in ("n_outputs", "output_units", "n_classes"):
-        if isinstance(result.get(key), int):
-            return result[key]
     arch = result.get("architecture")
-    sizes = arch.get("sizes") if isinstance(arch, Mapping) else result.get("sizes")
-    if isinstance(sizes, list) and sizes and isinstance(sizes[-1], int):
-        return sizes[-1]
+    if isinstance(arch, Mapping) and isinstance(arch.get("sizes"), list) and arch["sizes"]:
+        return int(arch["sizes"][-1])
+    data = result.get("dataset")
+    if not isinstance(data, Mapping):
+        return None
+    if data.get("task") == "classification" and isinstance(data.get("n_classes"), int):
+        out_act = _get(getattr(snap, "spec", None) or {}, "architecture.output_activation")
+        return 1 if data["n_classes"] == 2 and out_act == "sigmoid" else data["n_classes"]
+    if data.get("task") == "regression":
+        return 1
     return None
 
 
@@ -753,11 +774,7 @@ def _artifacts(settings: Any, snap: JobSnapshot, history: list[dict[str, Any]]) 
         "spec.json": json.dumps(snap.spec, indent=2, sort_keys=True).encode(),
         "history.csv": history_csv(history).encode(),
         "diagnosis.json": json.dumps(snap.diagnosis or [], indent=2).encode(),
-        "result.json": json.dumps(
-            {"status": snap.status, "result": snap.result, "error": snap.error,
-             "prune_reason": snap.prune_reason}, indent=2, default=str
-        ).encode(),
-    }  # fmt: skip
+    }
     if history:
         title = f"{run_name(snap.spec, snap.params)} ({snap.status})"
         files["learning_curve.png"] = plots.learning_curve_png(history, title=title)
@@ -1142,6 +1159,7 @@ class _Mirrorer:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.dirty: dict[str, Any] = {}
+        self.first_seen: dict[str, float] = {}
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.backoff = 0.0
@@ -1151,15 +1169,23 @@ class _Mirrorer:
     def note(self, settings: Any, job_id: str) -> None:
         with self.lock:
             self.dirty[job_id] = settings
+            self.first_seen.setdefault(job_id, time.monotonic())
         self.wake.set()
 
-    def forget(self, job_id: str) -> None:
+    def forget(self, job_id: str) -> float:
+        """Drop the job; return how long ago its first progress was noted."""
         with self.lock:
             self.dirty.pop(job_id, None)
+            since = self.first_seen.pop(job_id, None)
+        return 0.0 if since is None else time.monotonic() - since
 
     def _run(self) -> None:
         while True:
             self.wake.wait()
+            # Wait one interval before a pass: it batches the notes of several
+            # flushes, and a job that ends meanwhile is left to mirror_job (a
+            # short job then costs its training process nothing at all).
+            time.sleep(MIRROR_INTERVAL)
             self.wake.clear()
             with self.lock:
                 work, self.dirty = self.dirty, {}
@@ -1180,7 +1206,6 @@ class _Mirrorer:
                 self.wake.set()
             else:
                 self.backoff = 0.0
-                time.sleep(MIRROR_INTERVAL)
 
 
 _mirrorer: _Mirrorer | None = None
@@ -1209,9 +1234,12 @@ def job_finished(settings: Any, job_id: str) -> None:
     """
     if not enabled(settings):
         return
+    ran = 0.0
     if _mirrorer is not None and _mirrorer.pid == os.getpid():
-        _mirrorer.forget(job_id)
+        ran = _mirrorer.forget(job_id)
     try:
-        send_task(settings, MIRROR_JOB_TASK, [job_id])
+        send_task(
+            settings, MIRROR_JOB_TASK, [job_id], priority=0 if ran >= LONG_JOB_S else LOW_PRIORITY
+        )
     except Exception:
         log.warning("could not enqueue the MLflow mirror of job %s", job_id, exc_info=True)

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 RETRY_CAP_S = 300  # back off up to 5 minutes between attempts while MLflow is down
 PENDING_EVERY_S = 60  # mirror_pending re-runs itself this often while something lags
 PENDING_GUARD = "sweeplab:mirror_pending:scheduled"
+LOW = tracking.LOW_PRIORITY
 
 
 def _backoff(retries: int) -> float:
@@ -33,10 +34,10 @@ def mirror_job(self, job_id: str) -> str:
     try:
         tracking.mirror_job(settings, job_id, finalize=True)
     except tracking.MirrorBusy as exc:
-        raise self.retry(exc=exc, countdown=1.0 + random.random()) from None
+        raise self.retry(exc=exc, countdown=1.0 + random.random(), priority=LOW) from None
     except Exception as exc:
         log.warning("mirror of job %s failed (%s); retry %d", job_id, exc, self.request.retries)
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries), priority=LOW) from None
     _follow_sweep(settings, job_id)
     return "mirrored"
 
@@ -48,13 +49,13 @@ def mirror_sweep(self, sweep_id: str) -> str:
     try:
         tracking.mirror_sweep(settings, sweep_id, finalize=True)
     except tracking.MirrorBusy as exc:
-        raise self.retry(exc=exc, countdown=1.0 + random.random()) from None
+        raise self.retry(exc=exc, countdown=1.0 + random.random(), priority=LOW) from None
     except Exception as exc:
         log.warning("mirror of sweep %s failed (%s)", sweep_id, exc)
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from None
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries), priority=LOW) from None
     state = tracking.sweep_mirror_final(settings, sweep_id)
     if state is False:  # ended (or ending) but not closed yet: look again shortly
-        raise self.retry(countdown=2.0 + random.random())
+        raise self.retry(countdown=2.0 + random.random(), priority=LOW)
     return "closed" if state else "running"
 
 
@@ -67,7 +68,9 @@ def mirror_pending(self) -> dict[str, int]:
         try:  # one pending re-run at a time across all workers
             redis = tracking.redis_client(settings)
             if redis.set(PENDING_GUARD, 1, nx=True, ex=PENDING_EVERY_S - 5):
-                self.apply_async(countdown=PENDING_EVERY_S, queue=settings.celery_queue)
+                self.apply_async(
+                    countdown=PENDING_EVERY_S, queue=settings.celery_queue, priority=LOW
+                )
         except Exception:
             log.warning("could not schedule the next mirror catch-up", exc_info=True)
     return counts
