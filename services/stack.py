@@ -308,6 +308,8 @@ def up(*, workers: int = 2, mlflow: bool = True) -> None:
             "worker",
             "--concurrency",
             str(workers),
+            "--queues",
+            env.get("SWEEPLAB_QUEUE", "sweeplab"),
             "--loglevel",
             "INFO",
             "--hostname",
