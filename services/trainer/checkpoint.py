@@ -41,7 +41,7 @@ def dump_checkpoint(ckpt: Checkpoint) -> bytes:
     if ckpt.best_params is not None:
         arrays["best_params"] = ckpt.best_params
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds
     return buf.getvalue()
 
 

@@ -144,7 +144,7 @@ def _sklearn(loader_name: str):
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    make: Callable
+    make: Callable | None  # None for "arrays": the data comes with the spec
     task: str
     options: dict[str, Any]  # accepted options and their defaults
 
@@ -244,8 +244,8 @@ def load_dataset(dataset_spec) -> Dataset:
         y = np.asarray(ds.options["y"])
         task = ds.options.get("task") or infer_task(y)
     else:
-        opts = {k: v for k, v in ds.options.items()}
-        X, y = info.make(rng, **opts)
+        assert info.make is not None
+        X, y = info.make(rng, **ds.options)
         task = info.task
 
     classes = None

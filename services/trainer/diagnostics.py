@@ -138,23 +138,28 @@ def diagnose(
                 )
             )
 
-    norms = [(r["epoch"], _global_norm(r.get("grad_norm") or [])) for r in history]
-    norms = [(e, g) for e, g in norms if g is not None and g > 0]
-    peak = max(norms, key=lambda eg: eg[1]) if norms else None
+    norms: list[tuple[int, float]] = []
+    for r in history:
+        g = _global_norm(r.get("grad_norm") or [])
+        if g is not None and g > 0:
+            norms.append((r["epoch"], g))
     median_ratio = statistics.median(ratios) if ratios else None
     reasons = []
     if median_ratio is not None and median_ratio > EXPLODING_RATIO:
         reasons.append("from the last layer back to the first")
-    if peak and peak[1] > EXPLODING_NORM:
+    peak = max(norms, key=lambda eg: eg[1]) if norms else (0, 0.0)
+    if peak[1] > EXPLODING_NORM:
         reasons.append(f"to {peak[1]:.3g} in epoch {peak[0]}")
-    if peak and peak[1] > EXPLODING_RATIO * norms[0][1]:
+    if norms and peak[1] > EXPLODING_RATIO * norms[0][1]:
         reasons.append(f"{peak[1] / norms[0][1]:.3g}-fold during training")
     if reasons:
         findings.append(_finding(
             "exploding_gradients",
             "Gradient norms grew by orders of magnitude: " + "; ".join(reasons) + ".",
-            {"first_epoch_grad_norm": norms[0][1], "peak_grad_norm": peak[1],
-             "peak_epoch": peak[0], "median_first_to_last_grad_ratio": median_ratio},
+            {"first_epoch_grad_norm": norms[0][1] if norms else None,
+             "peak_grad_norm": peak[1] if norms else None,
+             "peak_epoch": peak[0] if norms else None,
+             "median_first_to_last_grad_ratio": median_ratio},
             "Set gradient_clip_norm (e.g. 1.0), lower the learning rate, or use a "
             "smaller initialization (he / xavier).",
         ))

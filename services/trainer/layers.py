@@ -33,6 +33,9 @@ class _Buffers:
     """Per-batch-size scratch arrays of a layer (training mode only)."""
 
     __slots__ = ("Z", "A", "dX", "ones", "noise", "drop", "D")
+    noise: np.ndarray | None
+    drop: np.ndarray | None
+    D: np.ndarray | None
 
     def __init__(self, n: int, n_in: int, n_out: int, dtype, dropout: float):
         self.ones = np.ones(n, dtype)  # sums the batch's rows with one BLAS call
@@ -116,6 +119,7 @@ class Dense:
         if self.dropout > 0:
             if rng is None:
                 raise ValueError("dropout in training needs a random generator")
+            assert buf.noise is not None and buf.drop is not None
             rng.random(out=buf.noise, dtype=self.dtype)
             drop = np.greater_equal(
                 buf.noise, self.dtype.type(self.dropout), out=buf.drop, casting="unsafe"

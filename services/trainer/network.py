@@ -101,7 +101,7 @@ class Network:
         layers = self.layers
         d = dO
         for i in range(len(layers) - 1, 0, -1):
-            d = layers[i].backward(d)
+            d = layers[i].backward(d)  # type: ignore[assignment]  # need_dX: never None
         layers[0].backward(d, need_dX=False)
 
     def loss_and_grads(self, X: np.ndarray, Y: np.ndarray, l2: float = 0.0) -> float:
@@ -225,7 +225,7 @@ class Network:
             arrays[f"layer_{i}.b"] = layer.params["b"]
         arrays["architecture"] = np.array(json.dumps(self.architecture()))
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds
         return buf.getvalue()
 
     @classmethod
@@ -269,12 +269,9 @@ def build_network(spec, dataset: Dataset, rng: np.random.Generator | None = None
     output_activation, loss_name = _head_for(spec, dataset)
     loss = get_loss(loss_name)
     dtype = np.dtype(hp.dtype)
-    if dataset.task == CLASSIFICATION:
-        n_out = (
-            1 if output_activation == "sigmoid" and dataset.n_classes == 2 else dataset.n_classes
-        )
-    else:
-        n_out = dataset.n_outputs
+    n_out = dataset.n_outputs
+    if dataset.task == CLASSIFICATION and output_activation == "sigmoid" and n_out == 2:
+        n_out = 1  # binary: one logit
     sizes = [dataset.n_features] + [layer.units for layer in arch.layers] + [int(n_out)]
     acts = [layer.activation for layer in arch.layers]
     acts.append("linear" if loss.fused_activation else output_activation)

@@ -165,8 +165,8 @@ def _join(loc: str, key: str) -> str:
     return f"{loc}.{key}" if loc else key
 
 
-def _number(
-    d, loc, key, default=_MISSING, *, gt=None, ge=None, lt=None, le=None, nullable=False
+def _number_or_none(
+    d, loc, key, default=_MISSING, *, gt=None, ge=None, lt=None, le=None, nullable=True
 ) -> float | None:
     path = _join(loc, key)
     v = d.get(key, default)
@@ -192,7 +192,8 @@ def _number(
     return v
 
 
-def _int(d, loc, key, default=_MISSING, *, ge=None, le=None, nullable=False) -> int | None:
+def _int_or_none(d, loc, key, default=_MISSING, *, ge=None, le=None,
+                 nullable=True) -> int | None:
     path = _join(loc, key)
     v = d.get(key, default)
     if v is _MISSING:
@@ -213,6 +214,25 @@ def _int(d, loc, key, default=_MISSING, *, ge=None, le=None, nullable=False) -> 
     return v
 
 
+def _number(d, loc, key, default=_MISSING, **bounds) -> float:
+    """A required-or-defaulted finite number within ``bounds`` (gt, ge, lt, le)."""
+    value = _number_or_none(d, loc, key, default, nullable=False, **bounds)
+    assert value is not None
+    return value
+
+
+def _int(d, loc, key, default=_MISSING, **bounds) -> int:
+    value = _int_or_none(d, loc, key, default, nullable=False, **bounds)
+    assert value is not None
+    return value
+
+
+def _choice(d, loc, key, choices, default=_MISSING) -> str:
+    value = _choice_or_none(d, loc, key, choices, default, nullable=False)
+    assert value is not None
+    return value
+
+
 def _bool(d, loc, key, default) -> bool:
     v = d.get(key, default)
     if not isinstance(v, (bool, np.bool_)):
@@ -220,7 +240,7 @@ def _bool(d, loc, key, default) -> bool:
     return bool(v)
 
 
-def _choice(d, loc, key, choices, default=_MISSING, *, nullable=False) -> str | None:
+def _choice_or_none(d, loc, key, choices, default=_MISSING, *, nullable=True) -> str | None:
     path = _join(loc, key)
     v = d.get(key, default)
     if v is _MISSING:
@@ -254,7 +274,7 @@ def parse_dataset(d: Any, loc: str = "dataset") -> DatasetSpec:
     opts: dict[str, Any] = {}
     if name == "arrays":
         opts["X"], opts["y"] = _arrays(d, loc)
-        opts["task"] = _choice(d, loc, "task", (CLASSIFICATION, REGRESSION), None, nullable=True)
+        opts["task"] = _choice_or_none(d, loc, "task", (CLASSIFICATION, REGRESSION), None)
         if opts["task"] == CLASSIFICATION and np.asarray(opts["y"]).ndim != 1:
             raise SpecError(f"{loc}.y", "classification labels must be a flat list")
     for key, default in info.options.items():
@@ -319,7 +339,7 @@ def parse_architecture(d: Any, loc: str = "architecture") -> tuple[ArchitectureS
                 activation=_choice(layer, lloc, "activation", HIDDEN_ACTIVATIONS, "relu"),
             )
         )
-    out = _choice(d, loc, "output_activation", OUTPUT_ACTIVATIONS, None, nullable=True)
+    out = _choice_or_none(d, loc, "output_activation", OUTPUT_ACTIVATIONS, None)
     arch = ArchitectureSpec(
         layers=layers,
         output_activation=out or "",
@@ -347,7 +367,7 @@ def parse_schedule(d: Any, loc: str) -> dict:
     elif name == "exponential":
         out["gamma"] = _number(d, loc, "gamma", options["gamma"], gt=0.0, le=1.0)
     elif name == "cosine":
-        out["t_max"] = _int(d, loc, "t_max", None, ge=1, le=MAX_EPOCHS, nullable=True)
+        out["t_max"] = _int_or_none(d, loc, "t_max", None, ge=1, le=MAX_EPOCHS)
         out["min_lr"] = _number(d, loc, "min_lr", 0.0, ge=0.0)
     return out
 
@@ -403,7 +423,7 @@ def parse_hyperparameters(d: Any, loc: str = "hyperparameters") -> tuple[HyperPa
         _number({str(i): b}, f"{loc}.betas", str(i), ge=0.0, lt=1.0) for i, b in enumerate(betas)
     ]
     wd_default = 0.01 if optimizer == "adamw" else 0.0
-    weight_decay = _number(d, loc, "weight_decay", wd_default, ge=0.0, nullable=True)
+    weight_decay = _number_or_none(d, loc, "weight_decay", wd_default, ge=0.0)
     if weight_decay is None:
         weight_decay = wd_default
     if weight_decay and optimizer != "adamw":
@@ -412,7 +432,7 @@ def parse_hyperparameters(d: Any, loc: str = "hyperparameters") -> tuple[HyperPa
         )
     hp = HyperParameters(
         learning_rate=_number(d, loc, "learning_rate", gt=0.0, le=1e6),
-        loss=_choice(d, loc, "loss", tuple(LOSSES), None, nullable=True) or "",
+        loss=_choice_or_none(d, loc, "loss", tuple(LOSSES), None) or "",
         optimizer=optimizer,
         momentum=momentum,
         nesterov=nesterov,
@@ -421,12 +441,12 @@ def parse_hyperparameters(d: Any, loc: str = "hyperparameters") -> tuple[HyperPa
         eps=_number(d, loc, "eps", 1e-8, gt=0.0, le=1.0),
         betas=betas,
         weight_decay=weight_decay,
-        batch_size=_int(d, loc, "batch_size", 32, ge=1, le=MAX_SAMPLES, nullable=True),
+        batch_size=_int_or_none(d, loc, "batch_size", 32, ge=1, le=MAX_SAMPLES),
         epochs=_int(d, loc, "epochs", 20, ge=1, le=MAX_EPOCHS),
         lr_schedule=parse_schedule(d.get("lr_schedule"), f"{loc}.lr_schedule"),
         l2=_number(d, loc, "l2", 0.0, ge=0.0, le=1e3),
         dropout=_number(d, loc, "dropout", 0.0, ge=0.0, lt=1.0),
-        gradient_clip_norm=_number(d, loc, "gradient_clip_norm", None, gt=0.0, nullable=True),
+        gradient_clip_norm=_number_or_none(d, loc, "gradient_clip_norm", None, gt=0.0),
         early_stopping=parse_early_stopping(d.get("early_stopping"), f"{loc}.early_stopping"),
         seed=_int(d, loc, "seed", 0, ge=0, le=2**63 - 1),
         dtype=_choice(d, loc, "dtype", DTYPES, "float32"),

@@ -1,8 +1,9 @@
 """The training loop: mini-batch gradient descent, early stopping, divergence, checkpoints.
 
 ``fit(spec)`` trains epoch by epoch. Each epoch draws a fresh permutation
-from the job's training generator and gathers the shuffled data once; the
-mini-batches are then slices (no per-batch fancy indexing), every layer
+from the job's training generator and gathers the shuffled data once (for
+sets larger than ``GATHER_PER_EPOCH_BYTES``: batch by batch into a reused
+buffer); the mini-batches are then slices, every layer
 writes into preallocated buffers, and the optimizer updates one flat
 parameter vector. Per-epoch metrics (norms, dead units, accuracies) are
 computed once per epoch, not per step.
@@ -44,6 +45,7 @@ from .optimizers import clip_by_global_norm, get_optimizer
 from .schedules import learning_rate
 from .spec import Spec, parse_spec
 
+GATHER_PER_EPOCH_BYTES = 8 << 20
 COMPLETED, EARLY_STOPPED, DIVERGED, STOPPED = "completed", "early_stopped", "diverged", "stopped"
 
 
@@ -61,6 +63,28 @@ class TrainResult:
     network: Network
     spec: Spec
     dataset: dict = field(default_factory=dict)
+    data: Dataset | None = field(default=None, repr=False)
+
+    def predict(self, X) -> np.ndarray:
+        """Predictions for raw inputs ``X`` (n, n_features), in the data's own units.
+
+        Applies the training set's standardization to ``X`` first; returns class
+        labels for classification and targets (standardization undone) for
+        regression. ``network.predict`` is the lower-level call: standardized
+        inputs in, probabilities / standardized values out.
+        """
+        X = np.asarray(X, np.float64)
+        d = self.data
+        if d is not None and d.feature_mean is not None:
+            X = (X - d.feature_mean) / d.feature_std
+        out = self.network.predict(X)
+        if self.network.task == CLASSIFICATION:
+            idx = (out[:, 0] > 0.5).astype(np.int64) if out.shape[1] == 1 else out.argmax(axis=1)
+            return np.asarray(d.classes)[idx] if d is not None and d.classes else idx
+        out = out.astype(np.float64)
+        if d is not None and d.target_mean is not None:
+            out = out * d.target_std + d.target_mean
+        return out[:, 0] if d is not None and d.y_train.ndim == 1 else out
 
     def summary(self) -> dict:
         """JSON-serializable result without the history and the network."""
@@ -232,8 +256,16 @@ def fit(
     running = hp.train_metrics == "running" or not classification
     relu_layers = [layer.activation.name == "relu" for layer in net.layers]
 
-    # per-epoch gathered copies and per-batch-size output-gradient buffers
-    Xe, Ye = np.empty_like(X_train), np.empty_like(Y_train)
+    # Buffers. Small sets are gathered in shuffled order once per epoch and the
+    # batches are slices; sets too big for the cache are gathered batch by
+    # batch into a buffer that then stays hot for the matrix products. Both
+    # give the same batches, so the same numbers.
+    per_epoch_gather = X_train.nbytes + Y_train.nbytes <= GATHER_PER_EPOCH_BYTES
+    if per_epoch_gather:
+        Xe, Ye = np.empty_like(X_train), np.empty_like(Y_train)
+    else:
+        Xb_buf = {e - s: np.empty((e - s, X_train.shape[1]), dtype) for s, e in batches}
+        Yb_buf = {e - s: np.empty((e - s, Y_train.shape[1]), dtype) for s, e in batches}
     Le = np.empty_like(labels_train) if classification else None
     track_predictions = classification and running
     predicted = np.empty(n, np.int64)  # running mode: each row's class before its update
@@ -250,16 +282,24 @@ def fit(
         t0 = time.perf_counter()
         lr = learning_rate(hp.learning_rate, epoch - 1, hp.lr_schedule, hp.epochs)
         perm = rng.permutation(n)
-        np.take(X_train, perm, axis=0, out=Xe)
-        np.take(Y_train, perm, axis=0, out=Ye)
+        # mode="clip": with the default "raise" NumPy buffers `out` (3-4x slower);
+        # a permutation's indices are in range anyway.
+        if per_epoch_gather:
+            np.take(X_train, perm, axis=0, out=Xe, mode="clip")
+            np.take(Y_train, perm, axis=0, out=Ye, mode="clip")
         if track_predictions:
-            np.take(labels_train, perm, out=Le)
+            np.take(labels_train, perm, out=Le, mode="clip")  # type: ignore[call-overload]
         grad_norms: list[float] = []
         with np.errstate(all="ignore"):
             for i, (s, e) in enumerate(batches):
-                O = net.forward(Xe[s:e], True, rng)
+                if per_epoch_gather:
+                    Xb, Yb = Xe[s:e], Ye[s:e]
+                else:
+                    Xb = np.take(X_train, perm[s:e], axis=0, out=Xb_buf[e - s], mode="clip")
+                    Yb = np.take(Y_train, perm[s:e], axis=0, out=Yb_buf[e - s], mode="clip")
+                O = net.forward(Xb, True, rng)
                 dO = dO_buffers[e - s]
-                batch_losses[i] = loss_fn.forward_backward(O, Ye[s:e], dO)
+                batch_losses[i] = loss_fn.forward_backward(O, Yb, dO)
                 if track_predictions:
                     net.predict_labels(O, out=predicted[s:e])
                 net.backward(dO)
@@ -338,7 +378,7 @@ def fit(
             )
 
     if restore_best and status in (COMPLETED, EARLY_STOPPED) and tracker.best_epoch is not None:
-        np.copyto(params, best_params)
+        np.copyto(params, best_params)  # type: ignore[arg-type]
 
     best_metrics = None
     if tracker.best_epoch is not None:
@@ -364,6 +404,7 @@ def fit(
         net,
         spec,
         data.summary(),
+        data,
     )
 
 

@@ -391,3 +391,29 @@ def test_running_train_metrics_mode():
     result = fit(make_spec(hyperparameters={"epochs": 3, "train_metrics": "running"}))
     assert all(0 <= r["train_accuracy"] <= 1 for r in result.history)
     assert all(r["dead_relu_fraction"][0] is not None for r in result.history)
+
+
+def test_per_batch_gather_for_big_sets_gives_the_same_numbers(monkeypatch):
+    import services.trainer.train as train_module
+
+    spec = make_spec(hyperparameters={"epochs": 3, "batch_size": 24, "dropout": 0.1})
+    per_epoch = fit(spec)
+    monkeypatch.setattr(train_module, "GATHER_PER_EPOCH_BYTES", 0)
+    per_batch = fit(spec)
+    assert strip_seconds(per_batch.history) == strip_seconds(per_epoch.history)
+    assert per_batch.network.params_flat.tobytes() == per_epoch.network.params_flat.tobytes()
+
+
+def test_result_predict_takes_raw_inputs_and_returns_labels_or_targets():
+    table = [[0, 0], [0, 1], [1, 0], [1, 1]]
+    result = fit({"dataset": {"name": "arrays", "X": table * 5, "y": ["no", "yes", "yes", "no"] * 5,
+                              "validation_split": 0},
+                  "architecture": {"layers": [{"units": 8, "activation": "tanh"}]},
+                  "hyperparameters": {"learning_rate": 0.3, "optimizer": "adam", "epochs": 200,
+                                      "batch_size": None}})
+    assert result.predict(table).tolist() == ["no", "yes", "yes", "no"]
+    X = np.linspace(0, 3, 80)[:, None]
+    reg = fit({"dataset": {"name": "arrays", "X": X, "y": 100 + 10 * X[:, 0]},
+               "architecture": {"layers": [{"units": 8, "activation": "tanh"}]},
+               "hyperparameters": {"learning_rate": 0.01, "optimizer": "adam", "epochs": 100}})
+    assert reg.predict([[1.5]]) == pytest.approx([115.0], abs=1.0)

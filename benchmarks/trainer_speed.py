@@ -1,0 +1,212 @@
+"""Training speed: sweeplab's NumPy trainer against PyTorch eager on the CPU.
+
+Both train the same MLP (ReLU hidden layers, softmax cross-entropy, plain
+SGD) on the same synthetic data in float32 with one BLAS / intra-op thread,
+shuffling every epoch and evaluating the validation set after every epoch.
+Samples per second count training samples (validation time included) per
+second of the process's CPU time (``time.process_time``; with one thread this
+is wall time minus the time other processes on a shared machine took from
+us), best of ``--repeats`` interleaved runs.
+
+Printed for three sizes: sweeplab's rate (``fit`` as the service runs it,
+records and all, with ``train_metrics="running"`` like the PyTorch loop, which
+also tracks the running training loss and no post-epoch training pass), the
+same with the default ``after_epoch`` training metrics (an extra forward pass
+over the training set), PyTorch's rate and the ratio. For the largest network
+also the share of the machine's measured single-thread float32 GEMM rate.
+
+Usage::
+
+    python benchmarks/trainer_speed.py [--quick] [--repeats N]
+
+The thread limits are set here, before numpy loads. ``OPENBLAS_CORETYPE`` /
+``OPENBLAS_L2_SIZE`` (set on some machines for old OpenBLAS builds; they slow
+a current one) are removed from this process only, and the kernel OpenBLAS
+then picked is printed.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+_UNSET = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if os.environ.pop(v, None)]
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from services.trainer import dataset_from_arrays, fit  # noqa: E402
+
+SIZES = [
+    # (layer sizes, batch size, training samples, targets: small, medium, large)
+    ([2, 64, 64, 2], 32, 8192, 5.0),
+    ([64, 128, 128, 10], 64, 16384, 3.0),
+    ([784, 256, 256, 10], 128, 16384, 1.15),
+]
+N_VAL_SHARE = 0.2
+
+
+def synthetic(sizes: list[int], n: int, seed: int = 0):
+    """Gaussian inputs labelled by a random linear teacher."""
+    rng = np.random.default_rng(seed)
+    n_val = int(n * N_VAL_SHARE)
+    X = rng.standard_normal((n + n_val, sizes[0])).astype(np.float32)
+    y = np.argmax(X @ rng.standard_normal((sizes[0], sizes[-1])), axis=1)
+    return X[:n], y[:n], X[n:], y[n:]
+
+
+def sweeplab_rate(sizes, batch, arrays, epochs, train_metrics) -> tuple[float, float]:
+    X, y, Xv, yv = arrays
+    data = dataset_from_arrays(X, y, Xv, yv, task="classification")
+    spec = {
+        "dataset": {"name": "digits"},  # replaced by data=; the head follows the data
+        "architecture": {"layers": [{"units": u, "activation": "relu"} for u in sizes[1:-1]],
+                         "output_activation": "softmax"},
+        "hyperparameters": {"learning_rate": 0.01, "optimizer": "sgd", "batch_size": batch,
+                            "epochs": epochs, "dtype": "float32",
+                            "train_metrics": train_metrics},
+    }
+    fit({**spec, "hyperparameters": {**spec["hyperparameters"], "epochs": 1}}, data=data)  # warm
+    t0 = time.process_time()
+    result = fit(spec, data=data)
+    seconds = time.process_time() - t0
+    return len(X) * epochs / seconds, result.history[-1]["val_accuracy"]
+
+
+def torch_rate(sizes, batch, arrays, epochs) -> tuple[float, float]:
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    X, y, Xv, yv = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+    layers: list = []
+    for i in range(len(sizes) - 1):
+        layers.append(torch.nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    criterion = torch.nn.CrossEntropyLoss()
+    n = len(X)
+
+    def run(n_epochs):
+        acc = 0.0
+        for _ in range(n_epochs):
+            model.train()
+            perm = torch.randperm(n)
+            total = torch.zeros(())
+            for s in range(0, n, batch):
+                idx = perm[s : s + batch]
+                loss = criterion(model(X[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach()
+            model.eval()
+            with torch.no_grad():
+                out = model(Xv)
+                _val_loss = criterion(out, yv).item()
+                acc = (out.argmax(1) == yv).float().mean().item()
+            _train_loss = total.item()
+        return acc
+
+    run(1)  # warm up
+    t0 = time.process_time()
+    acc = run(epochs)
+    return n * epochs / (time.process_time() - t0), acc
+
+
+def gemm_peak_gflops(repeats: int = 10) -> float:
+    """Best single-thread float32 GEMM rate (1024^3, CPU time), in GFLOP/s."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((1024, 1024)).astype(np.float32)
+    B = rng.standard_normal((1024, 1024)).astype(np.float32)
+    C = np.empty_like(A)
+    np.matmul(A, B, out=C)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        np.matmul(A, B, out=C)
+        best = min(best, time.process_time() - t0)
+    return 2 * 1024**3 / best / 1e9
+
+
+def train_flops_per_sample(sizes: list[int], val_share: float) -> float:
+    """Matrix-product FLOPs per training sample: forward, dW, dX (not for layer 0),
+    plus the validation forward pass amortized over the training samples."""
+    macs = [sizes[i] * sizes[i + 1] for i in range(len(sizes) - 1)]
+    return 2 * (3 * sum(macs) - macs[0]) + 2 * sum(macs) * val_share
+
+
+def blas_info() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "threadpoolctl not installed"
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"
+            and "numpy" in i.get("filepath", "")] or [i for i in threadpool_info()
+                                                     if i.get("user_api") == "blas"]
+    return ", ".join(f"{i.get('internal_api')} {i.get('version')} kernel {i.get('architecture')}"
+                     f" threads {i.get('num_threads')}" for i in blas[:1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer epochs (rough numbers)")
+    parser.add_argument("--repeats", type=int, default=3, help="best of N runs per entry")
+    args = parser.parse_args()
+    epochs = 2 if args.quick else 5
+    repeats = 2 if args.quick else args.repeats
+
+    print(f"numpy {np.__version__}; BLAS: {blas_info()}")
+    print("unset for this process: " + (", ".join(_UNSET) if _UNSET else "nothing (neither set)"))
+    try:
+        import torch
+
+        print(f"torch {torch.__version__}, 1 intra-op thread")
+    except ImportError:
+        print("torch is not installed: PyTorch columns skipped")
+        torch = None
+
+    header = (f"{'network':<20}{'batch':>6}{'sweeplab/s':>13}{'+train pass/s':>15}"
+              f"{'torch/s':>11}{'ratio':>8}{'target':>8}")
+    print(header)
+    print("-" * len(header))
+    ok = True
+    large = None
+    for sizes, batch, n, target in SIZES:
+        arrays = synthetic(sizes, n)
+        ours = ours_full = theirs = 0.0
+        for _ in range(repeats):  # interleaved, so that a busy spell hits both
+            ours = max(ours, sweeplab_rate(sizes, batch, arrays, epochs, "running")[0])
+            ours_full = max(ours_full,
+                            sweeplab_rate(sizes, batch, arrays, epochs, "after_epoch")[0])
+            theirs = max(theirs, torch_rate(sizes, batch, arrays, epochs)[0]) if torch \
+                else float("nan")
+        ratio = ours / theirs
+        ok = ok and (ratio >= target if torch else True)
+        name = "-".join(map(str, sizes))
+        print(f"{name:<20}{batch:>6}{ours:>13,.0f}{ours_full:>15,.0f}{theirs:>11,.0f}"
+              f"{ratio:>7.2f}x{target:>7.2f}x")
+        large = (sizes, ours)
+
+    sizes, ours = large
+    peak = gemm_peak_gflops()
+    achieved = ours * train_flops_per_sample(sizes, N_VAL_SHARE) / 1e9
+    share = achieved / peak
+    print(f"single-thread float32 GEMM peak (1024^3): {peak:.1f} GFLOP/s; "
+          f"{'-'.join(map(str, sizes))} reaches {achieved:.1f} GFLOP/s = {share:.0%} "
+          f"(target >= 70%)")
+    ok = ok and share >= 0.70
+    print("all targets met" if ok else "some targets missed")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
