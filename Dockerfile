@@ -9,6 +9,9 @@ COPY worker ./worker
 COPY migrations ./migrations
 COPY alembic.ini ./
 COPY examples ./examples
-RUN pip install '.[server]'
+# Workers and the API need only the MLflow client (mlflow-skinny); the MLflow
+# server image is built with EXTRAS=server.
+ARG EXTRAS=""
+RUN pip install ".${EXTRAS:+[$EXTRAS]}"
 EXPOSE 8000 5000
 CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "api:create_app()"]
