@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +86,10 @@ def json_body() -> Any:
         raise APIError(415, "send the body as application/json")
     raw = request.get_data(cache=True)
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if limit is not None and len(raw) > limit:
+    # A chunked body (no Content-Length) is cut at the limit, not refused: a body
+    # that fills the limit may have gone on, so it is refused here.
+    chunked = request.content_length is None
+    if limit is not None and (len(raw) >= limit if chunked else len(raw) > limit):
         raise APIError(413, f"request body larger than {limit} bytes")
     try:
         return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
@@ -96,7 +100,7 @@ def json_body() -> Any:
 def page_args() -> tuple[str | None, int]:
     """``cursor`` and ``limit`` (1..200, default 50) from the query string."""
     raw = request.args.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 200:
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= 200:
         raise APIError(400, "limit must be an integer from 1 to 200",
                        details=[{"loc": "limit", "msg": "integer from 1 to 200"}])  # fmt: skip
     return request.args.get("cursor") or None, int(raw)

@@ -136,6 +136,8 @@ def cancel_sweep(sweep_id: str):
         sweep, running = sweep_service.cancel_sweep(session, sweep_id)
     except LookupError as err:
         raise APIError(404, f"no sweep {sweep_id}") from err
+    except sweep_service.SweepFinishedError as err:
+        raise APIError(409, f"sweep {sweep_id} already finished ({err})") from err
     session.commit()
     try:
         services().dispatcher.request_cancel(running)

@@ -17,6 +17,7 @@ class Limits:
     max_params: int = 5_000_000
     max_epochs: int = 10_000
     max_samples: int = 200_000
+    max_dataset_values: int = 20_000_000  # n_samples x n_features of a synthetic set
     max_trials: int = 1_000
     max_concurrency: int = 64
     max_body_bytes: int = 1024 * 1024
@@ -34,6 +35,14 @@ class Settings:
     # A running job's owner renews its lease at each flush; another worker may
     # take over (and resume from the latest checkpoint) once it has expired.
     lease_seconds: float = 60.0
+    # A worker that dies mid-job (out of memory, killed) costs an attempt; a job that
+    # has used this many is failed instead of being handed to the next worker.
+    max_attempts: int = 5
+    # A job still queued after this long may have lost its message (the sender
+    # died between commit and send, or Redis lost it): the recover task sends it again.
+    requeue_seconds: float = 300.0
+    # How often each worker asks for a recover pass (at most one runs per period).
+    recover_seconds: float = 30.0
     checkpoint_every: int = 10
     flush_seconds: float = 0.5
     blas_threads: int = 1
@@ -63,6 +72,9 @@ class Settings:
                 env.get("SWEEPLAB_VISIBILITY_TIMEOUT") or cls.visibility_timeout
             ),
             lease_seconds=float(env.get("SWEEPLAB_LEASE_SECONDS") or cls.lease_seconds),
+            max_attempts=int(env.get("SWEEPLAB_MAX_ATTEMPTS") or cls.max_attempts),
+            requeue_seconds=float(env.get("SWEEPLAB_REQUEUE_SECONDS") or cls.requeue_seconds),
+            recover_seconds=float(env.get("SWEEPLAB_RECOVER_SECONDS") or cls.recover_seconds),
             checkpoint_every=int(env.get("SWEEPLAB_CHECKPOINT_EVERY") or cls.checkpoint_every),
             flush_seconds=float(env.get("SWEEPLAB_FLUSH_SECONDS") or cls.flush_seconds),
             blas_threads=int(env.get("SWEEPLAB_BLAS_THREADS") or cls.blas_threads),

@@ -15,10 +15,11 @@ import math
 import numbers
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
@@ -117,9 +118,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, row_id = json.loads(raw)
-        return datetime.fromisoformat(stamp), str(row_id)
+        if not isinstance(stamp, str) or not isinstance(row_id, str):
+            raise TypeError("a cursor holds a timestamp and an id")
+        created_at = datetime.fromisoformat(stamp)
     except (ValueError, TypeError) as err:
         raise BadCursorError("cursor is not one this API handed out") from err
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=timezone.utc)
+    return created_at, row_id
 
 
 def paginate(session: Session, model: Any, stmt: Any, *, cursor: str | None, limit: int):
@@ -202,18 +208,25 @@ def fail_unqueued(session: Session, job_ids: list[str], err: Exception) -> None:
 # --- the worker's side: claim, record, finish ---------------------------------------
 
 
-def claim_job(session: Session, *, job_id: str, worker: str, lease_seconds: float) -> Job | None:
-    """Take a queued job, or a running one whose lease expired; None if neither."""
+def claim_job(
+    session: Session, *, job_id: str, worker: str, lease_seconds: float,
+    max_attempts: int | None = None,
+) -> Job | None:  # fmt: skip
+    """Take a queued job, or a running one whose lease expired; None if neither.
+
+    A job whose workers died ``max_attempts`` times is not taken again
+    (:func:`fail_exhausted` ends it).
+    """
     now = utcnow()
+    takeover = and_(Job.status == "running", Job.lease_expires_at < now)
+    if max_attempts is not None:
+        takeover = and_(takeover, Job.attempts < max_attempts)
     claimed = _rowcount(
         session.execute(
             update(Job)
             .where(
                 Job.id == job_id,
-                or_(
-                    Job.status == "queued",
-                    and_(Job.status == "running", Job.lease_expires_at < now),
-                ),
+                or_(Job.status == "queued", takeover),
             )
             .values(
                 status="running",
@@ -296,10 +309,105 @@ def finish_job(session: Session, *, job_id: str, attempt: int, status: str, **va
     )
 
 
-def expired_leases(session: Session) -> list[str]:
-    """Ids of running jobs whose worker stopped renewing its lease."""
+def expired_leases(session: Session, *, max_attempts: int | None = None) -> list[str]:
+    """Ids of running jobs whose worker stopped renewing its lease (and may retry)."""
     stmt = select(Job.id).where(Job.status == "running", Job.lease_expires_at < utcnow())
+    if max_attempts is not None:
+        stmt = stmt.where(Job.attempts < max_attempts)
     return list(session.scalars(stmt))
+
+
+def fail_exhausted(session: Session, *, max_attempts: int) -> list[tuple[str, str | None]]:
+    """Fail running jobs whose lease expired after ``max_attempts`` attempts.
+
+    Returns (job id, sweep id) of each: a job that kills its worker every time
+    (say, out of memory) must end, not travel from worker to worker forever.
+    """
+    now = utcnow()
+    stmt = select(Job.id, Job.sweep_id).where(
+        Job.status == "running", Job.lease_expires_at < now, Job.attempts >= max_attempts
+    )
+    rows = [(job_id, sweep_id) for job_id, sweep_id in session.execute(stmt)]
+    ended = []
+    for job_id, sweep_id in rows:
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
+            .values(status="failed", finished_at=now, updated_at=now, lease_expires_at=None,
+                    error=f"the worker running it was lost {max_attempts} times; giving up")
+        )  # fmt: skip
+        if _rowcount(done):
+            ended.append((job_id, sweep_id))
+    return ended
+
+
+def stale_queued(session: Session, *, older_than: float) -> list[str]:
+    """Ids of jobs queued for ``older_than`` seconds, their clock reset so that each
+    is picked at most once per period. Sending their message again is harmless:
+    the claim is a compare-and-set, so a duplicate finds nothing to do.
+    """
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    ids = list(
+        session.scalars(select(Job.id).where(Job.status == "queued", Job.updated_at < cutoff))
+    )
+    if ids:
+        session.execute(
+            update(Job).where(Job.id.in_(ids), Job.status == "queued").values(updated_at=utcnow())
+        )
+    return ids
+
+
+def renew_lease(session: Session, *, job_id: str, attempt: int, lease_seconds: float) -> bool:
+    """Push this attempt's lease forward; False if the job is no longer its own."""
+    return bool(
+        _rowcount(
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+            )
+        )
+    )
+
+
+class LeaseKeeper:
+    """Renew a job's lease from a background thread while the trainer works.
+
+    The lease is also renewed at each flush, but one epoch can outlast it (a big
+    dataset, a slow machine); without this, another worker would take over a
+    live job. The thread wakes every third of the lease, so it costs one small
+    UPDATE every ~20 s and nothing on the training path.
+    """
+
+    def __init__(self, *, sessions: sessionmaker[Session], job_id: str, attempt: int,
+                 lease_seconds: float):  # fmt: skip
+        self.sessions, self.job_id, self.attempt = sessions, job_id, attempt
+        self.lease_seconds = lease_seconds
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.lease_seconds)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            try:
+                with self.sessions() as session:
+                    owned = renew_lease(session, job_id=self.job_id, attempt=self.attempt,
+                                        lease_seconds=self.lease_seconds)  # fmt: skip
+                    session.commit()
+            except Exception:  # the database is busy or away: try again next tick
+                log.warning("could not renew the lease of job %s", self.job_id, exc_info=True)
+                continue
+            if not owned:
+                self.lost.set()
+                return
 
 
 # --- running one job ---------------------------------------------------------------------
@@ -433,8 +541,13 @@ class JobRun:
         self.prune_reason: str | None = None
         self.last_flush = time.monotonic()
         self.redis_ok = True
+        self.lease = LeaseKeeper(sessions=session_factory, job_id=job.id, attempt=job.attempts,
+                                 lease_seconds=settings.lease_seconds)  # fmt: skip
 
     def on_epoch(self, record: dict[str, Any]) -> bool:
+        if self.lease.lost.is_set():  # another worker owns the job now
+            self.stop_reason = "lost"
+            return True
         epoch = int(record["epoch"])
         flat = _flatten(record)
         self.tracker.update(epoch, flat)
@@ -504,6 +617,11 @@ class JobRun:
         from services.trainer import fit
 
         values: dict[str, Any] = {}
+        with self.lease:
+            return self._run(fit, resume_from, values)
+
+    def _run(self, fit: Callable[..., Any], resume_from: bytes | None,
+             values: dict[str, Any]) -> str:  # fmt: skip
         try:
             result = fit(
                 self.spec,
@@ -569,7 +687,7 @@ def execute_job(
     with session_factory() as session:
         job = claim_job(
             session, job_id=job_id, worker=worker or worker_name(),
-            lease_seconds=settings.lease_seconds,
+            lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
         )  # fmt: skip
         if job is None:
             current = session.get(Job, job_id)
@@ -579,6 +697,8 @@ def execute_job(
             if current.status in TERMINAL_STATUSES:
                 return "finished"
             lease = current.lease_expires_at or utcnow()
+            if lease < utcnow():  # not claimable although expired: no attempts left
+                return "exhausted"  # the recover task fails it
             raise LeaseHeldError(max(0.5, (lease - utcnow()).total_seconds() + 0.5))
         objective, prune = sweeps.policy_for(session, job)
         run = JobRun(

@@ -39,6 +39,11 @@ OPTIMIZER_NAMES = Literal["sgd", "rmsprop", "adam", "adamw"]
 SCHEDULE_NAMES = Literal["constant", "step", "exponential", "cosine"]
 OBJECTIVE_METRICS = Literal["val_loss", "train_loss", "val_accuracy", "train_accuracy"]
 
+# Default sizes of the synthetic datasets (the trainer's), for the data-size checks.
+_DEFAULT_SAMPLES = {
+    "xor": 400, "spirals": 300, "moons": 400, "circles": 400, "blobs": 400, "sine": 400,
+}  # fmt: skip
+
 # (n_features, n_outputs) of the bundled datasets, for the parameter-count limit.
 _DATASET_SHAPES = {
     "digits": (64, 10), "iris": (4, 3), "wine": (13, 3), "breast_cancer": (30, 1),
@@ -62,6 +67,14 @@ def _limits(info: ValidationInfo) -> Limits:
     return (info.context or {}).get("limits") or Limits()
 
 
+def _error_at(loc: str, message: str) -> PydanticCustomError:
+    """A model-level error that names the field ``loc`` (relative to the model)."""
+    return PydanticCustomError("value_error", message, {"loc": loc})
+
+
+SEED_MAX = 2**31 - 1  # stored in an INTEGER column on every backend
+
+
 # --- the job spec (the trainer's format) ------------------------------------
 
 
@@ -70,7 +83,7 @@ class DatasetSpec(Strict):
 
     name: DATASET_NAMES
     validation_split: Annotated[float, Field(ge=0, lt=1)] = 0.2
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
     standardize: bool = True
     standardize_targets: bool = True
     n_samples: Annotated[int, Field(ge=4)] | None = None
@@ -96,6 +109,24 @@ class DatasetSpec(Strict):
         if value is not None and len(value) > _limits(info).max_samples:
             raise ValueError(f"at most {_limits(info).max_samples} samples")
         return value
+
+    @model_validator(mode="after")
+    def _check_size(self, info: ValidationInfo) -> DatasetSpec:
+        # n_samples x n_features floats are allocated at once: a worker must not run out
+        # of memory (it would die, and the job would be retried on the next one).
+        n_samples = self.n_samples or _DEFAULT_SAMPLES.get(self.name, 0)
+        values, limit = n_samples * (self.n_features or 2), _limits(info).max_dataset_values
+        if self.name == "blobs" and values > limit:
+            raise _error_at(
+                "n_features" if self.n_features else "n_samples",
+                f"n_samples x n_features is {values}, at most {limit}",
+            )
+        if n_samples and n_samples * (1 - self.validation_split) < 2:
+            raise _error_at(
+                "validation_split",
+                f"leaves fewer than 2 of {n_samples} samples for training",
+            )
+        return self
 
 
 class LayerSpec(Strict):
@@ -163,7 +194,7 @@ class HyperparametersSpec(Strict):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     gradient_clip_norm: Annotated[float, Field(gt=0)] | None = None
     early_stopping: EarlyStoppingSpec | None = None
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
     dtype: Literal["float32", "float64"] = "float32"
     train_metrics: Literal["after_epoch", "running"] = "after_epoch"
 
@@ -280,27 +311,39 @@ class SweepCreate(Strict):
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
     max_concurrency: Annotated[int, Field(ge=1)] = 2
     early_stopping: EarlyStoppingPolicy | None = None
-    seed: int = 0
-    n_startup_trials: Annotated[int, Field(ge=0)] | None = None
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
+    n_startup_trials: Annotated[int, Field(ge=0, le=100_000)] | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _paths(cls, value: dict[str, ParameterSpec]) -> dict[str, ParameterSpec]:
+        for path in value:
+            if not path or any(not part for part in path.split(".")):
+                raise _error_at(path, f"'{path}' is not a dotted path such as 'a.b.0.c'")
+        return value
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> SweepCreate:
         limits = _limits(info)
         if self.max_concurrency > limits.max_concurrency:
-            raise ValueError(f"max_concurrency must be at most {limits.max_concurrency}")
+            raise _error_at(
+                "max_concurrency", f"max_concurrency must be at most {limits.max_concurrency}"
+            )
         if self.method == "grid":
             for path, param in self.parameters.items():
                 if param.values is None or param.distribution not in (None, "choice"):
-                    raise ValueError(f"grid parameter '{path}' needs 'values'")
+                    raise _error_at(f"parameters.{path}", f"grid parameter '{path}' needs 'values'")
             size = math.prod(len(p.values or ()) for p in self.parameters.values())
             if self.n_trials is not None and self.n_trials != size:
-                raise ValueError(f"a grid has {size} trials; leave n_trials out")
+                raise _error_at("n_trials", f"a grid has {size} trials; leave n_trials out")
             if size > limits.max_trials:
-                raise ValueError(f"the grid has {size} trials, at most {limits.max_trials}")
+                raise _error_at(
+                    "parameters", f"the grid has {size} trials, at most {limits.max_trials}"
+                )
         elif self.n_trials is None:
-            raise ValueError(f"method '{self.method}' needs n_trials")
+            raise _error_at("n_trials", f"method '{self.method}' needs n_trials")
         elif self.n_trials > limits.max_trials:
-            raise ValueError(f"n_trials must be at most {limits.max_trials}")
+            raise _error_at("n_trials", f"n_trials must be at most {limits.max_trials}")
         return self
 
     def total_trials(self) -> int:
@@ -436,7 +479,8 @@ def _trainer_normalize(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]
     except SpecError as err:
         loc = getattr(err, "loc", None) or ""
         full = f"{prefix}.{loc}".strip(".") if prefix else loc
-        raise SpecValidationError("invalid job spec", [{"loc": full, "msg": str(err)}]) from err
+        msg = str(err).removeprefix(f"{loc}: ") if loc else str(err)
+        raise SpecValidationError("invalid job spec", [{"loc": full, "msg": msg}]) from err
 
 
 def validate_job(data: Any, limits: Limits | None = None) -> dict[str, Any]:

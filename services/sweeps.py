@@ -15,7 +15,7 @@ import logging
 import math
 import statistics
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import func, select, update
@@ -24,7 +24,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.celery_app import Dispatcher
 from services.config import Limits, Settings
 from services.db.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobMetric, Sweep, utcnow
-from services.jobs import Objective, create_job, expired_leases, paginate
+from services.jobs import (
+    Objective,
+    create_job,
+    expired_leases,
+    fail_exhausted,
+    paginate,
+    stale_queued,
+)
 from services.specs import (
     EarlyStoppingPolicy,
     ParameterSpec,
@@ -137,11 +144,21 @@ def advance_and_enqueue(
     return new_ids
 
 
+class SweepFinishedError(Exception):
+    """The sweep is already done or cancelled (cancel is then a 409)."""
+
+
 def cancel_sweep(session: Session, sweep_id: str) -> tuple[Sweep, list[str]]:
-    """Cancel queued trials now and flag running ones; returns (sweep, running ids)."""
+    """Cancel queued trials now and flag running ones; returns (sweep, running ids).
+
+    Raises ``LookupError`` for an unknown sweep and :class:`SweepFinishedError`
+    when it is no longer running.
+    """
     sweep = lock_sweep(session, sweep_id)
     if sweep is None:
         raise LookupError(sweep_id)
+    if sweep.status != "running":
+        raise SweepFinishedError(sweep.status)
     now = utcnow()
     session.execute(
         update(Job)
@@ -155,9 +172,8 @@ def cancel_sweep(session: Session, sweep_id: str) -> tuple[Sweep, list[str]]:
         session.execute(
             update(Job).where(Job.id.in_(running)).values(cancel_requested=True, updated_at=now)
         )
-    if sweep.status == "running":
-        sweep.status = "cancelled"
-        sweep.finished_at = now
+    sweep.status = "cancelled"
+    sweep.finished_at = now
     sweep.updated_at = now
     session.flush()
     return sweep, running
@@ -446,20 +462,32 @@ def list_sweeps(
     return paginate(session, Sweep, stmt, cursor=cursor, limit=limit)
 
 
+class Recovered(NamedTuple):
+    """What one :func:`recover` pass did (job ids)."""
+
+    expired: list[str]  # running jobs of dead workers, sent again
+    requeued: list[str]  # queued jobs whose message may have been lost, sent again
+    created: list[str]  # new trials of stalled sweeps
+    failed: list[str]  # jobs whose workers died ``max_attempts`` times
+
+
 def recover(
     *, settings: Settings, session_factory: sessionmaker[Session], dispatcher: Dispatcher
-) -> tuple[list[str], list[str]]:
-    """Re-send jobs whose worker died (lease expired) and advance stalled sweeps.
+) -> Recovered:
+    """Re-send jobs whose worker died or whose message was lost; advance stalled sweeps.
 
-    A sweep stalls if the worker that ended its last active trial died before
-    it could create the next ones. Both steps are idempotent, so running this
-    from several workers at once is harmless. Returns (job ids re-sent, job
-    ids newly created for sweeps).
+    A job's message is lost when its sender died (or Redis failed) between the
+    commit and the send, or when Redis lost its data. A sweep stalls if the
+    worker that ended its last active trial died before it could create the
+    next ones. Every step is idempotent (claims are compare-and-set), so
+    running this from several workers at once is harmless.
     """
     with session_factory() as session:
-        expired = expired_leases(session)
+        failed = fail_exhausted(session, max_attempts=settings.max_attempts)
+        expired = expired_leases(session, max_attempts=settings.max_attempts)
+        requeued = stale_queued(session, older_than=settings.requeue_seconds)
         session.commit()
-    dispatcher.enqueue_jobs(expired)
+    dispatcher.enqueue_jobs(expired + requeued)
     with session_factory() as session:
         active = select(Job.id).where(Job.sweep_id == Sweep.id, Job.status.in_(ACTIVE_STATUSES))
         stalled = list(
@@ -472,4 +500,4 @@ def recover(
             settings=settings, session_factory=session_factory, dispatcher=dispatcher,
             sweep_id=sweep_id,
         )  # fmt: skip
-    return expired, created
+    return Recovered(expired, requeued, created, [job_id for job_id, _ in failed])

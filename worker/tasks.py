@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import shared_task, signals
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,7 +22,6 @@ log = logging.getLogger(__name__)
 
 RECOVER = "sweeplab.recover"
 RECOVER_GUARD = "sweeplab:recover:scheduled"
-RECOVER_EVERY_S = 30.0
 
 
 @dataclass
@@ -59,14 +60,56 @@ def _after_fork(**_kwargs: object) -> None:
     threadpool_limits(limits=Settings.from_env().blas_threads)
 
 
+class RecoverTicker:
+    """Ask for a ``sweeplab.recover`` pass every ``recover_seconds``, from the worker's
+    main process.
+
+    A thread rather than a task that schedules its own successor: a countdown
+    message lives in Redis, and if Redis loses its data (a restart without
+    persistence) the chain is gone and nothing would ever recover again. A
+    Redis key taken with SET NX keeps it to one pass per period however many
+    workers tick.
+    """
+
+    def __init__(self, app: Any, settings: Settings):
+        self.app, self.settings = app, settings
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="sweeplab-recover", daemon=True)
+
+    def _loop(self) -> None:
+        period = self.settings.recover_seconds
+        guard = f"{RECOVER_GUARD}:{self.settings.celery_queue}"
+        client = redis.Redis.from_url(
+            self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+        )
+        first = True  # at start, recover at once: this worker may replace a dead one
+        while True:
+            try:
+                if first or client.set(guard, 1, nx=True, px=max(1, int(period * 1000) - 100)):
+                    self.app.send_task(RECOVER, queue=self.settings.celery_queue)
+                first = False
+            except Exception as err:  # Redis is away: try again next period
+                log.warning("could not schedule %s: %s", RECOVER, err)
+            if self.stop.wait(period):
+                client.close()
+                return
+
+
+_ticker: RecoverTicker | None = None
+
+
 @signals.worker_ready.connect
 def _on_ready(sender: Any = None, **_kwargs: Any) -> None:
-    """Pick up jobs whose worker died (their lease expired) once this worker is up."""
-    try:
-        app = sender.app
-        app.send_task(RECOVER, queue=app.conf.task_default_queue)
-    except Exception:
-        log.exception("could not schedule %s", RECOVER)
+    """Start asking for recover passes (jobs of dead workers, lost messages, stalled sweeps)."""
+    global _ticker
+    _ticker = RecoverTicker(sender.app, Settings.from_env())
+    _ticker.thread.start()
+
+
+@signals.worker_shutting_down.connect
+def _on_shutdown(**_kwargs: Any) -> None:
+    if _ticker is not None:
+        _ticker.stop.set()
 
 
 @shared_task(name=RUN_JOB, bind=True, acks_late=True, max_retries=None)
@@ -84,17 +127,11 @@ def run_job(self, job_id: str) -> str:
         raise self.retry(countdown=err.retry_in, max_retries=None) from None
 
 
-@shared_task(name=RECOVER, bind=True)
-def recover_jobs(self) -> dict[str, int]:
-    """Re-send jobs of dead workers, advance stalled sweeps; repeat every 30 s (one chain)."""
+@shared_task(name=RECOVER)
+def recover_jobs() -> dict[str, int]:
+    """Re-send lost and orphaned jobs, fail hopeless ones, advance stalled sweeps."""
     rt = runtime()
-    expired, created = recover(
-        settings=rt.settings, session_factory=rt.sessions, dispatcher=rt.dispatcher
-    )
-    if expired or created:
-        log.warning("recovered %d expired jobs, %d new sweep trials", len(expired), len(created))
-    # One pending follow-up per queue, however many workers scheduled one.
-    guard = f"{RECOVER_GUARD}:{rt.settings.celery_queue}"
-    if rt.dispatcher.redis.set(guard, 1, nx=True, ex=int(RECOVER_EVERY_S) - 1):
-        self.apply_async(countdown=RECOVER_EVERY_S, queue=rt.settings.celery_queue)
-    return {"expired": len(expired), "created": len(created)}
+    done = recover(settings=rt.settings, session_factory=rt.sessions, dispatcher=rt.dispatcher)
+    if any(done):
+        log.warning("recover: %s", {name: len(ids) for name, ids in done._asdict().items()})
+    return {name: len(ids) for name, ids in done._asdict().items()}

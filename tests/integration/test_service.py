@@ -213,3 +213,36 @@ def test_killed_worker_process_job_resumes_elsewhere(stack: Stack):
     curve = [e["metrics"]["val_loss"] for e in stack.get(f"/jobs/{job['id']}/metrics")["epochs"]]
     assert curve == reference
     assert all(math.isfinite(v) for v in curve)
+
+
+def test_a_queued_job_whose_message_was_lost_is_sent_again(stack: Stack):
+    # As if its sender died between the commit and the send: a row, and no message.
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from services.celery_app import Dispatcher
+    from services.db.models import Job, utcnow
+    from services.jobs import create_job
+    from services.specs import validate_job
+    from services.sweeps import recover
+
+    with stack.sessions() as session:
+        job_id = create_job(session, spec=validate_job(job_spec(epochs=6))).id
+        session.commit()
+    time.sleep(1.0)
+    assert stack.job(job_id).status == "queued"  # nobody knows about it
+    with stack.sessions() as session:
+        stale = utcnow() - timedelta(seconds=stack.settings.requeue_seconds + 1)
+        session.execute(update(Job).where(Job.id == job_id).values(updated_at=stale))
+        session.commit()
+    dispatcher = Dispatcher(stack.settings)
+    try:
+        done = recover(settings=stack.settings, session_factory=stack.sessions,
+                       dispatcher=dispatcher)  # fmt: skip
+    finally:
+        dispatcher.close()
+    assert job_id in done.requeued
+    finished = stack.wait_job(job_id)
+    assert finished.status == "succeeded" and finished.attempts == 1
+    assert_every_epoch_once(stack, job_id)

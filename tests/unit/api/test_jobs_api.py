@@ -154,6 +154,34 @@ def test_invalid_specs_are_422_naming_the_field(client, path, value, loc):
     assert loc in [d["loc"] for d in error_of(response)["details"]]
 
 
+def test_chunked_body_over_one_mib_is_413(client):
+    """Without a Content-Length the body is cut at the limit; that must not pass as JSON."""
+    import io
+
+    body = json.dumps({**XOR_JOB, "name": "x" * (2 * 1024 * 1024)}).encode()
+    response = client.post(
+        f"{API}/jobs", input_stream=io.BytesIO(body), content_type="application/json",
+        environ_overrides={"wsgi.input_terminated": True},
+    )  # fmt: skip
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "payload_too_large"
+    small = json.dumps(XOR_JOB).encode()
+    response = client.post(
+        f"{API}/jobs", input_stream=io.BytesIO(small), content_type="application/json",
+        environ_overrides={"wsgi.input_terminated": True},
+    )  # fmt: skip
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=201", "limit=abc", "limit=%C2%B2",
+                                   "limit=%D9%A3", "limit=-1", "limit=" + "9" * 30,
+                                   "cursor=garbage", "cursor=WzEsMl0", "status=bogus"])  # fmt: skip
+def test_bad_list_arguments_are_400_naming_them(client, query):
+    response = client.get(f"{API}/jobs?{query}")
+    assert response.status_code == 400
+    assert error_of(response)["details"][0]["loc"] == query.split("=")[0]
+
+
 def test_method_not_allowed_is_json(client):
     response = client.delete(f"{API}/jobs")
     assert response.status_code == 405

@@ -63,6 +63,8 @@ def test_cancel_sweep(client, dispatcher):
     body = response.get_json()
     assert body["status"] == "cancelled" and body["counts"]["cancelled"] == 2
     assert client.get(f"{API}/sweeps?status=cancelled").get_json()["items"][0]["id"] == sweep["id"]
+    again = client.post(f"{API}/sweeps/{sweep['id']}/cancel")
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "conflict"
 
 
 def test_cancelling_a_queued_trial_starts_the_next(client, dispatcher):

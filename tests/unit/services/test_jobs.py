@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from datetime import timedelta
 
 import pytest
@@ -167,6 +168,62 @@ def test_live_lease_means_retry_later(settings, sessions, dispatcher):
     with pytest.raises(jobs.LeaseHeldError) as info:
         run(settings, sessions, dispatcher, job_id)
     assert 25 < info.value.retry_in <= 31
+
+
+class FakeResult:
+    """What ``run_job`` reads from the trainer's ``TrainResult``."""
+
+    def __init__(self, status: str):
+        self.status, self.seconds, self.diagnosis = status, 0.0, []
+
+    def summary(self) -> dict:
+        return {"status": self.status}
+
+
+def test_lease_outlives_a_slow_epoch(settings, sessions, dispatcher, monkeypatch):
+    """An epoch longer than the lease must not let another worker take the job over."""
+    import services.trainer
+
+    settings = settings.replace(lease_seconds=0.6, flush_seconds=0.0)
+    job_id = make_job(sessions)
+    stolen: list[object] = []
+
+    def slow_fit(spec, *, on_epoch, **_kwargs):
+        for epoch in (1, 2):
+            time.sleep(1.5)  # 2.5 leases
+            with sessions() as session:
+                stolen.append(jobs.claim_job(session, job_id=job_id, worker="thief",
+                                             lease_seconds=60))  # fmt: skip
+                session.commit()
+            on_epoch({"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 1.0 / epoch})
+        return FakeResult(status="completed")
+
+    monkeypatch.setattr(services.trainer, "fit", slow_fit)
+    assert run(settings, sessions, dispatcher, job_id) == "succeeded"
+    assert stolen == [None, None]
+    assert epochs_of(sessions, job_id) == [1, 2]
+    with sessions() as session:
+        assert session.get(Job, job_id).attempts == 1
+
+
+def test_a_lost_lease_stops_the_run(settings, sessions, dispatcher, monkeypatch):
+    import services.trainer
+
+    settings = settings.replace(lease_seconds=0.3, flush_seconds=60.0)
+    job_id = make_job(sessions)
+    asked_to_stop: list[bool] = []
+
+    def fit(spec, *, on_epoch, **_kwargs):
+        with sessions() as session:  # an operator (or a bug) hands the job to someone else
+            session.execute(update(Job).where(Job.id == job_id).values(attempts=Job.attempts + 1))
+            session.commit()
+        time.sleep(0.5)
+        asked_to_stop.append(bool(on_epoch({"epoch": 1, "train_loss": 1.0, "val_loss": 1.0})))
+        return FakeResult(status="stopped")
+
+    monkeypatch.setattr(services.trainer, "fit", fit)
+    assert run(settings, sessions, dispatcher, job_id) == "lost"
+    assert asked_to_stop == [True] and epochs_of(sessions, job_id) == []
 
 
 def test_cursor_roundtrip_and_pagination(sessions):

@@ -65,6 +65,31 @@ def test_bad_job_specs_name_the_field(path: str, value: Any, loc: str):
     assert loc in error_locs(with_change(path, value))
 
 
+def test_datasets_that_cannot_work_are_refused():
+    # A blobs set of 200,000 x 65,536 floats would take a worker's memory (and then the next's).
+    spec = with_change("dataset.name", "blobs")
+    spec["dataset"].update(n_samples=200_000, n_features=65_536)
+    assert error_locs(spec) == ["dataset.n_features"]
+    spec["dataset"].update(n_features=2)
+    validate_job(spec)
+    # A validation split that leaves nothing to train on.
+    assert error_locs(with_change("dataset.validation_split", 0.99)) == ["dataset.validation_split"]
+
+
+def test_seeds_fit_the_database():
+    assert error_locs(with_change("hyperparameters.seed", 2**31)) == ["hyperparameters.seed"]
+    assert error_locs(with_change("dataset.seed", 10**23)) == ["dataset.seed"]
+
+
+def test_trainer_messages_do_not_repeat_the_field():
+    spec = with_change("hyperparameters.batch_size", 10**23)
+    with pytest.raises(SpecValidationError) as info:
+        validate_job(spec)
+    (detail,) = info.value.details
+    assert detail["loc"] == "hyperparameters.batch_size"
+    assert not detail["msg"].startswith("hyperparameters.batch_size")
+
+
 def test_missing_required_fields():
     spec = copy.deepcopy(XOR_JOB)
     del spec["hyperparameters"]["learning_rate"]
@@ -125,7 +150,25 @@ def test_valid_sweeps():
 @pytest.mark.parametrize(
     ("changes", "loc"),
     [
-        ({"method": "random"}, ""),
+        ({"method": "random"}, "n_trials"),
+        ({"method": "grid", "n_trials": 5}, "n_trials"),
+        ({"method": "random", "n_trials": 2, "parameters": {
+            "hyperparameters.learning_rate": {"distribution": "uniform", "min": 0.1, "max": 1}},
+          "seed": 10**23}, "seed"),
+        ({"method": "tpe", "n_trials": 2, "n_startup_trials": 10**23}, "n_startup_trials"),
+        ({"max_concurrency": 10**23}, "max_concurrency"),
+        ({"method": "grid", "parameters": {
+            "hyperparameters.learning_rate": {"distribution": "uniform", "min": 0.1, "max": 1}}},
+         "parameters.hyperparameters.learning_rate"),
+        ({"parameters": {"": {"values": [1]}}}, "parameters"),
+        ({"parameters": {"hyperparameters..seed": {"values": [1]}}},
+         "parameters.hyperparameters..seed"),
+        ({"parameters": {"hyperparameters.nope": {"values": [1]}}},
+         "parameters.hyperparameters.nope.values.0"),
+        ({"parameters": {"hyperparameters.learning_rate.x": {"values": [1]}}},
+         "parameters.hyperparameters.learning_rate.x"),
+        ({"parameters": {"architecture.layers.0.units": {"values": [4, "four"]}}},
+         "parameters.architecture.layers.0.units.values.1"),
         ({"method": "bayes"}, "method"),
         ({"parameters": {"hyperparameters.learning_rate": {"values": [0.1, -1.0]}}},
          "parameters.hyperparameters.learning_rate.values.1"),
@@ -133,7 +176,7 @@ def test_valid_sweeps():
          "parameters.architecture.layers.3.units"),
         ({"parameters": {"hyperparameters.learning_rate": {"values": [0.1]}}, "max_concurrency": 0},
          "max_concurrency"),
-        ({"method": "random", "n_trials": 1001}, ""),
+        ({"method": "random", "n_trials": 1001}, "n_trials"),
         ({"method": "random", "n_trials": 3, "parameters": {
             "hyperparameters.learning_rate": {"distribution": "log_uniform", "min": 0, "max": 1}}},
          "parameters.hyperparameters.learning_rate"),
@@ -154,7 +197,7 @@ def test_grid_size_is_limited():
     values = {"values": list(range(1, 40))}
     spec = sweep(parameters={"architecture.layers.0.units": values,
                              "hyperparameters.epochs": values})  # fmt: skip
-    assert sweep_locs(spec) == [""]
+    assert sweep_locs(spec) == ["parameters"]
     assert len(list(itertools.product(values["values"], values["values"]))) > 1000
 
 

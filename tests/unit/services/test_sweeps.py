@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import update
 
 from services import sweeps
-from services.db.models import Job, JobMetric, Sweep
+from services.db.models import Job, JobMetric, Sweep, utcnow
 from services.jobs import Objective
 from services.specs import EarlyStoppingPolicy, ParameterSpec, validate_sweep
 from tests.conftest import XOR_JOB
@@ -181,23 +182,50 @@ def test_tpe_proposes_from_optuna_and_concentrates(sessions):
 
 
 def test_recover_resends_expired_and_advances_stalled_sweeps(settings, sessions, dispatcher):
-    from datetime import timedelta
-
-    from services.db.models import utcnow
-
     sweep_id, first = create(sessions)
     with sessions() as session:  # one trial's worker died; the other ended without advancing
         session.execute(update(Job).where(Job.id == first[0]).values(
             status="running", lease_expires_at=utcnow() - timedelta(seconds=1)))  # fmt: skip
         session.execute(update(Job).where(Job.id == first[1]).values(status="succeeded"))
         session.commit()
-    expired, created = sweeps.recover(settings=settings, session_factory=sessions,
-                                      dispatcher=dispatcher)  # fmt: skip
-    assert expired == [first[0]] and created == []  # still one active trial: not stalled
+    done = sweeps.recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
+    assert done.expired == [first[0]] and done.created == []  # one active trial: not stalled
     with sessions() as session:
         session.execute(update(Job).where(Job.id == first[0]).values(status="failed"))
         session.commit()
-    expired, created = sweeps.recover(settings=settings, session_factory=sessions,
-                                      dispatcher=dispatcher)  # fmt: skip
-    assert expired == [] and len(created) == 2
-    assert dispatcher.enqueued == [first[0], *created]
+    done = sweeps.recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
+    assert done.expired == [] and len(done.created) == 2
+    assert dispatcher.enqueued == [first[0], *done.created]
+
+
+def test_recover_resends_a_trial_whose_message_was_lost(settings, sessions, dispatcher):
+    # The worker that created the next trial died before it could send its message.
+    sweep_id, first = create(sessions)
+    dispatcher.enqueued.clear()
+    settings = settings.replace(requeue_seconds=60)
+    assert not any(sweeps.recover(settings=settings, session_factory=sessions,
+                                  dispatcher=dispatcher))  # fmt: skip
+    with sessions() as session:  # ... and a minute has gone by
+        session.execute(update(Job).where(Job.id == first[0]).values(
+            updated_at=utcnow() - timedelta(seconds=61)))  # fmt: skip
+        session.commit()
+    done = sweeps.recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
+    assert done.requeued == [first[0]] and dispatcher.enqueued == [first[0]]
+    # Sent once per period, not at every pass.
+    done = sweeps.recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
+    assert done.requeued == [] and dispatcher.enqueued == [first[0]]
+
+
+def test_recover_fails_a_job_that_keeps_killing_its_worker(settings, sessions, dispatcher):
+    sweep_id, first = create(sessions)
+    dispatcher.enqueued.clear()
+    with sessions() as session:
+        session.execute(update(Job).where(Job.id == first[0]).values(
+            status="running", attempts=settings.max_attempts,
+            lease_expires_at=utcnow() - timedelta(seconds=1)))  # fmt: skip
+        session.commit()
+    done = sweeps.recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
+    assert done.failed == [first[0]] and done.expired == []
+    with sessions() as session:
+        job = session.get(Job, first[0])
+        assert job.status == "failed" and "lost 5 times" in job.error
