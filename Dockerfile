@@ -14,4 +14,4 @@ COPY examples ./examples
 ARG EXTRAS=""
 RUN pip install ".${EXTRAS:+[$EXTRAS]}"
 EXPOSE 8000 5000
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "api:create_app()"]
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "--limit-request-line", "8190", "api:create_app()"]

@@ -289,6 +289,8 @@ def up(*, workers: int = 2, mlflow: bool = True) -> None:
             "4",
             "--timeout",
             "60",
+            "--limit-request-line",
+            "8190",
             "--chdir",
             str(_repo_root()),
             "api:create_app()",
