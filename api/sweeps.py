@@ -19,7 +19,8 @@ bp = Blueprint("sweeps", __name__)
 
 def _row(rank: int, job: Job) -> dict[str, Any]:
     return {
-        "rank": rank,
+        # Trials without an objective value (yet) are listed unranked, last.
+        "rank": rank if job.objective is not None else None,
         "job_id": job.id,
         "trial_index": job.trial_index,
         "status": job.status,

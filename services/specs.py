@@ -412,7 +412,7 @@ class MetricsPublic(BaseModel):
 
 
 class LeaderboardRow(BaseModel):
-    rank: int
+    rank: int | None
     job_id: str
     status: str
     objective: float | None

@@ -389,7 +389,8 @@ def print_leaderboard(sweep: dict) -> None:
     goal = f"{objective.get('metric')}, {objective.get('goal')}"
     print(f"\nleaderboard of sweep {sweep['id']} ({goal})")
     print(f"{'rank':>4}  {'status':<10} {'objective':>10} {'best_ep':>7}  params")
-    for rank, row in enumerate(rows, 1):
+    for row in rows:
+        rank = row.get("rank") or "-"
         params = " ".join(
             f"{key.split('.')[-1]}={_fmt(val)}" for key, val in (row.get("params") or {}).items()
         )
@@ -397,6 +398,16 @@ def print_leaderboard(sweep: dict) -> None:
             f"{rank:>4}  {row.get('status', '-'):<10} {_fmt(row.get('objective')):>10} "
             f"{_fmt(row.get('best_epoch')):>7}  {params}"
         )
+
+
+def _wait_mirrored(sweep_id: str, sweep: dict, timeout: float = 60.0) -> dict:
+    """Wait until every trial is mirrored to MLflow; return the sweep's MLflow links."""
+    deadline = time.monotonic() + timeout
+    links = sweep.get("mlflow") or {}
+    while links.get("mirrored") is False and time.monotonic() < deadline:
+        time.sleep(1.0)
+        links = _api("GET", f"/sweeps/{sweep_id}").get("mlflow") or {}
+    return links
 
 
 def demo(spec_path: Path) -> None:
@@ -419,7 +430,9 @@ def demo(spec_path: Path) -> None:
             break
         time.sleep(1.0)
     print_leaderboard(sweep)
-    links = sweep.get("mlflow") or {}
+    links = _wait_mirrored(sweep_id, sweep)
+    if links.get("mirrored") is False:
+        print("\n(MLflow has not caught up yet; the workers keep mirroring in the background)")
     if links.get("experiment_url"):
         print(f"\nMLflow runs: {links['experiment_url']}")
     if links.get("compare_url"):

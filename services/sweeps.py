@@ -439,17 +439,23 @@ def status_counts(session: Session, sweep_id: str) -> dict[str, int]:
 
 
 def leaderboard(sweep: Sweep, trials: list[Job]) -> list[Job]:
-    """Trials with an objective value, best first (ties: lower trial index first)."""
-    ranked = [t for t in trials if t.objective is not None]
+    """Every trial: those with an objective value best first (ties: lower trial
+    index first), then those without one (diverged at once, not started) by index."""
     sign = 1.0 if sweep.objective_goal == "minimize" else -1.0
-    return sorted(ranked, key=lambda t: (sign * t.objective, t.trial_index or 0))  # type: ignore[operator]
+    ranked = sorted(
+        (t for t in trials if t.objective is not None),
+        key=lambda t: (sign * t.objective, t.trial_index or 0),  # type: ignore[operator]
+    )
+    unranked = sorted((t for t in trials if t.objective is None), key=lambda t: t.trial_index or 0)
+    return ranked + unranked
 
 
 def best_trial(sweep: Sweep, board: list[Job]) -> Job | None:
-    """The best finished trial (succeeded first; else the best of any)."""
-    done = [t for t in board if t.status == "succeeded"]
-    ranked = done or board
-    return ranked[0] if ranked else None
+    """The best finished trial with an objective (succeeded first; else the best of any)."""
+    ranked = [t for t in board if t.objective is not None]
+    done = [t for t in ranked if t.status == "succeeded"]
+    candidates = done or ranked
+    return candidates[0] if candidates else None
 
 
 def list_sweeps(

@@ -229,3 +229,17 @@ def test_recover_fails_a_job_that_keeps_killing_its_worker(settings, sessions, d
     with sessions() as session:
         job = session.get(Job, first[0])
         assert job.status == "failed" and "lost 5 times" in job.error
+
+
+def test_leaderboard_lists_every_trial_unranked_last():
+    sweep = Sweep(objective_goal="maximize")
+    trials = [
+        Job(id="a", trial_index=0, objective=0.5, status="succeeded"),
+        Job(id="b", trial_index=1, objective=None, status="diverged"),
+        Job(id="c", trial_index=2, objective=0.9, status="succeeded"),
+        Job(id="d", trial_index=3, objective=0.7, status="diverged"),
+    ]
+    board = sweeps.leaderboard(sweep, trials)
+    assert [t.id for t in board] == ["c", "d", "a", "b"]
+    assert sweeps.best_trial(sweep, board).id == "c"
+    assert sweeps.best_trial(sweep, [trials[1]]) is None
