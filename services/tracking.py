@@ -305,7 +305,9 @@ def links_for_job(settings: Any, job: Any) -> dict[str, Any] | None:
     if not enabled(settings) or not job.mlflow_run_id or not job.mlflow_experiment_id:
         return None
     ui = settings.mlflow_ui_url or settings.mlflow_tracking_uri
-    return ui_links(ui, job.mlflow_experiment_id, job.mlflow_run_id, [job.mlflow_run_id])
+    links = ui_links(ui, job.mlflow_experiment_id, job.mlflow_run_id, [job.mlflow_run_id])
+    links["mirrored"] = job.mlflow_synced_status == job.status
+    return links
 
 
 def links_for_sweep(settings: Any, sweep: Any) -> dict[str, Any] | None:
@@ -332,7 +334,10 @@ def links_for_sweep(settings: Any, sweep: Any) -> dict[str, Any] | None:
             )
         )
     ui = settings.mlflow_ui_url or settings.mlflow_tracking_uri
-    return ui_links(ui, sweep.mlflow_experiment_id, sweep.mlflow_run_id, trial_runs)
+    links = ui_links(ui, sweep.mlflow_experiment_id, sweep.mlflow_run_id, trial_runs)
+    # True once the parent run is closed, hence every trial mirrored and in compare_url.
+    links["mirrored"] = sweep.mlflow_synced_status == sweep.status
+    return links
 
 
 # --------------------------------------------------------------------------- per-process plumbing
@@ -415,6 +420,15 @@ def send_task(
         countdown=countdown or None,
         priority=priority,
     )
+
+
+def warm_up() -> None:
+    """Import the MLflow client and matplotlib now (about 2 s of CPU), not in a first mirror."""
+    _configure_http()
+    import mlflow.tracking  # noqa: F401
+    from mlflow.entities import Metric  # noqa: F401
+
+    from services import plots  # noqa: F401  (matplotlib)
 
 
 class MirrorBusy(RuntimeError):
@@ -555,14 +569,14 @@ def session_scope(settings: Any) -> Iterator[Any]:
         session.close()
 
 
-def _update_job(settings: Any, job_id: str, **values: Any) -> None:
+def _update_job(settings: Any, job_id: str, *, force: bool = False, **values: Any) -> None:
     """Write mirror bookkeeping in its own short transaction (leaves updated_at alone)."""
     from sqlalchemy import update
 
     from services.db import Job
 
     stmt = update(Job).where(Job.id == job_id)
-    if "mlflow_synced_epoch" in values:  # never move backwards
+    if "mlflow_synced_epoch" in values and not force:  # never move backwards
         stmt = stmt.where(Job.mlflow_synced_epoch < values["mlflow_synced_epoch"])
     with session_scope(settings) as session:
         session.execute(stmt.values(updated_at=Job.updated_at, **values))
@@ -690,10 +704,13 @@ def _n_outputs(snap: Any) -> int | None:
     return None
 
 
-def _ensure_job_run(settings: Any, client: Any, snap: JobSnapshot) -> str:
-    """Return the job's run id, creating the run (and its sweep's parent) once."""
+def _ensure_job_run(settings: Any, client: Any, snap: JobSnapshot) -> tuple[str, bool]:
+    """Return the job's run id, creating the run (and its sweep's parent) once.
+
+    The flag is True when the run was created just now (nothing logged to it yet).
+    """
     if snap.mlflow_run_id:
-        return snap.mlflow_run_id
+        return snap.mlflow_run_id, False
     parent_run_id = None
     if snap.sweep_id:
         with session_scope(settings) as session:
@@ -709,17 +726,31 @@ def _ensure_job_run(settings: Any, client: Any, snap: JobSnapshot) -> str:
             client, settings.mlflow_tracking_uri, _experiment_name(snap.spec.get("experiment"))
         )
     run_id = _find_run(client, exp_id, "sweeplab.job_id", snap.id, "job")
+    fresh = run_id is None
     if run_id is None:
-        run = client.create_run(
-            exp_id,
-            start_time=_ms(snap.started_at or snap.created_at),
-            tags={k: str(v) for k, v in _job_tags(snap, parent_run_id).items() if v is not None},
-            run_name=run_name(snap.spec, snap.params),
-        )
+        try:
+            run = client.create_run(
+                exp_id,
+                start_time=_ms(snap.started_at or snap.created_at),
+                tags={
+                    k: str(v) for k, v in _job_tags(snap, parent_run_id).items() if v is not None
+                },
+                run_name=run_name(snap.spec, snap.params),
+            )
+        except Exception:
+            _experiments.clear()  # the experiment may have gone: look it up afresh next time
+            raise
         run_id = run.info.run_id
-    _update_job(settings, snap.id, mlflow_run_id=run_id, mlflow_experiment_id=exp_id)
+        if snap.synced_epoch:  # a new run holds nothing, whatever the row said
+            with session_scope(settings) as session:
+                snap.epochs = _load_job(session, snap.id, after_epoch=0).epochs  # type: ignore[union-attr]
+            snap.synced_epoch = 0
+    values = {"mlflow_run_id": run_id, "mlflow_experiment_id": exp_id}
+    if fresh:
+        values["mlflow_synced_epoch"] = 0
+    _update_job(settings, snap.id, force=True, **values)
     snap.mlflow_run_id, snap.mlflow_experiment_id = run_id, exp_id
-    return run_id
+    return run_id, fresh
 
 
 def _last_logged_epoch(client: Any, run_id: str) -> int:
@@ -727,25 +758,49 @@ def _last_logged_epoch(client: Any, run_id: str) -> int:
     return max((m.step for m in history), default=0)
 
 
-def _log_epochs(settings: Any, client: Any, snap: JobSnapshot, run_id: str) -> None:
-    """Log every epoch after the last one MLflow has, whole epochs per request."""
+def _log_epochs(
+    settings: Any,
+    client: Any,
+    snap: JobSnapshot,
+    run_id: str,
+    *,
+    fresh: bool = False,
+    tags: Mapping[str, Any] | None = None,
+) -> None:
+    """Log every epoch after the last one MLflow has, whole epochs per request.
+
+    The params ride along in the first request when the run is new (``fresh``)
+    or this process is not sure of it, and ``tags`` in the last one: a short
+    job's whole run is then one create and one ``log_batch``.
+    """
     from mlflow.entities import Metric
 
     done = snap.synced_epoch
+    params: list[Any] = []
+    if fresh:
+        _confirmed[run_id] = done
     if _confirmed.get(run_id) != done:
         # Not sure what reached MLflow (new process, or a request that failed
-        # after the server may have stored it): ask MLflow.
-        client.log_batch(run_id, params=_params(flatten_spec(snap.spec)), synchronous=True)
+        # after the server may have stored it): ask MLflow. Params are
+        # idempotent (same key, same value), so they may be sent again.
         done = max(done, _last_logged_epoch(client, run_id))
+        params = _params(flatten_spec(snap.spec))
+    elif fresh:
+        params = _params(flatten_spec(snap.spec))
+    final_tags = _tags(tags or {})
+    # Keep every metric of a request in the first of the client's chunks (it
+    # sends at most 100 params and 100 tags, then fills up to 1000 entities).
+    budget = MAX_METRICS_PER_REQUEST - min(len(params), 100) - min(len(final_tags), 100)
     batch: list[Any] = []
     batch_last = done
 
-    def flush() -> None:
-        nonlocal batch, done
-        if batch:
+    def flush(last: bool) -> None:
+        nonlocal batch, done, params
+        extra = final_tags if last else []
+        if batch or params or extra:
             _confirmed.pop(run_id, None)
-            client.log_batch(run_id, metrics=batch, synchronous=True)
-            batch = []
+            client.log_batch(run_id, metrics=batch, params=params, tags=extra, synchronous=True)
+            batch, params = [], []
         if batch_last > snap.synced_epoch:
             _update_job(settings, snap.id, mlflow_synced_epoch=batch_last)
             snap.synced_epoch = batch_last
@@ -760,11 +815,11 @@ def _log_epochs(settings: Any, client: Any, snap: JobSnapshot, run_id: str) -> N
             Metric(key, value, stamp or fallback_ms + epoch, epoch)
             for key, value in epoch_metrics(record).items()
         ]
-        if len(batch) + len(points) > MAX_METRICS_PER_REQUEST:
-            flush()
+        if batch and len(batch) + len(points) > budget:
+            flush(last=False)
         batch.extend(points)
         batch_last = epoch
-    flush()
+    flush(last=True)
 
 
 def _artifacts(settings: Any, snap: JobSnapshot, history: list[dict[str, Any]]) -> dict[str, bytes]:
@@ -830,13 +885,13 @@ def _finalize_job(settings: Any, client: Any, snap: JobSnapshot, run_id: str) ->
     history = [{"epoch": e, **rec} for e, _, rec in (full.epochs if full else [])]
     if full is not None and full.result:
         snap.result = full.result
-    client.log_batch(run_id, tags=_tags(_job_tags(snap, None)), synchronous=True)
     with tempfile.TemporaryDirectory(prefix="sweeplab-mirror-") as tmp:
         for name, data in _artifacts(settings, snap, history).items():
             Path(tmp, name).write_bytes(data)
         client.log_artifacts(run_id, tmp)
     client.set_terminated(run_id, RUN_STATUS[snap.status], end_time=_ms(snap.finished_at))
     _update_job(settings, snap.id, mlflow_synced_status=snap.status)
+    _confirmed.pop(run_id, None)
 
 
 def mirror_job(
@@ -867,13 +922,15 @@ def mirror_job(
             return True
         if snap.synced_status == snap.status and snap.status in TERMINAL and not snap.epochs:
             return True
-        run_id = _ensure_job_run(settings, client, snap)
-        _log_epochs(settings, client, snap, run_id)
+        run_id, fresh = _ensure_job_run(settings, client, snap)
+        final = finalize and snap.status in TERMINAL and snap.synced_status != snap.status
+        tags = _job_tags(snap, None) if final else None
+        _log_epochs(settings, client, snap, run_id, fresh=fresh, tags=tags)
         if snap.status not in TERMINAL:
             return True
         if not finalize:
             return False
-        if snap.synced_status != snap.status:
+        if final:
             _finalize_job(settings, client, snap, run_id)
     if snap.sweep_id and then_sweep:
         with contextlib.suppress(MirrorBusy):  # the holder, or mirror_pending, finishes it

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 
 from celery import shared_task, signals
 
@@ -82,6 +83,15 @@ def _follow_sweep(settings: Settings, job_id: str) -> None:
         # The sweep is marked done right after its last trial's job_finished:
         # close its parent run in a moment.
         tracking.send_task(settings, tracking.MIRROR_SWEEP_TASK, [sweep_id], countdown=2)
+
+
+@signals.worker_process_init.connect
+def _warm_up(**_kwargs) -> None:
+    """Import the MLflow client in the background, so that the first mirror is quick."""
+    if tracking.enabled(Settings.from_env()):
+        threading.Thread(
+            target=tracking.warm_up, name="sweeplab-mlflow-warm-up", daemon=True
+        ).start()
 
 
 @signals.worker_ready.connect

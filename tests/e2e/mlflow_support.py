@@ -126,6 +126,7 @@ def wait_mirrored(stack: Stack, sweep_id: str, timeout: float = 120) -> None:
     def done() -> bool:
         with stack.sessions() as session:
             sweep = session.get(Sweep, sweep_id)
+            assert sweep is not None
             jobs = session.query(Job).filter(Job.sweep_id == sweep_id).all()
             return (
                 sweep.status != "running"
@@ -145,7 +146,9 @@ def wait_job_mirrored(stack: Stack, job_id: str, timeout: float = 60) -> Job:
         job = stack.job(job_id)
         return job if job.mlflow_synced_status == job.status else None
 
-    return wait_for(done, timeout, f"the MLflow mirror of job {job_id}", interval=0.25)
+    job = wait_for(done, timeout, f"the MLflow mirror of job {job_id}", interval=0.25)
+    assert job is not None
+    return job
 
 
 def retry_http(fn, timeout: float = 10):  # the UI server may still be warming up

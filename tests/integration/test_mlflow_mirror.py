@@ -151,7 +151,7 @@ def test_sweep_mirrors_parent_and_every_trial(stack: Stack, mlflow: MlflowServer
     assert by_job[diverged.id]["info"]["status"] == "FAILED"
 
     # The parent: the best trial's params and objective, the LR plot, FINISHED.
-    best = min((j for j in jobs if j.status == "succeeded"), key=lambda j: j.objective)
+    best = min((j for j in jobs if j.status == "succeeded"), key=lambda j: j.objective or 0.0)
     assert parent["info"]["status"] == "FINISHED"
     assert tags(parent)["sweeplab.best_job_id"] == best.id
     assert params(parent)["hyperparameters.learning_rate"] == repr(
@@ -172,8 +172,9 @@ def test_sweep_mirrors_parent_and_every_trial(stack: Stack, mlflow: MlflowServer
     assert job_links["run_url"].endswith(f"/#/experiments/{exp_id}/runs/{best.mlflow_run_id}")
 
     # Weights: a real .npz of the trained network.
-    weights = next(f for f in mlflow.artifacts(best.mlflow_run_id) if f.endswith(".npz"))
-    with np.load(io.BytesIO(mlflow.artifact_bytes(best.mlflow_run_id, weights))) as z:
+    best_run = str(best.mlflow_run_id)
+    weights = next(f for f in mlflow.artifacts(best_run) if f.endswith(".npz"))
+    with np.load(io.BytesIO(mlflow.artifact_bytes(best_run, weights))) as z:
         assert z["layer_0.W"].shape == (64, 16) and z["layer_1.W"].shape == (16, 10)
 
 
@@ -254,6 +255,7 @@ def test_catch_up_mirrors_jobs_finished_while_mirroring_was_off(
     # Forget the mirror in the database only: the catch-up must find the run, not add one.
     with stack.sessions() as session:
         row = session.get(Job, job["id"])
+        assert row is not None
         row.mlflow_run_id = row.mlflow_experiment_id = row.mlflow_synced_status = None
         row.mlflow_synced_epoch = 0
         session.commit()

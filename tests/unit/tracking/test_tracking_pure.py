@@ -138,9 +138,12 @@ def _settings(uri="http://127.0.0.1:5000", ui=None):
 
 
 def test_links_for_job_uses_the_ui_url_and_needs_a_run():
-    job = types.SimpleNamespace(mlflow_run_id="r1", mlflow_experiment_id="3")
+    job = types.SimpleNamespace(
+        mlflow_run_id="r1", mlflow_experiment_id="3", status="running", mlflow_synced_status=None
+    )
     links = tracking.links_for_job(_settings(ui="http://mlflow.example"), job)
     assert links["run_url"] == "http://mlflow.example/#/experiments/3/runs/r1"
+    assert links["mirrored"] is False
     assert tracking.links_for_job(_settings(uri=None), job) is None
     unsynced = types.SimpleNamespace(mlflow_run_id=None, mlflow_experiment_id=None)
     assert tracking.links_for_job(_settings(), unsynced) is None
