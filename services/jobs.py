@@ -32,6 +32,7 @@ from services.db.models import (
     Job,
     JobCheckpoint,
     JobMetric,
+    JobWeights,
     utcnow,
 )
 
@@ -632,9 +633,12 @@ class JobRun:
             )
         except Exception as err:  # a trainer error fails the job, with its message
             log.exception("job %s failed", self.job_id)
-            status = "failed"
+            status, weights = "failed", None
             values["error"] = f"{type(err).__name__}: {err}"
         else:
+            weights = JobWeights(
+                job_id=self.job_id, epoch=len(result.history), data=result.network.to_npz_bytes()
+            )
             status = {"diverged": "diverged", "stopped": self.stop_reason or "cancelled"}.get(
                 result.status, "succeeded"
             )
@@ -662,6 +666,8 @@ class JobRun:
                 **self.tracker.progress(),
                 **values,
             )
+            if owned and weights is not None:
+                session.merge(weights)
             session.commit()
         if not owned:
             return "lost"

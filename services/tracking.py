@@ -598,6 +598,12 @@ def _update_sweep(settings: Any, sweep_id: str, **values: Any) -> None:
 # --------------------------------------------------------------------------- MLflow side
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI mode (traces,
+# prompts); ours are model-training experiments, shown with runs and metrics.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+EXPERIMENT_TAGS = {"sweeplab.managed": "true", EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+
+
 def _experiment_id(client: Any, tracking_uri: str, name: str) -> str:
     key = (tracking_uri, name)
     if key in _experiments:
@@ -607,7 +613,7 @@ def _experiment_id(client: Any, tracking_uri: str, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            exp_id = client.create_experiment(name, tags={"sweeplab.managed": "true"})
+            exp_id = client.create_experiment(name, tags=EXPERIMENT_TAGS)
         except MlflowException:  # created by another process in between
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -617,6 +623,8 @@ def _experiment_id(client: Any, tracking_uri: str, name: str) -> str:
         exp_id = exp.experiment_id
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp_id)
+        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     _experiments[key] = exp_id
     return exp_id
 
@@ -842,20 +850,19 @@ def _artifacts(settings: Any, snap: JobSnapshot, history: list[dict[str, Any]]) 
 def final_weights(settings: Any, job_id: str) -> tuple[str, bytes] | None:
     """Return (artifact name, ``.npz`` bytes) of the job's last stored weights, or None.
 
-    A ``jobs.weights`` column (``Network.to_npz_bytes()`` of the final network)
-    wins when the service stores one; otherwise the weights come from the job's
-    latest checkpoint, named ``weights.npz`` when it is of the last epoch and
-    ``weights_epoch_<k>.npz`` when training went on after it.
+    The network the job ended with (``job_weights``, stored when training
+    returned) wins; a job that failed mid-way has only its latest checkpoint,
+    whose weights are named ``weights_epoch_<k>.npz``.
     """
-    from services.db import Job, JobCheckpoint
+    from services.db import Job, JobCheckpoint, JobWeights
 
     with session_scope(settings) as session:
         job = session.get(Job, job_id)
         if job is None:
             return None
-        stored = getattr(job, "weights", None)
-        if stored:
-            return "weights.npz", bytes(stored)
+        final = session.get(JobWeights, job_id)
+        if final is not None:
+            return "weights.npz", bytes(final.data)
         ckpt = session.get(JobCheckpoint, job_id)
         if ckpt is None:
             return None

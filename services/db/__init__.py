@@ -12,6 +12,7 @@ from services.db.models import (
     Job,
     JobCheckpoint,
     JobMetric,
+    JobWeights,
     Sweep,
 )
 from services.db.session import make_engine, make_session_factory
@@ -26,6 +27,7 @@ __all__ = [
     "Job",
     "JobCheckpoint",
     "JobMetric",
+    "JobWeights",
     "Sweep",
     "alembic_config",
     "make_engine",

@@ -116,8 +116,8 @@ def assert_run_mirrors_job(
     files = mlflow.artifacts(run_id)
     for name in ("spec.json", "history.csv", "learning_curve.png", "diagnosis.json"):
         assert name in files, files
-    if job.status != "diverged":
-        assert any(f.startswith("weights") and f.endswith(".npz") for f in files), files
+    # Every trial whose training returned (diverged ones too) has the weights it ended with.
+    assert "weights.npz" in files, files
     csv = mlflow.artifact_bytes(run_id, "history.csv").decode().splitlines()
     assert len(csv) == job.epochs_done + 1
     assert mlflow.artifact_bytes(run_id, "learning_curve.png")[:4] == b"\x89PNG"

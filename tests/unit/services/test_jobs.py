@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
+import io
 import time
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from sqlalchemy import select, update
 
 from services import jobs
-from services.db.models import Job, JobCheckpoint, JobMetric, utcnow
+from services.db.models import Job, JobCheckpoint, JobMetric, JobWeights, utcnow
 from services.specs import validate_job
 from tests.conftest import XOR_JOB
 
@@ -69,6 +71,12 @@ def test_run_records_every_epoch_once(settings, sessions, dispatcher):
         assert job.result["status"] == "completed"
         assert job.best_epoch is not None and job.objective is not None
         assert job.finished_at >= job.started_at >= job.created_at
+        weights = session.get(JobWeights, job_id)
+        assert weights.epoch == 5
+        with np.load(io.BytesIO(weights.data)) as arrays:
+            # One hidden layer and the output: W and b each, and the architecture.
+            assert {"layer_0.W", "layer_0.b", "layer_1.W", "layer_1.b"} <= set(arrays.files)
+            assert arrays["layer_0.W"].shape == (2, 4)
     # A duplicate delivery of the message is a no-op.
     assert run(settings, sessions, dispatcher, job_id) == "finished"
     assert epochs_of(sessions, job_id) == [1, 2, 3, 4, 5]
@@ -87,6 +95,7 @@ def test_trainer_exception_fails_the_job_with_its_message(settings, sessions, di
     assert run(settings, sessions, dispatcher, job_id) == "failed"
     with sessions() as session:
         assert session.get(Job, job_id).error == "RuntimeError: kaboom"
+        assert session.get(JobWeights, job_id) is None
 
 
 def test_divergence_is_a_status(settings, sessions, dispatcher):
@@ -174,7 +183,11 @@ class FakeResult:
     """What ``run_job`` reads from the trainer's ``TrainResult``."""
 
     def __init__(self, status: str):
-        self.status, self.seconds, self.diagnosis = status, 0.0, []
+        self.status, self.seconds, self.diagnosis, self.history = status, 0.0, [], []
+        self.network = self
+
+    def to_npz_bytes(self) -> bytes:
+        return b"final weights"
 
     def summary(self) -> dict:
         return {"status": self.status}
