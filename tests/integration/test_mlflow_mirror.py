@@ -1,4 +1,4 @@
-"""The MLflow mirror against a real MLflow server, real workers, Redis and SQLite.
+"""The MLflow mirror against a real MLflow server, real workers, Redis, SQLite and PostgreSQL.
 
 Everything is read back through MLflow's REST API, as any client would.
 """
@@ -25,7 +25,7 @@ from tests.e2e.mlflow_support import (
     wait_job_mirrored,
     wait_mirrored,
 )
-from tests.integration.harness import Stack, wait_for
+from tests.integration.harness import Stack, require_postgres, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -63,11 +63,21 @@ def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
 def stack(
-    redis_base: str, mlflow: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    redis_base: str,
+    mlflow: MlflowServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    s = mirroring_stack("sqlite", tmp_path_factory.mktemp("stack"), redis_base, mlflow.url)
+    """The service on one database backend, mirroring to the module's MLflow server."""
+    if request.param == "postgresql":
+        require_postgres()
+    workdir = tmp_path_factory.mktemp(f"stack-{request.param}")
+    s = mirroring_stack(request.param, workdir, redis_base, mlflow.url)
     try:
         s.start_worker(concurrency=2)
         yield s
