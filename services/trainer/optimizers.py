@@ -31,12 +31,14 @@ class Optimizer:
         self._tmp2: np.ndarray | None = None
 
     def _init_state(self, params: np.ndarray) -> None:
+        tmp = self._tmp
+        if tmp is not None and tmp.shape == params.shape and tmp.dtype == params.dtype:
+            return  # the common case: every step after the first
         for key in self._buffer_names:
             if key not in self.state:
                 self.state[key] = np.zeros_like(params)
-        if self._tmp is None or self._tmp.shape != params.shape or self._tmp.dtype != params.dtype:
-            self._tmp = np.empty_like(params)
-            self._tmp2 = np.empty_like(params)
+        self._tmp = np.empty_like(params)
+        self._tmp2 = np.empty_like(params)
 
     def step(self, params: np.ndarray, grads: np.ndarray, lr: float) -> None:
         raise NotImplementedError
@@ -50,6 +52,7 @@ class Optimizer:
             raise ValueError(f"checkpoint holds {scalars.get('name')!r} state, not {self.name!r}")
         self.t = int(scalars["t"])
         self.state = {k: np.array(v, copy=True) for k, v in arrays.items()}
+        self._tmp = None  # the next step checks the loaded buffers
 
 
 class SGD(Optimizer):
