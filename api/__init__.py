@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import APIError, register_error_handlers
+from services import tracking
 from services.celery_app import Dispatcher
 from services.config import Settings
 from services.db import make_engine, make_session_factory
@@ -107,19 +108,12 @@ def page_args() -> tuple[str | None, int]:
 
 
 def mlflow_links(kind: str, row: Any) -> Any:
-    """``services.tracking.links_for_<kind>(settings, row)`` when the mirror exists, else None."""
+    """``services.tracking.links_for_<kind>(settings, row)``; None when mirroring is off."""
     settings = services().settings
     if not settings.mlflow_tracking_uri:
         return None
     try:
-        from services import tracking
-    except ImportError:
-        return None
-    fn = getattr(tracking, f"links_for_{kind}", None)
-    if fn is None:
-        return None
-    try:
-        return fn(settings, row)
+        return getattr(tracking, f"links_for_{kind}")(settings, row)
     except Exception:  # a broken mirror must not break the API
         current_app.logger.exception("links_for_%s failed", kind)
         return None

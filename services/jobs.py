@@ -494,23 +494,14 @@ def metric_row(epoch: int, flat: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _tracking(name: str) -> Callable[..., Any] | None:
-    try:
-        from services import tracking
-    except ImportError:
-        return None
-    return getattr(tracking, name, None)
-
-
 def notify_tracking(settings: Settings, hook: str, job_id: str) -> None:
-    """Tell the MLflow mirror (when installed and enabled); never raise."""
+    """Tell the MLflow mirror (when enabled) through ``services.tracking.<hook>``; never raise."""
     if not settings.mlflow_tracking_uri:
         return
-    fn = _tracking(hook)
-    if fn is None:
-        return
+    from services import tracking  # late: the mirror builds on jobs and sweeps
+
     try:
-        fn(settings, job_id)
+        getattr(tracking, hook)(settings, job_id)
     except Exception:  # the mirror must never fail a job
         log.exception("tracking.%s failed for job %s", hook, job_id)
 

@@ -52,6 +52,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from services.db.models import TERMINAL_STATUSES as TERMINAL
+from services.sweeps import best_trial, leaderboard
+from services.trainer import flatten_record
+
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "sweeplab"
@@ -86,7 +90,6 @@ RUN_STATUS = {
     "cancelled": "KILLED",
     "pruned": "KILLED",
 }
-TERMINAL = frozenset({"succeeded", "failed", "diverged", "cancelled", "pruned"})
 SWEEP_RUN_STATUS = {"done": "FINISHED", "cancelled": "KILLED", "failed": "FAILED"}
 
 ABBREVIATIONS = {
@@ -146,17 +149,6 @@ def flatten_spec(spec: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _flatten_record_fallback(record: Mapping[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in record.items():
-        if isinstance(value, list | tuple):
-            for i, item in enumerate(value):
-                flat[f"{key}.layer_{i}"] = item
-        else:
-            flat[key] = value
-    return flat
-
-
 def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     """Return the finite numbers of one epoch record, flat, without ``epoch``.
 
@@ -164,17 +156,8 @@ def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     ``flatten_record`` shape); ``None`` and non-finite values are left out
     (MLflow cannot plot them and the diverged epoch carries ``None``).
     """
-    if any(isinstance(v, list | tuple) for v in record.values()):
-        try:
-            from services.trainer import flatten_record
-        except ImportError:  # the trainer is built alongside; same shape either way
-            flat = _flatten_record_fallback(record)
-        else:
-            flat = dict(flatten_record(dict(record)))
-    else:
-        flat = dict(record)
     out: dict[str, float] = {}
-    for key, value in flat.items():
+    for key, value in flatten_record(dict(record)).items():
         if key == "epoch" or isinstance(value, bool) or not isinstance(value, int | float):
             continue
         if math.isfinite(value):
@@ -965,34 +948,28 @@ def _sweep_params(sweep: SweepSnapshot) -> dict[str, str]:
 def _sweep_trials(settings: Any, sweep_id: str) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
-    from services.db import Job
+    from services.db import Job, Sweep
 
     with session_scope(settings) as session:
         jobs = session.scalars(
             select(Job).where(Job.sweep_id == sweep_id).order_by(Job.trial_index)
         ).all()
+        sweep = session.get(Sweep, sweep_id)
+        best = best_trial(sweep, leaderboard(sweep, list(jobs))) if sweep is not None else None
         return [
             {
                 "id": j.id, "status": j.status, "spec": j.spec, "params": j.params,
                 "objective": j.objective, "run_id": j.mlflow_run_id,
                 "synced_status": j.mlflow_synced_status, "trial_index": j.trial_index,
-                "best_metrics": j.best_metrics,
+                "best_metrics": j.best_metrics, "best": j is best,
             }
             for j in jobs
         ]  # fmt: skip
 
 
-def _best_trial(trials: list[dict[str, Any]], goal: str) -> dict[str, Any] | None:
-    """The best trial as the API ranks it: succeeded ones first, else any with an objective."""
-    scored = [
-        t for t in trials
-        if isinstance(t["objective"], int | float) and math.isfinite(t["objective"])
-    ]  # fmt: skip
-    pool = [t for t in scored if t["status"] == "succeeded"] or scored
-    if not pool:
-        return None
-    sign = -1.0 if goal.lower().startswith("max") else 1.0
-    return min(pool, key=lambda t: (sign * t["objective"], t["trial_index"] or 0))
+def _best_trial(trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best trial as the API ranks it (``services.sweeps.best_trial``)."""
+    return next((t for t in trials if t["best"]), None)
 
 
 def _finalize_sweep(
@@ -1007,7 +984,7 @@ def _finalize_sweep(
         "sweeplab.status": sweep.status,
         "sweeplab.counts": json.dumps(counts, sort_keys=True),
     }
-    best = _best_trial(trials, sweep.objective_goal)
+    best = _best_trial(trials)
     params: dict[str, str] = {}
     metrics = []
     if best is not None:
