@@ -243,15 +243,24 @@ def test_bad_requests_get_a_4xx_in_the_error_format(
 
 def test_chunked_body_over_the_limit_is_413(service: Service):
     """Without a Content-Length the body is cut at 1 MiB; it must not be read as JSON."""
-    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
     body = json.dumps({**JOB, "name": "x" * 2**21}).encode()
-    chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))
-    conn.request("POST", "/api/v1/jobs", body=chunks, encode_chunked=True,
-                 headers={"Content-Type": "application/json"})  # fmt: skip
-    response = conn.getresponse()
-    assert response.status == 413
-    assert json.loads(response.read())["error"]["code"] == "payload_too_large"
-    conn.close()
+    head = (
+        b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
+        try:
+            sock.sendall(head)
+            for i in range(0, len(body), 65536):
+                chunk = body[i : i + 65536]
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before it has read the rest, as curl allows
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 413
+        assert json.loads(response.read())["error"]["code"] == "payload_too_large"
 
 
 def test_killed_worker_mid_job_is_replaced_and_every_epoch_lands_once(service: Service):
