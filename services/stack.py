@@ -166,15 +166,16 @@ def ensure_redis(url: str, data_dir: Path, log_file: Path) -> subprocess.Popen |
 
 
 def _spawn(argv: Sequence[str], log_file: Path, env: dict | None = None) -> subprocess.Popen:
-    log = open(log_file, "ab")  # noqa: SIM115  (the child owns it)
-    return subprocess.Popen(
-        list(argv),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
+    """Start ``argv`` in its own session, its output appended to ``log_file``."""
+    with open(log_file, "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
 
 
 def _pidfile(name: str) -> Path:
