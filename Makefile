@@ -38,6 +38,7 @@ test: install-dev
 
 lint: install-dev
 	$(BIN)/ruff check services api worker tests benchmarks migrations
+	$(BIN)/mypy services api worker
 
 clean: down
 	rm -rf var
