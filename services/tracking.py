@@ -252,6 +252,9 @@ def history_csv(history: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
+UI_WORKFLOW = "machine_learning"
+
+
 def ui_links(
     ui_url: str, experiment_id: str, run_id: str | None, compare_run_ids: Sequence[str]
 ) -> dict[str, Any]:
@@ -259,17 +262,20 @@ def ui_links(
 
     A bare ``#/experiments/<id>`` lands on a GenAI overview in MLflow 3, so the
     experiment link is its runs table; the compare view takes URL-encoded JSON
-    lists of run and experiment ids.
+    lists of run and experiment ids. Each link asks for the UI's "Model
+    training" mode (``workflowType``), which otherwise defaults to GenAI.
     """
     base = ui_url.rstrip("/")
+    mode = f"workflowType={UI_WORKFLOW}"
     runs = urllib.parse.quote(json.dumps(list(compare_run_ids), separators=(",", ":")))
     exps = urllib.parse.quote(json.dumps([experiment_id], separators=(",", ":")))
+    experiment = f"{base}/#/experiments/{experiment_id}/runs"
     return {
         "experiment_id": experiment_id,
         "run_id": run_id,
-        "run_url": f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if run_id else None,
-        "experiment_url": f"{base}/#/experiments/{experiment_id}/runs",
-        "compare_url": f"{base}/#/compare-runs?runs={runs}&experiments={exps}",
+        "run_url": f"{experiment}/{run_id}?{mode}" if run_id else None,
+        "experiment_url": f"{experiment}?{mode}",
+        "compare_url": f"{base}/#/compare-runs?runs={runs}&experiments={exps}&{mode}",
     }
 
 

@@ -118,6 +118,8 @@ def test_experiment_runs_view_shows_the_parent_run(browser, finished_sweep):
     try:
         page.goto(sweep["mlflow"]["experiment_url"])
         page.get_by_text(sweep["name"], exact=True).first.wait_for(state="visible")
+        # The link opens the "Model training" side of the UI, with its model registry.
+        page.get_by_text("Model registry", exact=True).first.wait_for(state="visible")
         page.screenshot(path=str(SHOTS / "experiment_runs.png"), full_page=True)
     except Exception:
         page.screenshot(path=str(SHOTS / "experiment_runs_failed.png"), full_page=True)

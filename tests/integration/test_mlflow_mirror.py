@@ -29,6 +29,7 @@ from tests.integration.harness import Stack, require_postgres, wait_for
 
 pytestmark = pytest.mark.integration
 
+TRACKING_MODE = "workflowType=machine_learning"  # links open the UI's "Model training" mode
 LRS = [0.01, 0.1, 10.0]  # 10.0 diverges on digits in the first epoch
 
 
@@ -175,11 +176,13 @@ def test_sweep_mirrors_parent_and_every_trial(stack: Stack, mlflow: MlflowServer
     # The API hands out working links.
     shown = stack.get(f"/sweeps/{sweep['id']}")["mlflow"]
     assert shown["experiment_id"] == exp_id and shown["run_id"] == parent_id
-    assert shown["experiment_url"].endswith(f"/#/experiments/{exp_id}/runs")
+    assert shown["experiment_url"].endswith(f"/#/experiments/{exp_id}/runs?{TRACKING_MODE}")
     for job in jobs:
         assert job.mlflow_run_id in shown["compare_url"]
     job_links = stack.get(f"/jobs/{best.id}")["mlflow"]
-    assert job_links["run_url"].endswith(f"/#/experiments/{exp_id}/runs/{best.mlflow_run_id}")
+    assert job_links["run_url"].endswith(
+        f"/#/experiments/{exp_id}/runs/{best.mlflow_run_id}?{TRACKING_MODE}"
+    )
 
     # Weights: a real .npz of the trained network.
     best_run = str(best.mlflow_run_id)

@@ -123,13 +123,15 @@ def test_history_csv_has_one_row_per_epoch():
 
 def test_ui_links_point_at_runs_and_compare_views():
     links = tracking.ui_links("http://127.0.0.1:5000/", "7", "abc", ["abc", "def"])
-    assert links["run_url"] == "http://127.0.0.1:5000/#/experiments/7/runs/abc"
-    assert links["experiment_url"] == "http://127.0.0.1:5000/#/experiments/7/runs"
+    mode = "workflowType=machine_learning"  # the UI's "Model training" mode, not GenAI
+    assert links["run_url"] == f"http://127.0.0.1:5000/#/experiments/7/runs/abc?{mode}"
+    assert links["experiment_url"] == f"http://127.0.0.1:5000/#/experiments/7/runs?{mode}"
     base, query = links["compare_url"].split("#/compare-runs?")
     assert base == "http://127.0.0.1:5000/"
     parsed = urllib.parse.parse_qs(query)
     assert json.loads(parsed["runs"][0]) == ["abc", "def"]
     assert json.loads(parsed["experiments"][0]) == ["7"]
+    assert parsed["workflowType"] == ["machine_learning"]
     assert "[" not in query and '"' not in query  # URL-encoded
 
 
@@ -142,7 +144,7 @@ def test_links_for_job_uses_the_ui_url_and_needs_a_run():
         mlflow_run_id="r1", mlflow_experiment_id="3", status="running", mlflow_synced_status=None
     )
     links = tracking.links_for_job(_settings(ui="http://mlflow.example"), job)
-    assert links["run_url"] == "http://mlflow.example/#/experiments/3/runs/r1"
+    assert links["run_url"] == "http://mlflow.example/#/experiments/3/runs/r1?workflowType=machine_learning"
     assert links["mirrored"] is False
     assert tracking.links_for_job(_settings(uri=None), job) is None
     unsynced = types.SimpleNamespace(mlflow_run_id=None, mlflow_experiment_id=None)
