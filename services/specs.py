@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from services.config import Limits
+from services.trainer import SpecError, parse_spec
 
 # The trainer's names (a unit test checks these against its tables).
 ACTIVATIONS = Literal["relu", "leaky_relu", "sigmoid", "tanh", "linear"]
@@ -303,7 +304,7 @@ class EarlyStoppingPolicy(Strict):
 
 class SweepCreate(Strict):
     name: Annotated[str, Field(max_length=200)] | None = None
-    experiment: Annotated[str, Field(max_length=200)] | None = None
+    experiment: Annotated[str, Field(min_length=1, max_length=200)] = "sweeplab"
     base: JobCreate
     method: Literal["grid", "random", "tpe"]
     parameters: Annotated[dict[str, ParameterSpec], Field(min_length=1)]
@@ -471,10 +472,6 @@ def _pydantic_details(err: ValidationError, prefix: str = "") -> list[dict[str, 
 def _trainer_normalize(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Run the trainer's semantic checks and return its normalized spec."""
     try:
-        from services.trainer import SpecError, parse_spec
-    except ImportError:  # the trainer is not installed in this checkout
-        return spec
-    try:
         return parse_spec(copy.deepcopy(spec)).to_dict()
     except SpecError as err:
         loc = getattr(err, "loc", None) or ""
@@ -504,7 +501,14 @@ def validate_sweep(data: Any, limits: Limits | None = None) -> SweepCreate:
     except ValidationError as err:
         raise SpecValidationError("invalid sweep spec", _pydantic_details(err)) from err
     base = sweep.base.model_dump(exclude_unset=True)
-    _trainer_normalize(base, prefix="base")
+    normalized = _trainer_normalize(base, prefix="base")
+    regression = normalized["hyperparameters"]["loss"] == "mse"
+    if regression and sweep.objective.metric.endswith("accuracy"):
+        raise SpecValidationError(
+            "invalid sweep spec",
+            [{"loc": "objective.metric",
+              "msg": "accuracy needs a classification task; use val_loss or train_loss"}],
+        )  # fmt: skip
     for path, param in sweep.parameters.items():
         for i, value in enumerate(param.probe_values()):
             where = f"parameters.{path}" + (f".values.{i}" if param.values is not None else "")

@@ -227,3 +227,21 @@ def test_dataset_options_cover_the_trainer():
 
     options = {key for info in DATASETS.values() for key in info.options}
     assert options <= set(DatasetSpec.model_fields)
+
+
+def test_accuracy_objective_on_a_regression_task_is_rejected():
+    spec = {
+        "base": {
+            "dataset": {"name": "sine"},
+            "architecture": {"layers": [{"units": 8, "activation": "tanh"}]},
+            "hyperparameters": {"learning_rate": 0.01, "epochs": 3},
+        },
+        "method": "grid",
+        "parameters": {"hyperparameters.learning_rate": {"values": [0.01, 0.1]}},
+        "objective": {"metric": "val_accuracy"},
+    }
+    with pytest.raises(SpecValidationError) as err:
+        validate_sweep(spec)
+    assert err.value.details[0]["loc"] == "objective.metric"
+    spec["objective"] = {"metric": "val_loss"}
+    assert validate_sweep(spec).experiment == "sweeplab"  # the default experiment, shown
