@@ -110,3 +110,22 @@ def test_openapi_document(client):
 
     walk(doc)
     assert refs and all(r.removeprefix("#/components/schemas/") in schemas for r in refs)
+
+
+def test_responses_match_the_models_the_openapi_document_publishes(client, app, dispatcher):
+    """What the API sends is what its OpenAPI document promises (JobPublic, SweepPublic, ...)."""
+    from services.specs import JobPage, JobPublic, MetricsPublic, SweepPage, SweepPublic
+
+    created = client.post(f"{API}/sweeps", json=sweep_body()).get_json()
+    SweepPublic.model_validate(created)
+    done = drain(app, dispatcher, client, created["id"])
+    SweepPublic.model_validate(done)
+    assert done["leaderboard"] and done["best_trial"] is not None
+    SweepPage.model_validate(client.get(f"{API}/sweeps").get_json())
+    jobs = client.get(f"{API}/jobs?sweep={created['id']}").get_json()
+    JobPage.model_validate(jobs)
+    job_id = jobs["items"][0]["id"]
+    JobPublic.model_validate(client.get(f"{API}/jobs/{job_id}").get_json())
+    MetricsPublic.model_validate(client.get(f"{API}/jobs/{job_id}/metrics").get_json())
+    schemas = client.get(f"{API}/openapi.json").get_json()["components"]["schemas"]
+    assert {"JobPublic", "SweepPublic", "JobPage", "SweepPage", "MetricsPublic"} <= set(schemas)
