@@ -36,6 +36,18 @@ def slow_spec(epochs: int, **changes: Any) -> dict[str, Any]:
                     **changes)  # fmt: skip
 
 
+def cancel_spec(epochs: int, **changes: Any) -> dict[str, Any]:
+    """Epochs of roughly 0.2-0.4 s: long enough that "within one epoch" can be told apart
+    from the fixed cost of a request, a Redis flag and a commit."""
+    return job_spec(epochs=epochs, dataset="blobs", n_samples=160_000, units=32, lr=0.05,
+                    **changes)  # fmt: skip
+
+
+# What a cancel may take beyond the epoch in flight: the HTTP request, the Redis flag,
+# the final flush and commit (measured 0.02-0.1 s).
+CANCEL_SLACK = 0.3
+
+
 def reference_fit(spec: dict[str, Any]):
     """The uninterrupted run, with one BLAS thread like the workers (same numbers)."""
     try:
@@ -160,7 +172,7 @@ def _epoch_seconds(stack: Stack, job_id: str) -> float:
 
 
 def test_cancel_stops_a_running_job_within_an_epoch(stack: Stack):
-    job = stack.post("/jobs", slow_spec(500))
+    job = stack.post("/jobs", cancel_spec(500))
     wait_for(lambda: stack.job(job["id"]).epochs_done >= 3, 60, "three epochs")
     cancelled_at = time.time()
     response = stack.client.post(f"/api/v1/jobs/{job['id']}/cancel")
@@ -173,13 +185,13 @@ def test_cancel_stops_a_running_job_within_an_epoch(stack: Stack):
         _epoch_seconds(stack, job["id"]),
     )
     print(f"[{stack.backend}] cancel took {latency:.3f}s; slowest epoch {epoch:.3f}s")
-    assert latency < epoch + 1.0
+    assert latency < epoch + CANCEL_SLACK
     assert stack.client.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 409
 
 
 def test_cancel_sweep_stops_running_and_never_starts_queued(stack: Stack):
     sweep = stack.post("/sweeps", {
-        "base": slow_spec(500), "method": "grid", "max_concurrency": 2,
+        "base": cancel_spec(500), "method": "grid", "max_concurrency": 2,
         "parameters": {"hyperparameters.learning_rate": {"values": [0.01, 0.02, 0.03, 0.04]}},
     })  # fmt: skip
     wait_for(lambda: sum(j.epochs_done >= 2 for j in stack.sweep_jobs(sweep["id"])) == 2, 60,
@@ -192,7 +204,8 @@ def test_cancel_sweep_stops_running_and_never_starts_queued(stack: Stack):
     assert len(jobs) == 2 and {j.status for j in jobs} == {"cancelled"}
     for job in jobs:
         assert job.epochs_done < 500
-        assert _cancel_latency(stack, job.id, cancelled_at) < _epoch_seconds(stack, job.id) + 1.0
+        latency = _cancel_latency(stack, job.id, cancelled_at)
+        assert latency < _epoch_seconds(stack, job.id) + CANCEL_SLACK
     time.sleep(1.0)
     assert len(stack.sweep_jobs(sweep["id"])) == 2  # nothing new was started
 
