@@ -12,8 +12,8 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 def healthz():
-    """Answer while the process is up."""
-    return {"status": "ok"}
+    """Answer while the process is up (and say whose process it is)."""
+    return {"status": "ok", "service": "sweeplab"}
 
 
 @bp.get("/readyz")

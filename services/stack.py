@@ -33,6 +33,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 API_HOST, API_PORT = "127.0.0.1", 8000
 MLFLOW_HOST, MLFLOW_PORT = "127.0.0.1", 5000
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
+SWEEPLAB_OK = {"status": "ok", "service": "sweeplab"}  # what our API's /healthz says
 
 
 class StackError(RuntimeError):
@@ -97,6 +98,24 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
             return 200 <= resp.status < 300
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def http_json(url: str, timeout: float = 2.0) -> object:
+    """Return the JSON that ``url`` answers with, or None."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _taken(host: str, port: int, is_ours) -> bool:
+    """True when our service already listens on host:port; StackError when another does."""
+    if not port_open(host, port):
+        return False
+    if is_ours():
+        return True
+    raise StackError(f"{host}:{port} is taken by another program; stop it or free the port first")
 
 
 def wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -277,7 +296,8 @@ def up(*, workers: int = 2, mlflow: bool = True) -> None:
     if mlflow and env.get("MLFLOW_TRACKING_URI"):
         _up_mlflow(env, var)
 
-    if _running("api") or port_open(API_HOST, API_PORT):
+    api = f"http://{API_HOST}:{API_PORT}"
+    if _taken(API_HOST, API_PORT, lambda: (http_json(api + "/healthz") or {}) == SWEEPLAB_OK):
         print(f"api: already running on {API_HOST}:{API_PORT}")
     else:
         argv = [
@@ -330,7 +350,11 @@ def _up_mlflow(env: dict[str, str], var: Path) -> None:
     if parts.scheme not in ("http", "https") or host not in LOCAL_HOSTS:
         print(f"mlflow: using {env['MLFLOW_TRACKING_URI']} as given")
         return
-    if _running("mlflow") or port_open(host, port):
+    if _taken(
+        host,
+        port,
+        lambda: http_ok(f"http://{host}:{port}/api/2.0/mlflow/experiments/search?max_results=1"),
+    ):
         print(f"mlflow: already running on {host}:{port}")
         return
     from services import mlflow_server  # noqa: PLC0415  (needs the server extra only here)
@@ -411,24 +435,39 @@ def _wait_mirrored(sweep_id: str, sweep: dict, timeout: float = 60.0) -> dict:
     return links
 
 
-def demo(spec_path: Path) -> None:
+def _progress_line(sweep: dict, epochs_per_trial: int | None) -> str:
+    counts = sweep.get("counts") or {}
+    line = "  ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v)
+    if epochs_per_trial and sweep.get("n_trials"):
+        done = sum(row.get("epochs_done") or 0 for row in sweep.get("leaderboard") or [])
+        line += f"  epochs {done}/{sweep['n_trials'] * epochs_per_trial}"
+    return line
+
+
+def demo(spec_path: Path, timeout: float = 3600.0) -> None:
     """Bring the stack up, run the sweep in ``spec_path`` to the end, print results."""
     up()
     spec = json.loads(spec_path.read_text())
     sweep = _api("POST", "/sweeps", spec)
     sweep_id = sweep["id"]
     print(f"\nsubmitted sweep {sweep_id} ({spec.get('name')}): {sweep.get('n_trials')} trials")
-    terminal = {"succeeded", "failed", "cancelled", "done", "completed"}
-    last = ""
+    epochs = (spec.get("base", {}).get("hyperparameters") or {}).get("epochs")
+    started = changed = time.monotonic()
+    last, warned = "", False
     while True:
         sweep = _api("GET", f"/sweeps/{sweep_id}")
-        counts = sweep.get("counts") or {}
-        line = "  ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v)
+        line = _progress_line(sweep, epochs)
+        now = time.monotonic()
         if line != last:
             print(f"[{time.strftime('%H:%M:%S')}] {sweep.get('status')}: {line}", flush=True)
-            last = line
-        if sweep.get("status") in terminal:
+            last, changed = line, now
+        if sweep.get("status") != "running":
             break
+        if now - changed > 120 and not warned:
+            print("no progress for 2 minutes: is a worker running? see var/log/worker.log")
+            warned = True
+        if now - started > timeout:
+            raise StackError(f"sweep {sweep_id} did not finish within {timeout:.0f} s")
         time.sleep(1.0)
     print_leaderboard(sweep)
     links = _wait_mirrored(sweep_id, sweep)
@@ -451,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("redis", help="make sure Redis answers at REDIS_URL (start it if local)")
     p_demo = sub.add_parser("demo", help="up, then run a sweep to the end")
     p_demo.add_argument("spec", nargs="?", default="examples/lr_sweep.json")
+    p_demo.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -468,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"redis: answering at {env['REDIS_URL']}")
         elif args.command == "demo":
-            demo(Path(args.spec))
+            demo(Path(args.spec), timeout=args.timeout)
     except (StackError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -291,4 +291,4 @@ def test_killed_worker_mid_job_is_replaced_and_every_epoch_lands_once(service: S
 
 def test_readyz_answers(service: Service):
     assert service.json("GET", "/readyz")["checks"] == {"database": "ok", "redis": "ok"}
-    assert service.json("GET", "/healthz") == {"status": "ok"}
+    assert service.json("GET", "/healthz") == {"status": "ok", "service": "sweeplab"}

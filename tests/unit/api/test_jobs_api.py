@@ -189,7 +189,7 @@ def test_method_not_allowed_is_json(client):
 
 
 def test_health(client):
-    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/healthz").get_json() == {"status": "ok", "service": "sweeplab"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.get_json()["checks"] == {"database": "ok", "redis": "ok"}
