@@ -103,7 +103,7 @@ class Service:
         argv = [
             *(celery, "-A", "worker.app", "worker", "--concurrency", str(concurrency)),
             *("-P", "prefork", "-Q", self.queue, "-n", f"bench-{concurrency}@%h"),
-            *("--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"),
+            *("-l", "INFO"),  # the same worker options as `make up`
         ]
         with open(log, "wb") as out:
             self.worker = subprocess.Popen(
