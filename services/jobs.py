@@ -526,6 +526,9 @@ class JobRun:
         self.attempt = job.attempts
         self.spec = job.spec
         self.tracker = Tracker(objective)
+        # The epochs before the checkpoint, which a resumed fit needs (checkpoints
+        # do not carry the history: the database has it).
+        self.history: list[dict[str, Any]] | None = None
         self.prune = prune
         self.buffer: list[dict[str, Any]] = []
         self.pending_checkpoint: tuple[int, bytes] | None = None
@@ -596,8 +599,10 @@ class JobRun:
         session.execute(
             delete(JobMetric).where(JobMetric.job_id == self.job_id, JobMetric.epoch > keep)
         )
-        for row in job_metrics(session, self.job_id):
+        rows = job_metrics(session, self.job_id)
+        for row in rows:
             self.tracker.update(row.epoch, row.metrics)
+        self.history = [row.metrics for row in rows] if checkpoint is not None else None
         progress = self.tracker.progress()
         session.execute(
             update(Job).where(Job.id == self.job_id).values(**progress, updated_at=utcnow())
@@ -619,6 +624,7 @@ class JobRun:
                 self.spec,
                 on_epoch=self.on_epoch,
                 resume_from=resume_from,
+                history=self.history if resume_from is not None else None,
                 checkpoint_every=self.settings.checkpoint_every,
                 on_checkpoint=self.on_checkpoint,
             )

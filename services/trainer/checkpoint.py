@@ -4,8 +4,13 @@ A checkpoint is an ``.npz`` archive (``np.savez``) holding the arrays (the
 flat parameter vector, the optimizer's moment buffers, the best parameters
 kept for early stopping) and one more array, ``meta``: UTF-8 JSON with
 everything else (epoch, spec, architecture, optimizer step count, the
-training generator's ``bit_generator.state``, early-stopping state and the
-history so far). It loads with ``allow_pickle=False``.
+training generator's ``bit_generator.state``, early-stopping state). It
+loads with ``allow_pickle=False``.
+
+The records of the epochs so far are not in it: stored in every checkpoint
+they would make the bytes written over a run grow with the square of its
+length, and whoever resumes has them already (``fit(..., history=...)``).
+Version 1 checkpoints held them under ``meta["history"]``; they still load.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 FORMAT = "sweeplab-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -57,6 +63,8 @@ def load_checkpoint(blob: bytes) -> Checkpoint:
         raise ValueError(f"not a sweeplab checkpoint: {exc}") from None
     if meta.get("format") != FORMAT:
         raise ValueError("not a sweeplab checkpoint")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"checkpoint version {meta.get('version')} is not {VERSION}")
+    if meta.get("version") not in READABLE_VERSIONS:
+        raise ValueError(
+            f"checkpoint version {meta.get('version')} is not one of {READABLE_VERSIONS}"
+        )
     return Checkpoint(meta, params, opt, best)

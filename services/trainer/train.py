@@ -26,6 +26,11 @@ A record per epoch (see ``docs/CONTRACTS.md``)::
                       row after the epoch (validation rows with "running");
                       None for other layers
     seconds           wall time of the epoch
+
+A non-finite mini-batch loss ends training in that batch's epoch (status
+``"diverged"``), without the rest of the epoch's updates or its evaluation;
+that epoch's record holds None for what was not measured. Weights are checked
+once per epoch (a non-finite weight makes the next batch's loss non-finite).
 """
 
 from __future__ import annotations
@@ -119,6 +124,59 @@ def flatten_record(record: dict) -> dict[str, float]:
     return flat
 
 
+def unflatten_record(flat: dict, n_layers: int, classification: bool) -> dict:
+    """The record that ``flatten_record`` turned into ``flat`` (its inverse).
+
+    Entries left out of ``flat`` come back as None; ``n_layers`` sizes the
+    per-layer lists, ``classification`` decides whether there are accuracies.
+    """
+
+    def scalar(key: str) -> float | None:
+        value = flat.get(key)
+        return None if value is None else float(value)
+
+    def per_layer(key: str) -> list[float | None]:
+        return [scalar(f"{key}.layer_{i}") for i in range(n_layers)]
+
+    record: dict = {
+        "epoch": int(flat["epoch"]),
+        "train_loss": scalar("train_loss"),
+        "val_loss": scalar("val_loss"),
+    }
+    if classification:
+        record["train_accuracy"] = scalar("train_accuracy")
+        record["val_accuracy"] = scalar("val_accuracy")
+    record["learning_rate"] = scalar("learning_rate")
+    record["grad_norm"] = per_layer("grad_norm")
+    record["weight_norm"] = per_layer("weight_norm")
+    record["dead_relu_fraction"] = per_layer("dead_relu_fraction")
+    record["seconds"] = scalar("seconds")
+    return record
+
+
+def _previous_records(
+    history: list[dict] | None, ckpt: Checkpoint, n_layers: int, classification: bool
+) -> list[dict]:
+    """The records of epochs ``1..ckpt.epoch`` for a resumed run."""
+    if history is None:
+        if "history" not in ckpt.meta:
+            raise ValueError(
+                f"resuming after epoch {ckpt.epoch} needs history=the records of epochs "
+                f"1..{ckpt.epoch} (checkpoints do not hold them)"
+            )
+        return list(ckpt.meta["history"])  # a version-1 checkpoint
+    records = [
+        dict(r) if "grad_norm" in r else unflatten_record(r, n_layers, classification)
+        for r in history
+    ]
+    if [r.get("epoch") for r in records] != list(range(1, ckpt.epoch + 1)):
+        raise ValueError(
+            f"history must hold the records of epochs 1..{ckpt.epoch}, in order, "
+            f"for a checkpoint taken after epoch {ckpt.epoch}"
+        )
+    return records
+
+
 def _finite_or_none(x):
     if x is None:
         return None
@@ -177,6 +235,7 @@ def fit(
     network: Network | None = None,
     on_epoch: Callable[[dict], bool | None] | None = None,
     resume_from: bytes | None = None,
+    history: list[dict] | None = None,
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[int, bytes], None] | None = None,
 ) -> TrainResult:
@@ -195,7 +254,15 @@ def fit(
         (status ``"stopped"``).
     resume_from : bytes, optional
         A checkpoint from ``on_checkpoint``; training continues after its epoch
-        and reproduces the uninterrupted run bit for bit.
+        and reproduces the uninterrupted run bit for bit, records, best epoch
+        and diagnosis included.
+    history : list of dict, optional
+        With ``resume_from`` (taken after epoch ``k``): the records of epochs
+        ``1..k``, in order, as ``on_epoch`` received them or in their
+        ``flatten_record`` form (what a caller that stores flat metrics has).
+        Checkpoints do not carry the history, so that their size does not grow
+        with the run; required unless the checkpoint is an old one that does.
+        Ignored without ``resume_from``.
     checkpoint_every : int
         If > 0, call ``on_checkpoint(epoch, blob)`` every that many epochs.
 
@@ -233,19 +300,19 @@ def fit(
     restore_best = es is not None and es.restore_best
     best_params = net.params_flat.copy() if restore_best else None
 
-    history: list[dict] = []
+    records: list[dict] = []
     start_epoch, seconds_before = 0, 0.0
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from)
         if ckpt.meta["architecture"]["sizes"] != net.sizes or ckpt.params.size != net.n_params:
             raise ValueError("checkpoint does not match the network this spec builds")
+        records = _previous_records(history, ckpt, len(net.layers), classification)
         net.params_flat[...] = ckpt.params
         optimizer.load_state_dict(ckpt.meta["optimizer"], ckpt.optimizer_arrays)
         rng.bit_generator.state = ckpt.meta["rng"]
         tracker.load(ckpt.meta["tracker"])
         if ckpt.best_params is not None and restore_best:
             best_params = ckpt.best_params.copy()
-        history = list(ckpt.meta["history"])
         start_epoch = ckpt.epoch
         seconds_before = float(ckpt.meta.get("seconds", 0.0))
 
@@ -289,7 +356,8 @@ def fit(
             np.take(Y_train, perm, axis=0, out=Ye, mode="clip")
         if track_predictions:
             np.take(labels_train, perm, out=Le, mode="clip")  # type: ignore[call-overload]
-        grad_norms: list[float] = []
+        grad_norms: list[float] = []  # stays empty if the epoch diverged before its norm step
+        diverged_in_batch = False
         with np.errstate(all="ignore"):
             for i, (s, e) in enumerate(batches):
                 if per_epoch_gather:
@@ -299,7 +367,10 @@ def fit(
                     Yb = np.take(Y_train, perm[s:e], axis=0, out=Yb_buf[e - s], mode="clip")
                 O = net.forward(Xb, True, rng)
                 dO = dO_buffers[e - s]
-                batch_losses[i] = loss_fn.forward_backward(O, Yb, dO)
+                loss = batch_losses[i] = loss_fn.forward_backward(O, Yb, dO)
+                if not math.isfinite(loss):  # diverged: stop here, not after an epoch of NaNs
+                    diverged_in_batch = True
+                    break
                 if track_predictions:
                     net.predict_labels(O, out=predicted[s:e])
                 net.backward(dO)
@@ -312,26 +383,33 @@ def fit(
                     clip_by_global_norm(grads, clip)
                 optimizer.step(params, grads, lr)
 
-            train_loss = float(batch_losses.mean())
-            # after the epoch's updates: accuracies and the units that fired
-            active = [
-                np.zeros(layer.n_out, bool) if r else None
-                for layer, r in zip(net.layers, relu_layers, strict=True)
-            ]
-            train_acc, measured = None, False
-            if track_predictions:
-                train_acc = int(np.count_nonzero(predicted == Le)) / n
-            if (classification and not running) or not has_val:
-                _, train_acc_after = net.evaluate(X_train, Y_train, labels_train, active)
-                train_acc = train_acc if running else train_acc_after
-                measured = True
-            val_loss, val_acc = None, None
-            if has_val:
-                val_loss, val_acc = net.evaluate(
-                    X_val, Y_val, labels_val, None if measured else active
-                )
-            finite = math.isfinite(train_loss) and bool(np.isfinite(params).all())
-            finite = finite and (val_loss is None or math.isfinite(val_loss))
+            train_loss: float | None = None
+            train_acc: float | None = None
+            val_loss: float | None = None
+            val_acc: float | None = None
+            active: list[np.ndarray | None] = [None] * len(net.layers)
+            if diverged_in_batch:  # nothing after the batch is measured
+                finite = False
+            else:
+                train_loss = float(batch_losses.mean())
+                # after the epoch's updates: accuracies and the units that fired
+                active = [
+                    np.zeros(layer.n_out, bool) if r else None
+                    for layer, r in zip(net.layers, relu_layers, strict=True)
+                ]
+                measured = False
+                if track_predictions:
+                    train_acc = int(np.count_nonzero(predicted == Le)) / n
+                if (classification and not running) or not has_val:
+                    _, train_acc_after = net.evaluate(X_train, Y_train, labels_train, active)
+                    train_acc = train_acc if running else train_acc_after
+                    measured = True
+                if has_val:
+                    val_loss, val_acc = net.evaluate(
+                        X_val, Y_val, labels_val, None if measured else active
+                    )
+                finite = math.isfinite(train_loss) and bool(np.isfinite(params).all())
+                finite = finite and (val_loss is None or math.isfinite(val_loss))
 
         record = {
             "epoch": epoch,
@@ -342,13 +420,13 @@ def fit(
             record["train_accuracy"] = train_acc
             record["val_accuracy"] = val_acc
         record["learning_rate"] = lr
-        record["grad_norm"] = [_finite_or_none(g) for g in grad_norms]
+        record["grad_norm"] = [_finite_or_none(g) for g in grad_norms] or [None] * len(net.layers)
         record["weight_norm"] = [_finite_or_none(w) for w in net.weight_norms()]
         record["dead_relu_fraction"] = [
             float(1.0 - a.mean()) if a is not None else None for a in active
         ]
         record["seconds"] = time.perf_counter() - t0
-        history.append(record)
+        records.append(record)
 
         if not finite:
             status, diverged_epoch = DIVERGED, epoch
@@ -373,7 +451,7 @@ def fit(
             on_checkpoint(
                 epoch,
                 _checkpoint(
-                    spec, net, optimizer, rng, tracker, best_params, history, epoch, elapsed
+                    spec, net, optimizer, rng, tracker, best_params, epoch, elapsed
                 ),
             )
 
@@ -382,12 +460,12 @@ def fit(
 
     best_metrics = None
     if tracker.best_epoch is not None:
-        best_metrics = flatten_record(history[tracker.best_epoch - 1])
+        best_metrics = flatten_record(records[tracker.best_epoch - 1])
         best_metrics.pop("seconds", None)
     seconds = seconds_before + time.perf_counter() - started
     baseline = float(np.mean(np.var(Y_train, axis=0))) if not classification else None
     diagnosis = diagnose(
-        history,
+        records,
         status=status,
         task=data.task,
         diverged_epoch=diverged_epoch,
@@ -395,7 +473,7 @@ def fit(
     )
     return TrainResult(
         status,
-        history,
+        records,
         tracker.best_epoch,
         best_metrics,
         diverged_epoch,
@@ -415,7 +493,6 @@ def _checkpoint(
     rng: np.random.Generator,
     tracker: _BestTracker,
     best_params,
-    history,
     epoch: int,
     seconds: float,
 ) -> bytes:
@@ -427,7 +504,6 @@ def _checkpoint(
         "optimizer": scalars,
         "rng": rng.bit_generator.state,
         "tracker": tracker.state(),
-        "history": history,
         "seconds": seconds,
     }
     return dump_checkpoint(Checkpoint(meta, net.params_flat.copy(), arrays, best_params))

@@ -165,6 +165,57 @@ def test_divergence_stops_at_once_with_the_epoch():
     json.dumps(result.summary(), allow_nan=False)
 
 
+def test_divergence_ends_the_epoch_at_the_first_non_finite_batch(monkeypatch):
+    from services.trainer import train
+
+    spec = make_spec(
+        dataset={"name": "sine", "n_samples": 200},
+        architecture={"layers": [{"units": 32}, {"units": 32}]},
+        hyperparameters={"learning_rate": 1e3, "epochs": 5, "batch_size": 4},
+    )
+    data = load_dataset(parse_spec(spec).dataset)
+    net = build_network(parse_spec(spec), data)
+    losses, steps = [], []
+    loss_and_grad = net.loss.forward_backward
+
+    def spy_loss(O, Y, dO):
+        losses.append(loss_and_grad(O, Y, dO))
+        return losses[-1]
+
+    net.loss.forward_backward = spy_loss  # type: ignore[method-assign]
+    get_optimizer = train.get_optimizer
+
+    def spy_optimizer(*args, **kwargs):
+        optimizer = get_optimizer(*args, **kwargs)
+        step = optimizer.step
+        optimizer.step = lambda *a: (steps.append(1), step(*a))
+        return optimizer
+
+    monkeypatch.setattr(train, "get_optimizer", spy_optimizer)
+    result = fit(spec, data=data, network=net)
+
+    n_batches = math.ceil(len(data.X_train) / 4)
+    assert result.status == "diverged" and result.diverged_epoch == len(result.history)
+    assert len(losses) < result.diverged_epoch * n_batches  # stopped inside the epoch
+    assert not math.isfinite(losses[-1]) and all(map(math.isfinite, losses[:-1]))
+    assert len(steps) == len(losses) - 1  # no update from the non-finite batch
+    last = result.history[-1]
+    assert last["train_loss"] is None and last["val_loss"] is None
+    assert len(last["grad_norm"]) == len(last["dead_relu_fraction"]) == 3
+    json.dumps(last, allow_nan=False)
+
+
+def test_relu_keeps_no_buffers_for_evaluation_chunks():
+    spec = make_spec(hyperparameters={"epochs": 2, "batch_size": 32})
+    result = fit(spec)
+    relu = result.network.layers[0].activation
+    trained = set(relu._zeros)
+    assert trained <= {(32, 16), (len(result.data.X_train) % 32, 16)}
+    result.network.predict(np.zeros((1000, 2)))
+    result.network.evaluate(np.zeros((777, 2), np.float32), np.zeros((777, 2), np.float32))
+    assert set(relu._zeros) == trained
+
+
 def _overfit_spec(**es):
     return make_spec(
         dataset={"name": "moons", "n_samples": 40, "noise": 0.4, "validation_split": 0.5},
@@ -238,11 +289,15 @@ def test_resume_equals_uninterrupted_bit_for_bit(optimizer):
     assert sorted(blobs) == [3, 6] and all(isinstance(b, bytes) for b in blobs.values())
     for epoch, blob in blobs.items():
         seen = []
-        resumed = fit(spec, resume_from=blob, on_epoch=seen.append)
+        resumed = fit(
+            spec, resume_from=blob, history=full.history[:epoch], on_epoch=seen.append
+        )
         assert [r["epoch"] for r in seen] == list(range(epoch + 1, 10))
         assert strip_seconds(resumed.history) == strip_seconds(full.history)
         assert resumed.network.params_flat.tobytes() == full.network.params_flat.tobytes()
         assert resumed.best_epoch == full.best_epoch and resumed.status == full.status
+        assert resumed.best_metrics == full.best_metrics
+        assert resumed.diagnosis == full.diagnosis
 
 
 def test_resume_after_early_stopping_state():
@@ -251,10 +306,63 @@ def test_resume_after_early_stopping_state():
     full = fit(spec, checkpoint_every=1, on_checkpoint=lambda e, b: blobs.setdefault(e, b))
     assert full.status == "early_stopped"
     mid = max(e for e in blobs if e > full.best_epoch)  # inside the patience window
-    resumed = fit(spec, resume_from=blobs[mid])
+    resumed = fit(spec, resume_from=blobs[mid], history=full.history[:mid])
     assert strip_seconds(resumed.history) == strip_seconds(full.history)
     assert resumed.network.params_flat.tobytes() == full.network.params_flat.tobytes()
     assert resumed.best_epoch == full.best_epoch
+    assert resumed.diagnosis == full.diagnosis
+
+
+@pytest.mark.parametrize("dataset", [{"name": "spirals", "n_samples": 150, "noise": 0.2},
+                                     {"name": "sine", "n_samples": 100}])  # fmt: skip
+def test_resume_from_flat_records_as_a_database_keeps_them(dataset):
+    """The service stores ``flatten_record`` rows as JSON; they are history enough."""
+    spec = make_spec(**{k: v for k, v in RESUME_SPEC.items() if k != "name"})
+    spec["dataset"] = dataset
+    blobs = {}
+    full = fit(spec, checkpoint_every=3, on_checkpoint=lambda e, b: blobs.setdefault(e, b))
+    rows = [json.loads(json.dumps(flatten_record(r))) for r in full.history[:6]]
+    resumed = fit(spec, resume_from=blobs[6], history=rows)
+    assert resumed.history == full.history[:6] + resumed.history[6:]
+    assert strip_seconds(resumed.history) == strip_seconds(full.history)
+    assert resumed.diagnosis == full.diagnosis and resumed.best_metrics == full.best_metrics
+
+
+def test_checkpoints_do_not_grow_with_the_run():
+    blobs = {}
+    fit(
+        make_spec(hyperparameters={"epochs": 40}),
+        checkpoint_every=10,
+        on_checkpoint=lambda e, b: blobs.setdefault(e, b),
+    )
+    sizes = [len(blobs[e]) for e in (10, 20, 30)]
+    assert max(sizes) - min(sizes) < 32  # a few digits of the numbers in meta, no history
+
+
+def test_resume_needs_the_history_and_checks_it():
+    spec = make_spec(hyperparameters={"epochs": 6})
+    blobs = {}
+    full = fit(spec, checkpoint_every=3, on_checkpoint=lambda e, b: blobs.setdefault(e, b))
+    with pytest.raises(ValueError, match="history"):
+        fit(spec, resume_from=blobs[3])
+    with pytest.raises(ValueError, match="epochs 1..3"):
+        fit(spec, resume_from=blobs[3], history=full.history[:2])
+
+
+def test_resume_from_a_version_1_checkpoint_with_its_history(monkeypatch):
+    from services.trainer import checkpoint
+
+    spec = make_spec(hyperparameters={"epochs": 6})
+    blobs = {}
+    full = fit(spec, checkpoint_every=3, on_checkpoint=lambda e, b: blobs.setdefault(e, b))
+    ckpt = checkpoint.load_checkpoint(blobs[3])
+    ckpt.meta["history"] = full.history[:3]
+    with monkeypatch.context() as m:  # as version 1 wrote it: the history inside
+        m.setattr(checkpoint, "VERSION", 1)
+        blob = checkpoint.dump_checkpoint(ckpt)
+    assert checkpoint.load_checkpoint(blob).meta["version"] == 1
+    resumed = fit(spec, resume_from=blob)
+    assert strip_seconds(resumed.history) == strip_seconds(full.history)
 
 
 def test_checkpoint_is_not_a_pickle():
