@@ -8,7 +8,6 @@ first imported: a worker runs ``--concurrency`` = cores processes, and
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 _BLAS_THREADS = os.environ.get("SWEEPLAB_BLAS_THREADS") or "1"
@@ -20,6 +19,4 @@ from services.config import Settings  # noqa: E402
 
 settings = Settings.from_env()
 app = make_celery(settings)
-app.conf.include = ["worker.tasks"] + (
-    ["worker.mirror_tasks"] if importlib.util.find_spec("worker.mirror_tasks") else []
-)
+app.conf.include = ["worker.tasks", "worker.mirror_tasks"]
