@@ -92,3 +92,16 @@ def sessions(settings: Settings):
     engine = make_engine(settings.database_url)
     yield make_session_factory(engine)
     engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def mlflow(tmp_path_factory: pytest.TempPathFactory):
+    """A real MLflow server (started as `make up` starts it) for one test module."""
+    from tests.e2e.mlflow_support import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -41,16 +41,6 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture(scope="module")
-def mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-ui"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def finished_sweep(
     redis_base: str, mlflow: MlflowServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, dict]]:
