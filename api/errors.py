@@ -38,6 +38,15 @@ class APIError(Exception):
         self.details = details or []
 
 
+def queue_unavailable(err: Exception) -> APIError:
+    """The 503 for a submission whose message the broker did not take."""
+    return APIError(
+        503,
+        f"the job queue is unavailable ({type(err).__name__}); try again",
+        code="queue_unavailable",
+    )
+
+
 def error_response(
     status: int, message: str, *, code: str | None = None, details: list[Any] | None = None
 ) -> tuple[Response, int]:

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, request, url_for
 
 from api import db, json_body, mlflow_links, page_args, services
-from api.errors import APIError
+from api.errors import APIError, queue_unavailable
 from services import jobs as job_service
 from services.db.models import JOB_STATUSES, Job
 from services.specs import validate_job
@@ -104,8 +104,7 @@ def create_job():
     except Exception as err:  # the broker is down: do not leave a job nobody will run
         job_service.fail_unqueued(session, [job.id], err)
         session.commit()
-        raise APIError(503, f"the job queue is unavailable ({type(err).__name__}); try again",
-                       code="queue_unavailable") from err  # fmt: skip
+        raise queue_unavailable(err) from err
     return job_public(job), 201, {"Location": url_for("jobs.get_job", job_id=job.id)}
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, request, url_for
 
 from api import db, json_body, mlflow_links, page_args, services
-from api.errors import APIError
+from api.errors import APIError, queue_unavailable
 from api.jobs import _iso, job_public, status_filter
 from services import jobs as job_service
 from services import sweeps as sweep_service
@@ -86,8 +86,7 @@ def create_sweep():
         sweep_service.cancel_sweep(session, sweep.id)
         job_service.fail_unqueued(session, job_ids, err)
         session.commit()
-        raise APIError(503, f"the job queue is unavailable ({type(err).__name__}); try again",
-                       code="queue_unavailable") from err  # fmt: skip
+        raise queue_unavailable(err) from err
     return sweep_public(sweep), 201, {"Location": url_for("sweeps.get_sweep", sweep_id=sweep.id)}
 
 

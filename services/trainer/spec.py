@@ -165,17 +165,23 @@ def _join(loc: str, key: str) -> str:
     return f"{loc}.{key}" if loc else key
 
 
-def _number_or_none(
-    d, loc, key, default=_MISSING, *, gt=None, ge=None, lt=None, le=None, nullable=True
-) -> float | None:
+def _field(d, loc, key, default, nullable: bool, kind: str) -> tuple[str, Any]:
+    """Return (path, value) of ``d[key]``: required unless defaulted, null only if nullable."""
     path = _join(loc, key)
     v = d.get(key, default)
     if v is _MISSING:
         raise SpecError(path, "is required")
+    if v is None and not nullable:
+        raise SpecError(path, f"must be {kind}, got null")
+    return path, v
+
+
+def _number_or_none(
+    d, loc, key, default=_MISSING, *, gt=None, ge=None, lt=None, le=None, nullable=True
+) -> float | None:
+    path, v = _field(d, loc, key, default, nullable, "a number")
     if v is None:
-        if nullable:
-            return None
-        raise SpecError(path, "must be a number, got null")
+        return None
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise SpecError(path, f"must be a number, got {type(v).__name__}")
     v = float(v)
@@ -194,14 +200,9 @@ def _number_or_none(
 
 def _int_or_none(d, loc, key, default=_MISSING, *, ge=None, le=None,
                  nullable=True) -> int | None:
-    path = _join(loc, key)
-    v = d.get(key, default)
-    if v is _MISSING:
-        raise SpecError(path, "is required")
+    path, v = _field(d, loc, key, default, nullable, "an integer")
     if v is None:
-        if nullable:
-            return None
-        raise SpecError(path, "must be an integer, got null")
+        return None
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
