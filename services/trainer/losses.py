@@ -16,6 +16,20 @@ from __future__ import annotations
 import numpy as np
 
 
+def sum_product(a: np.ndarray, b: np.ndarray) -> float:
+    """``sum(a * b)`` for two arrays of one shape, as one BLAS dot product.
+
+    ``np.vdot`` flattens in C order, copying an F-ordered array (the training
+    pass's outputs are F-ordered); two F-ordered arrays are read through their
+    transposes instead, which pairs the same elements without a copy.
+    """
+    if a.flags.f_contiguous and b.flags.f_contiguous and not (
+        a.flags.c_contiguous and b.flags.c_contiguous
+    ):
+        return np.vdot(a.T, b.T)
+    return np.vdot(a, b)
+
+
 class Loss:
     name = "loss"
     #: name of the output activation the loss is fused with (None: not fused)
@@ -44,13 +58,13 @@ class CrossEntropy(Loss):
     def value(self, Z, Y):
         S = Z - np.maximum.reduce(Z, axis=1, keepdims=True)  # shifted logits
         lse = np.log(np.add.reduce(np.exp(S), axis=1))  # (batch,)
-        return float((np.add.reduce(lse) - np.vdot(Y, S)) / Z.shape[0])
+        return float((np.add.reduce(lse) - sum_product(Y, S)) / Z.shape[0])
 
     # dL/dZ = (softmax(Z) - Y) / batch
     def forward_backward(self, Z, Y, dZ):
         n = Z.shape[0]
         S = np.subtract(Z, np.maximum.reduce(Z, axis=1, keepdims=True), out=dZ)
-        picked = np.vdot(Y, S)  # sum_i of the true class's shifted logit
+        picked = sum_product(Y, S)  # sum_i of the true class's shifted logit
         E = np.exp(S, out=dZ)
         s = np.add.reduce(E, axis=1, keepdims=True)  # (batch, 1)
         loss = (np.add.reduce(np.log(s), axis=None) - picked) / n
@@ -92,12 +106,12 @@ class MSE(Loss):
 
     def value(self, O, Y):
         D = O - Y
-        return float(np.vdot(D, D) / D.size)
+        return float(sum_product(D, D) / D.size)
 
     # dL/dO = 2 (O - Y) / size
     def forward_backward(self, O, Y, dO):
         D = np.subtract(O, Y, out=dO)
-        loss = float(np.vdot(D, D) / D.size)
+        loss = float(sum_product(D, D) / D.size)
         D *= D.dtype.type(2.0 / D.size)
         return loss
 

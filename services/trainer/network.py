@@ -20,6 +20,7 @@ import json
 import numpy as np
 
 from .activations import get_activation
+from .backprop import TrainingPass
 from .data import CLASSIFICATION, Dataset
 from .initializers import get_initializer
 from .layers import Dense
@@ -53,6 +54,8 @@ class Network:
         self.fused = loss.fused_activation is not None
         self.dtype = layers[0].dtype
         self._bind_flat()
+        self._passes: dict[int, TrainingPass] = {}
+        self._last_pass: TrainingPass | None = None
 
     # --- flat parameter storage ----------------------------------------------------
 
@@ -90,19 +93,41 @@ class Network:
         """Outputs ``O`` of shape ``(batch, n_out)`` for ``X`` of shape ``(batch, n_features)``.
 
         ``O`` are logits when the loss is fused with the output activation.
+        With ``training=True`` the batch goes through the training pass of its
+        size (dropout from ``rng``, intermediates kept for ``backward``) and
+        ``O`` is that pass's buffer, overwritten by its next step.
         """
+        if training:
+            X = np.asarray(X)
+            if X.dtype != self.dtype:  # the BLAS calls' out= buffers do not cast
+                X = X.astype(self.dtype)
+            self._last_pass = self.training_pass(X.shape[0])
+            return self._last_pass.forward(X, rng)
         A = X
         for layer in self.layers:
-            A = layer.forward(A, training, rng)
+            A = layer.forward(A)
         return A
 
     def backward(self, dO: np.ndarray) -> None:
-        """Backpropagate ``dO = dL/dO`` (overwritten) and fill every layer's ``grads``."""
-        layers = self.layers
-        d = dO
-        for i in range(len(layers) - 1, 0, -1):
-            d = layers[i].backward(d)  # type: ignore[assignment]  # need_dX: never None
-        layers[0].backward(d, need_dX=False)
+        """Backpropagate ``dO = dL/dO`` (overwritten) through the last training
+        forward and fill every layer's ``grads``."""
+        if self._last_pass is None:
+            raise RuntimeError("backward() needs a forward(training=True) first")
+        dO = np.asarray(dO)
+        if dO.dtype != self.dtype:
+            dO = dO.astype(self.dtype)
+        self._last_pass.backward(dO)
+
+    def training_pass(self, n: int) -> TrainingPass:
+        """The training forward/backward for batches of ``n`` rows (built once per size).
+
+        The pass binds the layers' parameter views and dropout rates as they
+        are when it is built.
+        """
+        p = self._passes.get(n)
+        if p is None:
+            p = self._passes[n] = TrainingPass(self.layers, n, self.layers[-1].n_out)
+        return p
 
     def loss_and_grads(self, X: np.ndarray, Y: np.ndarray, l2: float = 0.0) -> float:
         """One training forward/backward without dropout randomness beyond ``rng=None``.
@@ -111,7 +136,7 @@ class Network:
         gradient of that total in ``grads_flat``. (Used by the gradient checker.)
         """
         O = self.forward(X, training=True)
-        dO = np.empty_like(O)
+        dO = self._last_pass.dO  # type: ignore[union-attr]
         loss = float(self.loss.forward_backward(O, Y, dO))
         self.backward(dO)
         if l2:

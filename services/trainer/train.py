@@ -177,6 +177,41 @@ def _previous_records(
     return records
 
 
+class _ShuffledTargets:
+    """An epoch's targets in shuffled order, each batch an F-ordered ``(rows, n_out)`` view.
+
+    The rows of batch ``[s, e)`` live as one C-ordered ``(n_out, e - s)``
+    block of a flat buffer; ``gather(perm)`` fills every block for the epoch's
+    permutation in two copies (all full batches at once, then the short one).
+    """
+
+    def __init__(self, Y: np.ndarray, batches: list[tuple[int, int]]):
+        n, k = Y.shape
+        self.Y, self.k = Y, k
+        self.rows = np.empty_like(Y)  # Y[perm], C-ordered
+        self.flat = np.empty(n * k, Y.dtype)
+        self.batches = [self.flat[s * k : e * k].reshape(k, e - s).T for s, e in batches]
+        bs = batches[0][1]
+        self.bs, self.full = bs, (n // bs) * bs  # rows in full batches
+
+    def gather(self, perm: np.ndarray) -> None:
+        # mode="clip": with the default "raise" NumPy buffers `out` (3-4x slower)
+        np.take(self.Y, perm, axis=0, out=self.rows, mode="clip")
+        k, bs, full = self.k, self.bs, self.full
+        if full:
+            np.copyto(
+                self.flat[: full * k].reshape(full // bs, k, bs),
+                self.rows[:full].reshape(full // bs, bs, k).transpose(0, 2, 1),
+            )
+        if full < len(self.rows):
+            np.copyto(self.flat[full * k :].reshape(k, -1), self.rows[full:].T)
+
+
+def _copy_to(out: np.ndarray, a: np.ndarray) -> np.ndarray:
+    np.copyto(out, a)
+    return out
+
+
 def _finite_or_none(x):
     if x is None:
         return None
@@ -327,16 +362,19 @@ def fit(
     # batches are slices; sets too big for the cache are gathered batch by
     # batch into a buffer that then stays hot for the matrix products. Both
     # give the same batches, so the same numbers.
+    # Targets go to the loss F-ordered, like the training pass's outputs.
     per_epoch_gather = X_train.nbytes + Y_train.nbytes <= GATHER_PER_EPOCH_BYTES
     if per_epoch_gather:
-        Xe, Ye = np.empty_like(X_train), np.empty_like(Y_train)
+        Xe = np.empty_like(X_train)
+        targets = _ShuffledTargets(Y_train, batches)
     else:
         Xb_buf = {e - s: np.empty((e - s, X_train.shape[1]), dtype) for s, e in batches}
         Yb_buf = {e - s: np.empty((e - s, Y_train.shape[1]), dtype) for s, e in batches}
+        YbF_buf = {e - s: np.empty((Y_train.shape[1], e - s), dtype).T for s, e in batches}
     Le = np.empty_like(labels_train) if classification else None
     track_predictions = classification and running
     predicted = np.empty(n, np.int64)  # running mode: each row's class before its update
-    dO_buffers = {e - s: np.empty((e - s, Y_train.shape[1]), dtype) for s, e in batches}
+    passes = {e - s: net.training_pass(e - s) for s, e in batches}
     batch_losses = np.empty(len(batches), np.float64)
     params, grads, nw = net.params_flat, net.grads_flat, net.n_weights
     W_all, gW_all = params[:nw], grads[:nw]
@@ -353,7 +391,7 @@ def fit(
         # a permutation's indices are in range anyway.
         if per_epoch_gather:
             np.take(X_train, perm, axis=0, out=Xe, mode="clip")
-            np.take(Y_train, perm, axis=0, out=Ye, mode="clip")
+            targets.gather(perm)
         if track_predictions:
             np.take(labels_train, perm, out=Le, mode="clip")  # type: ignore[call-overload]
         grad_norms: list[float] = []  # stays empty if the epoch diverged before its norm step
@@ -361,19 +399,21 @@ def fit(
         with np.errstate(all="ignore"):
             for i, (s, e) in enumerate(batches):
                 if per_epoch_gather:
-                    Xb, Yb = Xe[s:e], Ye[s:e]
+                    Xb, Yb = Xe[s:e], targets.batches[i]
                 else:
                     Xb = np.take(X_train, perm[s:e], axis=0, out=Xb_buf[e - s], mode="clip")
                     Yb = np.take(Y_train, perm[s:e], axis=0, out=Yb_buf[e - s], mode="clip")
-                O = net.forward(Xb, True, rng)
-                dO = dO_buffers[e - s]
+                    Yb = _copy_to(YbF_buf[e - s], Yb)
+                step = passes[e - s]
+                O = step.forward(Xb, rng)
+                dO = step.dO
                 loss = batch_losses[i] = loss_fn.forward_backward(O, Yb, dO)
                 if not math.isfinite(loss):  # diverged: stop here, not after an epoch of NaNs
                     diverged_in_batch = True
                     break
                 if track_predictions:
                     net.predict_labels(O, out=predicted[s:e])
-                net.backward(dO)
+                step.backward(dO)
                 if l2_tmp is not None:
                     np.multiply(W_all, hp.l2, out=l2_tmp)
                     gW_all += l2_tmp

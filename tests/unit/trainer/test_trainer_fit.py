@@ -205,15 +205,17 @@ def test_divergence_ends_the_epoch_at_the_first_non_finite_batch(monkeypatch):
     json.dumps(last, allow_nan=False)
 
 
-def test_relu_keeps_no_buffers_for_evaluation_chunks():
+def test_training_buffers_per_batch_size_and_none_per_evaluation_chunk():
     spec = make_spec(hyperparameters={"epochs": 2, "batch_size": 32})
     result = fit(spec)
-    relu = result.network.layers[0].activation
-    trained = set(relu._zeros)
-    assert trained <= {(32, 16), (len(result.data.X_train) % 32, 16)}
-    result.network.predict(np.zeros((1000, 2)))
-    result.network.evaluate(np.zeros((777, 2), np.float32), np.zeros((777, 2), np.float32))
-    assert set(relu._zeros) == trained
+    net = result.network
+    trained = set(net._passes)
+    assert trained == {32, len(result.data.X_train) % 32} - {0}
+    net.predict(np.zeros((1000, 2)))
+    net.evaluate(np.zeros((777, 2), np.float32), np.zeros((777, 2), np.float32))
+    assert set(net._passes) == trained
+    relu = net.layers[0].activation
+    assert {width for width, _ in relu._zero_rows} == {16}  # a row per width, not per shape
 
 
 def _overfit_spec(**es):
