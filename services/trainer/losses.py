@@ -7,8 +7,10 @@ are fused with their output activation: ``O`` are then logits, which is both
 cheaper and numerically stable, and the gradient is simply
 ``(activation(O) - Y) / batch``.
 
-``value(O, Y)`` returns the loss; ``forward_backward(O, Y, dO)`` returns it
-and writes ``dL/dO`` into ``dO`` (which may be ``O`` itself).
+``value(O, Y)`` returns the loss; ``forward_backward(O, Y, dO, scale=1.0)``
+returns it and writes ``scale * dL/dO`` into ``dO`` (which may be ``O``
+itself). The scale rides on the gradient's own ``1 / batch`` factor, so it
+costs nothing: plain SGD folds its learning rate in there (see ``fit``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ class Loss:
     def value(self, O: np.ndarray, Y: np.ndarray) -> float:
         raise NotImplementedError
 
-    def forward_backward(self, O: np.ndarray, Y: np.ndarray, dO: np.ndarray) -> float:
+    def forward_backward(
+        self, O: np.ndarray, Y: np.ndarray, dO: np.ndarray, scale: float = 1.0
+    ) -> float:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -61,7 +65,7 @@ class CrossEntropy(Loss):
         return float((np.add.reduce(lse) - sum_product(Y, S)) / Z.shape[0])
 
     # dL/dZ = (softmax(Z) - Y) / batch
-    def forward_backward(self, Z, Y, dZ):
+    def forward_backward(self, Z, Y, dZ, scale=1.0):
         n = Z.shape[0]
         S = np.subtract(Z, np.maximum.reduce(Z, axis=1, keepdims=True), out=dZ)
         picked = sum_product(Y, S)  # sum_i of the true class's shifted logit
@@ -70,7 +74,7 @@ class CrossEntropy(Loss):
         loss = (np.add.reduce(np.log(s), axis=None) - picked) / n
         E /= s  # softmax
         E -= Y
-        E *= E.dtype.type(1.0 / n)
+        E *= E.dtype.type(scale / n)
         return loss
 
 
@@ -88,14 +92,14 @@ class BinaryCrossEntropy(Loss):
         return float(np.mean(np.maximum(Z, 0) - Z * Y + np.log1p(np.exp(-np.abs(Z)))))
 
     # dL/dz = (sigmoid(z) - y) / size
-    def forward_backward(self, Z, Y, dZ):
+    def forward_backward(self, Z, Y, dZ, scale=1.0):
         loss = self.value(Z, Y)
         P = np.multiply(Z, 0.5, out=dZ)
         np.tanh(P, out=P)  # sigmoid(z) = (1 + tanh(z / 2)) / 2, no overflow
         P += 1.0
         P *= 0.5
         P -= Y
-        P *= P.dtype.type(1.0 / Z.size)
+        P *= P.dtype.type(scale / Z.size)
         return loss
 
 
@@ -109,10 +113,10 @@ class MSE(Loss):
         return float(sum_product(D, D) / D.size)
 
     # dL/dO = 2 (O - Y) / size
-    def forward_backward(self, O, Y, dO):
+    def forward_backward(self, O, Y, dO, scale=1.0):
         D = np.subtract(O, Y, out=dO)
         loss = float(sum_product(D, D) / D.size)
-        D *= D.dtype.type(2.0 / D.size)
+        D *= D.dtype.type(2.0 * scale / D.size)
         return loss
 
 

@@ -31,16 +31,22 @@ class Optimizer:
         self._tmp2: np.ndarray | None = None
 
     def _init_state(self, params: np.ndarray) -> None:
-        tmp = self._tmp
-        if tmp is not None and tmp.shape == params.shape and tmp.dtype == params.dtype:
-            return  # the common case: every step after the first
+        if self._tmp is not None:
+            return  # every step after the first (or after load_state_dict)
         for key in self._buffer_names:
             if key not in self.state:
                 self.state[key] = np.zeros_like(params)
         self._tmp = np.empty_like(params)
         self._tmp2 = np.empty_like(params)
 
-    def step(self, params: np.ndarray, grads: np.ndarray, lr: float) -> None:
+    #: whether ``step`` accepts gradients already multiplied by the learning rate
+    takes_prescaled = False
+
+    def step(
+        self, params: np.ndarray, grads: np.ndarray, lr: float, prescaled: bool = False
+    ) -> None:
+        """Update ``params`` in place; ``prescaled``: ``grads`` hold ``lr * g``
+        (only where ``takes_prescaled``)."""
         raise NotImplementedError
 
     def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -72,10 +78,18 @@ class SGD(Optimizer):
         super().__init__(n_decay)
         self.momentum, self.dampening, self.nesterov = momentum, dampening, nesterov
         self._buffer_names = ("momentum_buffer",) if momentum else ()
+        # Without momentum the update is p -= lr * g: given lr * g (the loss
+        # folds lr into its gradient's 1/batch factor) it is one subtraction.
+        self.takes_prescaled = not momentum
 
-    def step(self, params, grads, lr):
-        self._init_state(params)
+    def step(self, params, grads, lr, prescaled=False):
         self.t += 1
+        if prescaled:
+            if not self.takes_prescaled:
+                raise ValueError("SGD with momentum needs the plain gradient")
+            params -= grads
+            return
+        self._init_state(params)
         d, tmp = grads, self._tmp
         if self.momentum:
             buf = self.state["momentum_buffer"]
@@ -112,9 +126,11 @@ class RMSprop(Optimizer):
         self.alpha, self.eps, self.momentum = alpha, eps, momentum
         self._buffer_names = ("square_avg", "momentum_buffer") if momentum else ("square_avg",)
 
-    def step(self, params, grads, lr):
+    def step(self, params, grads, lr, prescaled=False):
         self._init_state(params)
         self.t += 1
+        if prescaled:
+            raise ValueError(f"{self.name} needs the plain gradient")
         v, tmp, tmp2 = self.state["square_avg"], self._tmp, self._tmp2
         v *= self.alpha
         np.multiply(grads, grads, out=tmp)
@@ -151,9 +167,11 @@ class Adam(Optimizer):
     def _decay(self, params, lr):
         pass
 
-    def step(self, params, grads, lr):
+    def step(self, params, grads, lr, prescaled=False):
         self._init_state(params)
         self.t += 1
+        if prescaled:
+            raise ValueError(f"{self.name} needs the plain gradient")
         self._decay(params, lr)
         m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
         tmp, tmp2 = self._tmp, self._tmp2

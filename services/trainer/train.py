@@ -380,6 +380,11 @@ def fit(
     W_all, gW_all = params[:nw], grads[:nw]
     l2_tmp = np.empty_like(W_all) if hp.l2 else None
     loss_fn, clip = net.loss, hp.gradient_clip_norm
+    # Plain SGD without L2 or clipping: the loss folds the learning rate into
+    # its gradient's 1/batch factor, backpropagation yields lr * g and the
+    # update is one subtraction (not at the step whose gradient norms the
+    # record reports, which must see g itself).
+    fold_lr = optimizer.takes_prescaled and l2_tmp is None and clip is None
 
     status, diverged_epoch = COMPLETED, None
     epoch = start_epoch
@@ -394,6 +399,7 @@ def fit(
             targets.gather(perm)
         if track_predictions:
             np.take(labels_train, perm, out=Le, mode="clip")  # type: ignore[call-overload]
+        fold = fold_lr and lr > 0
         grad_norms: list[float] = []  # stays empty if the epoch diverged before its norm step
         diverged_in_batch = False
         with np.errstate(all="ignore"):
@@ -407,7 +413,10 @@ def fit(
                 step = passes[e - s]
                 O = step.forward(Xb, rng)
                 dO = step.dO
-                loss = batch_losses[i] = loss_fn.forward_backward(O, Yb, dO)
+                scaled = fold and i != norm_step
+                loss = batch_losses[i] = loss_fn.forward_backward(
+                    O, Yb, dO, lr if scaled else 1.0
+                )
                 if not math.isfinite(loss):  # diverged: stop here, not after an epoch of NaNs
                     diverged_in_batch = True
                     break
@@ -421,7 +430,7 @@ def fit(
                     grad_norms = net.grad_norms()
                 if clip is not None:
                     clip_by_global_norm(grads, clip)
-                optimizer.step(params, grads, lr)
+                optimizer.step(params, grads, lr, scaled)
 
             train_loss: float | None = None
             train_acc: float | None = None

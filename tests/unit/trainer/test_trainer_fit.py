@@ -178,8 +178,8 @@ def test_divergence_ends_the_epoch_at_the_first_non_finite_batch(monkeypatch):
     losses, steps = [], []
     loss_and_grad = net.loss.forward_backward
 
-    def spy_loss(O, Y, dO):
-        losses.append(loss_and_grad(O, Y, dO))
+    def spy_loss(O, Y, dO, *scale):
+        losses.append(loss_and_grad(O, Y, dO, *scale))
         return losses[-1]
 
     net.loss.forward_backward = spy_loss  # type: ignore[method-assign]
@@ -527,3 +527,27 @@ def test_result_predict_takes_raw_inputs_and_returns_labels_or_targets():
                "architecture": {"layers": [{"units": 8, "activation": "tanh"}]},
                "hyperparameters": {"learning_rate": 0.01, "optimizer": "adam", "epochs": 100}})
     assert reg.predict([[1.5]]) == pytest.approx([115.0], abs=1.0)
+
+
+@pytest.mark.parametrize("dataset", ["digits", "breast_cancer", "diabetes"])  # CE, BCE, MSE
+def test_sgd_folding_the_learning_rate_into_the_loss_gradient_changes_no_number(dataset):
+    # Plain SGD without L2 or clipping takes lr * g from the loss (one
+    # subtraction per step); a clipping bound that never bites turns the
+    # folding off and must give the same run to rounding.
+    spec = make_spec(
+        dataset={"name": dataset, "validation_split": 0.2},
+        architecture={"layers": [{"units": 32}, {"units": 16}]},
+        hyperparameters={"epochs": 4, "batch_size": 50, "dtype": "float64",
+                         "learning_rate": 0.01,
+                         "lr_schedule": {"name": "cosine", "warmup_epochs": 1}},
+    )
+    folded = fit(spec)
+    plain = fit(make_spec(**{**spec, "hyperparameters": {**spec["hyperparameters"],
+                                                         "gradient_clip_norm": 1e12}}))
+    for a, b in zip(folded.history, plain.history, strict=True):
+        assert a.keys() == b.keys()
+        for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-12), key
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-12)
+    assert np.allclose(folded.network.params_flat, plain.network.params_flat, rtol=0, atol=1e-12)
