@@ -871,7 +871,7 @@ def checkpoint_weights_npz(blob: bytes) -> bytes:
     ckpt = checkpoint.load_checkpoint(blob)
     arch = ckpt.meta["architecture"]
     net = network._from_architecture(arch, arch["dtype"])
-    net.params_flat[...] = ckpt.params
+    net.set_canonical(ckpt.params)
     return net.to_npz_bytes()
 
 

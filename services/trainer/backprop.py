@@ -38,24 +38,33 @@ _RELU, _LINEAR, _OTHER = 0, 1, 2
 
 
 class TrainingPass:
-    """Forward and backward for batches of ``n`` rows through ``layers``.
+    """Forward and backward for batches of ``n`` rows through ``net``'s layers.
+
+    The first layer's bias is folded into its matrix product: the batch
+    comes with a column of ones appended (``fit`` appends it to the training
+    set once; ``forward`` copies a batch without it into a buffer that has
+    it) and is multiplied by ``net.first_block = [W_0; b_0]``, whose gradient
+    ``[X, 1].T @ dZ = [dW_0; db_0]`` is then one product too. (For the other
+    layers a column of ones would make ``A`` rows of odd length, which costs
+    the products and the ReLU more than the bias add.)
 
     Parameters
     ----------
-    layers : list of Dense
-        The network's layers; their ``params`` / ``grads`` views are bound
-        once, so they must be written in place (as the optimizer does).
+    net : Network
+        Its parameter views and dropout rates are bound once, so parameters
+        must be written in place (as the optimizer does).
     n : int
         Rows per batch.
-    n_outputs : int
-        Width of the loss gradient buffer ``dO`` (the last layer's ``n_out``).
     """
 
-    def __init__(self, layers, n: int, n_outputs: int):
+    def __init__(self, net, n: int):
+        layers = net.layers
         self.n = n
-        dtype = layers[0].dtype
+        dtype = net.dtype
         self.dtype = dtype
-        self.X: np.ndarray | None = None  # the last forward's input
+        self.X: np.ndarray | None = None  # the last forward's input, ones column included
+        self.n_in = layers[0].n_in
+        self._X1 = np.ones((n, self.n_in + 1), dtype)  # for a batch without the ones column
         self._ones = np.ones(n, dtype)  # 1^T dZ as a BLAS call
         fwd: list[tuple[Any, ...]] = []
         bwd: list[list[Any]] = []
@@ -63,7 +72,11 @@ class TrainingPass:
         for i, layer in enumerate(layers):
             name = layer.activation.name
             kind = _RELU if name == "relu" else _LINEAR if name == "linear" else _OTHER
-            W, b = layer.params["W"], layer.params["b"]
+            if i == 0:
+                W, b, gW, gb = net.first_block, None, net.first_block_grad, None
+            else:
+                W, b = layer.params["W"], layer.params["b"]
+                gW, gb = layer.grads["W"], layer.grads["b"]
             # The output layer computes O^T = W^T @ A^T into a C-ordered
             # (n_out, batch) buffer, so O is F-ordered: the loss's per-row
             # reductions then run along contiguous memory (3x faster for 10
@@ -82,29 +95,34 @@ class TrainingPass:
             dX = np.empty((n, layer.n_in), dtype) if i > 0 else None
             fwd.append((W, b, Z, A, kind, layer.activation, zeros, drop, WT))
             # X.T of layer i > 0 is the previous layer's output after dropout
-            bwd.append([None, W.T, layer.grads["W"], layer.grads["b"], Z, A, kind,
+            bwd.append([None, layer.params["W"].T, gW, gb, Z, A, kind,
                         layer.activation, mask, drop, dX])
         for i in range(1, len(layers)):
             prev_drop = fwd[i - 1][7]
             bwd[i][0] = (prev_drop[2] if prev_drop is not None else fwd[i - 1][3]).T
         self._fwd = fwd
         self._bwd = [tuple(entry) for entry in reversed(bwd)]
-        self.dO = np.empty((n_outputs, n), dtype).T  # F-ordered like O
+        self.dO = np.empty((layers[-1].n_out, n), dtype).T  # F-ordered like O
 
     def forward(self, X: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         """The outputs ``O`` (batch, n_out) for ``X``; caches what ``backward`` needs.
 
+        ``X`` has ``n_in`` columns, or ``n_in + 1`` with ones in the last.
         ``rng`` draws the dropout masks (required when a layer has dropout).
         """
+        if X.shape[1] == self.n_in:
+            self._X1[:, :-1] = X
+            X = self._X1
         self.X = X
         dot, add, maximum = np.dot, np.add, np.maximum
         A = X
         for W, b, Z, A_out, kind, act, zeros, drop, WT in self._fwd:
             if WT is None:
                 dot(A, W, Z)
-            else:
+            else:  # the output layer: O^T = W^T @ A^T
                 dot(WT, A.T, Z.T)
-            add(Z, b, Z)
+            if b is not None:  # the first layer's is in W
+                add(Z, b, Z)
             if kind == _RELU:
                 A = maximum(Z, zeros, out=A_out)
             elif kind == _LINEAR:
@@ -127,8 +145,11 @@ class TrainingPass:
                 multiply(d, greater(A, zero, mask), d)
             elif kind == _OTHER:
                 d = act.backward(d, Z, A, out=d)
-            dot(self.X.T if XT is None else XT, d, gW)  # type: ignore[union-attr]
-            dot(ones, d, gb)
+            if XT is None:  # the first layer: [dW_0; db_0] = [X, 1].T @ dZ
+                dot(self.X.T, d, gW)  # type: ignore[union-attr]
+            else:
+                dot(XT, d, gW)
+                dot(ones, d, gb)
             if dX is not None:
                 d = dot(d, WT, dX)
 

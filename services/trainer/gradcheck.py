@@ -80,6 +80,7 @@ def gradient_check(
         p[i] = keep
         numeric[i] = (up - down) / (2 * eps)
 
+    analytic, numeric = net.canonical(analytic), net.canonical(numeric)  # [W_0.., b_0..]
     errors = {}
     offset = 0
     for key in ("W", "b"):

@@ -1,11 +1,19 @@
 """The feed-forward network: a stack of ``Dense`` layers and a loss.
 
-All parameters live in one flat vector ``params_flat`` laid out as
-``[W_0, ..., W_L, b_0, ..., b_L]`` (and the gradients likewise in
-``grads_flat``); each layer's ``params["W"]`` / ``params["b"]`` are views
-into it. The optimizer then updates the whole network in a handful of
-vectorized calls, L2 and weight decay reach the weights as the prefix
-``params_flat[:n_weights]``, and a checkpoint is two arrays.
+All parameters live in one flat vector ``params_flat`` (and the gradients
+likewise in ``grads_flat``); each layer's ``params["W"]`` / ``params["b"]``
+are views into it. The layout is::
+
+    [W_1, ..., W_L, W_0, b_0, b_1, ..., b_L]
+
+so that the optimizer updates the whole network in a handful of vectorized
+calls, L2 and weight decay reach every weight as the prefix
+``params_flat[:n_weights]``, and ``W_0`` with ``b_0`` below it is one
+``(n_in + 1, n_out)`` matrix: the training pass multiplies the batch, with a
+column of ones appended, by that block, and the first layer's bias costs
+no extra NumPy call forward or backward. Checkpoints hold the parameters in
+the plain order ``[W_0, ..., W_L, b_0, ..., b_L]`` (``canonical`` /
+``set_canonical``).
 
 When the loss is fused with the output activation (softmax + cross-entropy,
 sigmoid + binary cross-entropy) the last layer is linear during training and
@@ -60,21 +68,49 @@ class Network:
     # --- flat parameter storage ----------------------------------------------------
 
     def _bind_flat(self) -> None:
-        sizes_W = [layer.params["W"].size for layer in self.layers]
-        sizes_b = [layer.params["b"].size for layer in self.layers]
-        self.n_weights = int(sum(sizes_W))
-        total = self.n_weights + int(sum(sizes_b))
+        layers = self.layers
+        self.n_weights = int(sum(layer.params["W"].size for layer in layers))
+        total = self.n_weights + int(sum(layer.params["b"].size for layer in layers))
         self.params_flat = np.empty(total, self.dtype)
         self.grads_flat = np.zeros(total, self.dtype)
+        order = [(layer, "W") for layer in layers[1:]] + [(layers[0], "W")]
+        order += [(layer, "b") for layer in layers]
+        offsets: dict[tuple[int, str], int] = {}
         offset = 0
-        for key, sizes in (("W", sizes_W), ("b", sizes_b)):
-            for layer, size in zip(self.layers, sizes, strict=True):
-                shape = layer.params[key].shape
-                view = self.params_flat[offset : offset + size].reshape(shape)
-                view[...] = layer.params[key]
-                layer.params[key] = view
-                layer.grads[key] = self.grads_flat[offset : offset + size].reshape(shape)
-                offset += size
+        for layer, key in order:
+            shape, size = layer.params[key].shape, layer.params[key].size
+            view = self.params_flat[offset : offset + size].reshape(shape)
+            view[...] = layer.params[key]
+            layer.params[key] = view
+            layer.grads[key] = self.grads_flat[offset : offset + size].reshape(shape)
+            offsets[id(layer), key] = offset
+            offset += size
+        first = layers[0]
+        start, shape = offsets[id(first), "W"], (first.n_in + 1, first.n_out)
+        stop = start + first.params["W"].size + first.params["b"].size
+        #: ``[W_0; b_0]`` of shape (n_in + 1, n_out), and its gradient
+        self.first_block = self.params_flat[start:stop].reshape(shape)
+        self.first_block_grad = self.grads_flat[start:stop].reshape(shape)
+        # params_flat[self._canonical] is [W_0, ..., W_L, b_0, ..., b_L]
+        self._canonical = np.concatenate(
+            [
+                np.arange(offsets[id(layer), key], offsets[id(layer), key] + layer.params[key].size)
+                for key in ("W", "b")
+                for layer in layers
+            ]
+        )
+
+    def canonical(self, flat: np.ndarray) -> np.ndarray:
+        """A copy of ``flat`` (laid out like ``params_flat``) in the order
+        ``[W_0, ..., W_L, b_0, ..., b_L]``, as checkpoints store it."""
+        return flat[self._canonical]
+
+    def set_canonical(self, canonical: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Write a vector in the order of ``canonical`` into ``out`` (default
+        ``params_flat``), laid out like ``params_flat``; returns ``out``."""
+        out = self.params_flat if out is None else out
+        out[self._canonical] = canonical
+        return out
 
     @property
     def n_params(self) -> int:
@@ -126,7 +162,7 @@ class Network:
         """
         p = self._passes.get(n)
         if p is None:
-            p = self._passes[n] = TrainingPass(self.layers, n, self.layers[-1].n_out)
+            p = self._passes[n] = TrainingPass(self, n)
         return p
 
     def loss_and_grads(self, X: np.ndarray, Y: np.ndarray, l2: float = 0.0) -> float:

@@ -318,7 +318,12 @@ def fit(
     dtype = net.dtype
     classification = data.task == CLASSIFICATION
 
-    X_train = np.ascontiguousarray(data.X_train, dtype)
+    # The training rows with a column of ones appended (the first layer's
+    # bias rides in its matrix product, see backprop.TrainingPass); X_train
+    # is a view of the rows without it.
+    X_ones = np.ones((len(data.X_train), net.layers[0].n_in + 1), dtype)
+    X_ones[:, :-1] = data.X_train
+    X_train = X_ones[:, :-1]
     Y_train = net.encode_targets(data.y_train)
     X_val = np.ascontiguousarray(data.X_val, dtype)
     Y_val = net.encode_targets(data.y_val)
@@ -342,12 +347,15 @@ def fit(
         if ckpt.meta["architecture"]["sizes"] != net.sizes or ckpt.params.size != net.n_params:
             raise ValueError("checkpoint does not match the network this spec builds")
         records = _previous_records(history, ckpt, len(net.layers), classification)
-        net.params_flat[...] = ckpt.params
-        optimizer.load_state_dict(ckpt.meta["optimizer"], ckpt.optimizer_arrays)
+        net.set_canonical(ckpt.params)
+        optimizer.load_state_dict(
+            ckpt.meta["optimizer"],
+            {k: net.set_canonical(v, np.empty_like(v)) for k, v in ckpt.optimizer_arrays.items()},
+        )
         rng.bit_generator.state = ckpt.meta["rng"]
         tracker.load(ckpt.meta["tracker"])
         if ckpt.best_params is not None and restore_best:
-            best_params = ckpt.best_params.copy()
+            best_params = net.set_canonical(ckpt.best_params, np.empty_like(ckpt.best_params))
         start_epoch = ckpt.epoch
         seconds_before = float(ckpt.meta.get("seconds", 0.0))
 
@@ -363,12 +371,12 @@ def fit(
     # batch into a buffer that then stays hot for the matrix products. Both
     # give the same batches, so the same numbers.
     # Targets go to the loss F-ordered, like the training pass's outputs.
-    per_epoch_gather = X_train.nbytes + Y_train.nbytes <= GATHER_PER_EPOCH_BYTES
+    per_epoch_gather = X_ones.nbytes + Y_train.nbytes <= GATHER_PER_EPOCH_BYTES
     if per_epoch_gather:
-        Xe = np.empty_like(X_train)
+        Xe = np.empty_like(X_ones)
         targets = _ShuffledTargets(Y_train, batches)
     else:
-        Xb_buf = {e - s: np.empty((e - s, X_train.shape[1]), dtype) for s, e in batches}
+        Xb_buf = {e - s: np.empty((e - s, X_ones.shape[1]), dtype) for s, e in batches}
         Yb_buf = {e - s: np.empty((e - s, Y_train.shape[1]), dtype) for s, e in batches}
         YbF_buf = {e - s: np.empty((Y_train.shape[1], e - s), dtype).T for s, e in batches}
     Le = np.empty_like(labels_train) if classification else None
@@ -395,7 +403,7 @@ def fit(
         # mode="clip": with the default "raise" NumPy buffers `out` (3-4x slower);
         # a permutation's indices are in range anyway.
         if per_epoch_gather:
-            np.take(X_train, perm, axis=0, out=Xe, mode="clip")
+            np.take(X_ones, perm, axis=0, out=Xe, mode="clip")
             targets.gather(perm)
         if track_predictions:
             np.take(labels_train, perm, out=Le, mode="clip")  # type: ignore[call-overload]
@@ -407,7 +415,7 @@ def fit(
                 if per_epoch_gather:
                     Xb, Yb = Xe[s:e], targets.batches[i]
                 else:
-                    Xb = np.take(X_train, perm[s:e], axis=0, out=Xb_buf[e - s], mode="clip")
+                    Xb = np.take(X_ones, perm[s:e], axis=0, out=Xb_buf[e - s], mode="clip")
                     Yb = np.take(Y_train, perm[s:e], axis=0, out=Yb_buf[e - s], mode="clip")
                     Yb = _copy_to(YbF_buf[e - s], Yb)
                 step = passes[e - s]
@@ -555,4 +563,6 @@ def _checkpoint(
         "tracker": tracker.state(),
         "seconds": seconds,
     }
-    return dump_checkpoint(Checkpoint(meta, net.params_flat.copy(), arrays, best_params))
+    arrays = {key: net.canonical(value) for key, value in arrays.items()}
+    best = net.canonical(best_params) if best_params is not None else None
+    return dump_checkpoint(Checkpoint(meta, net.canonical(net.params_flat), arrays, best))

@@ -551,3 +551,31 @@ def test_sgd_folding_the_learning_rate_into_the_loss_gradient_changes_no_number(
                 assert a[key] == pytest.approx(b[key], rel=1e-12), key
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-12)
     assert np.allclose(folded.network.params_flat, plain.network.params_flat, rtol=0, atol=1e-12)
+
+
+def test_checkpoint_arrays_are_in_the_plain_layer_order():
+    # The network keeps [W_1.., W_0, b_0, b_1..] (W_0 and b_0 one block for the
+    # folded bias); checkpoints, and what the service stores, keep
+    # [W_0, ..., W_L, b_0, ..., b_L] whatever the in-memory layout.
+    from services.trainer import checkpoint
+
+    spec = make_spec(
+        architecture={"layers": [{"units": 8}, {"units": 4}]},
+        hyperparameters={"epochs": 2, "optimizer": "adam", "early_stopping": {"patience": 5}},
+    )
+    blobs = {}
+    result = fit(spec, checkpoint_every=1, on_checkpoint=lambda e, b: blobs.setdefault(e, b))
+    ckpt = checkpoint.load_checkpoint(blobs[1])
+    net = result.network
+    resumed = fit({**spec, "hyperparameters": {**spec["hyperparameters"], "epochs": 1}},
+                  resume_from=blobs[1], history=result.history[:1])  # already done: no step
+    layers = resumed.network.layers
+    plain = np.concatenate([L.params[k].ravel() for k in ("W", "b") for L in layers])
+    assert np.array_equal(ckpt.params, plain)
+    assert np.array_equal(net.first_block[:-1], net.layers[0].params["W"])
+    assert np.array_equal(net.first_block[-1], net.layers[0].params["b"])
+    # optimizer moments come back where they belong: the resumed run matches
+    full = fit(spec)
+    again = fit(spec, resume_from=blobs[1], history=result.history[:1])
+    assert again.network.params_flat.tobytes() == full.network.params_flat.tobytes()
+    assert set(ckpt.optimizer_arrays) == {"exp_avg", "exp_avg_sq"}
