@@ -318,15 +318,14 @@ def fit(
     dtype = net.dtype
     classification = data.task == CLASSIFICATION
 
-    # The training rows with a column of ones appended (the first layer's
-    # bias rides in its matrix product, see backprop.TrainingPass); X_train
-    # is a view of the rows without it.
+    # Inputs with a column of ones appended: the first layer's bias rides in
+    # its matrix product (see backprop.TrainingPass).
     X_ones = np.ones((len(data.X_train), net.layers[0].n_in + 1), dtype)
     X_ones[:, :-1] = data.X_train
-    X_train = X_ones[:, :-1]
     Y_train = net.encode_targets(data.y_train)
-    X_val = np.ascontiguousarray(data.X_val, dtype)
-    Y_val = net.encode_targets(data.y_val)
+    X_val = np.ones((len(data.X_val), net.layers[0].n_in + 1), dtype)
+    X_val[:, :-1] = data.X_val
+    Y_val = np.asfortranarray(net.encode_targets(data.y_val))  # F-ordered like the outputs
     labels_train = data.y_train.astype(np.int64) if classification else None
     labels_val = data.y_val.astype(np.int64) if classification else None
     has_val = len(X_val) > 0
@@ -359,7 +358,7 @@ def fit(
         start_epoch = ckpt.epoch
         seconds_before = float(ckpt.meta.get("seconds", 0.0))
 
-    n = len(X_train)
+    n = len(X_ones)
     bs = min(hp.batch_size or n, n)
     batches = [(s, min(s + bs, n)) for s in range(0, n, bs)]
     norm_step = len(batches) - 2 if (n % bs and len(batches) > 1) else len(batches) - 1
@@ -371,6 +370,8 @@ def fit(
     # batch into a buffer that then stays hot for the matrix products. Both
     # give the same batches, so the same numbers.
     # Targets go to the loss F-ordered, like the training pass's outputs.
+    if classification and not running or not has_val:
+        Y_train_F = np.asfortranarray(Y_train)
     per_epoch_gather = X_ones.nbytes + Y_train.nbytes <= GATHER_PER_EPOCH_BYTES
     if per_epoch_gather:
         Xe = np.empty_like(X_ones)
@@ -458,7 +459,7 @@ def fit(
                 if track_predictions:
                     train_acc = int(np.count_nonzero(predicted == Le)) / n
                 if (classification and not running) or not has_val:
-                    _, train_acc_after = net.evaluate(X_train, Y_train, labels_train, active)
+                    _, train_acc_after = net.evaluate(X_ones, Y_train_F, labels_train, active)
                     train_acc = train_acc if running else train_acc_after
                     measured = True
                 if has_val:
