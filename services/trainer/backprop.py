@@ -86,7 +86,8 @@ class TrainingPass:
                 Z = np.empty((layer.n_out, n), dtype).T
             else:
                 Z = np.empty((n, layer.n_out), dtype)
-            A = Z if kind == _LINEAR else np.empty_like(Z)
+            # ReLU overwrites Z (its derivative needs only A > 0)
+            A = Z if kind != _OTHER else np.empty_like(Z)
             zeros = np.zeros_like(Z) if kind == _RELU else None
             mask = np.empty_like(Z, dtype=bool) if kind == _RELU else None
             p = layer.dropout
