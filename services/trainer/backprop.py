@@ -64,7 +64,7 @@ class TrainingPass:
         self.dtype = dtype
         self.X: np.ndarray | None = None  # the last forward's input, ones column included
         self.n_in = layers[0].n_in
-        self._X1 = np.ones((n, self.n_in + 1), dtype)  # for a batch without the ones column
+        self._X1 = np.ones((n, self.n_in + 1), dtype)  # see with_ones
         self._ones = np.ones(n, dtype)  # 1^T dZ as a BLAS call
         fwd: list[tuple[Any, ...]] = []
         bwd: list[list[Any]] = []
@@ -108,12 +108,10 @@ class TrainingPass:
     def forward(self, X: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         """The outputs ``O`` (batch, n_out) for ``X``; caches what ``backward`` needs.
 
-        ``X`` has ``n_in`` columns, or ``n_in + 1`` with ones in the last.
-        ``rng`` draws the dropout masks (required when a layer has dropout).
+        ``X`` is the batch with a column of ones appended (``with_ones``
+        writes one into the pass's own buffer). ``rng`` draws the dropout
+        masks (required when a layer has dropout).
         """
-        if X.shape[1] == self.n_in:
-            self._X1[:, :-1] = X
-            X = self._X1
         self.X = X
         dot, add, maximum = np.dot, np.add, np.maximum
         A = X
@@ -133,6 +131,13 @@ class TrainingPass:
             if drop is not None:
                 A = _dropout(A, drop, rng)
         return A
+
+    def with_ones(self, X: np.ndarray) -> np.ndarray:
+        """``[X, 1]`` for a batch ``X`` of ``n_in`` columns, in the pass's buffer."""
+        if X.shape != (self.n, self.n_in):
+            raise ValueError(f"expected a batch of shape {(self.n, self.n_in)}, got {X.shape}")
+        self._X1[:, :-1] = X
+        return self._X1
 
     def backward(self, dO: np.ndarray) -> None:
         """Fill every layer's ``grads`` from ``dO = dL/dO`` (overwritten)."""

@@ -139,8 +139,8 @@ class Network:
             X = np.asarray(X)
             if X.dtype != self.dtype:  # the BLAS calls' out= buffers do not cast
                 X = X.astype(self.dtype)
-            self._last_pass = self.training_pass(X.shape[0])
-            return self._last_pass.forward(X, rng)
+            p = self._last_pass = self.training_pass(X.shape[0])
+            return p.forward(p.with_ones(X), rng)
         A = X
         for layer in self.layers:
             A = layer.forward(A)
@@ -226,11 +226,13 @@ class Network:
         Y: np.ndarray,
         labels: np.ndarray | None = None,
         active: list[np.ndarray | None] | None = None,
+        *,
+        ones_column: bool = False,
     ) -> tuple[float, float | None]:
         """Mean loss and accuracy (``labels`` given) over a whole set, in chunks.
 
-        ``X`` has ``n_in`` columns, or ``n_in + 1`` with ones in the last (the
-        first layer's bias then rides in its product, as in training). ``Y``
+        With ``ones_column`` ``X`` has a column of ones appended, and the
+        first layer's bias rides in its product, as in training. ``Y``
         is read fastest F-ordered, like the outputs here. If ``active`` is
         given (one boolean array per layer, or None), each ReLU layer's entry
         is OR-ed with the units that fired on some row.
@@ -241,7 +243,11 @@ class Network:
         n = len(X)
         if n == 0:
             return float("nan"), None
-        folded = X.shape[1] == self.layers[0].n_in + 1
+        folded = ones_column
+        if X.ndim != 2 or X.shape[1] != self.layers[0].n_in + folded:
+            raise ValueError(
+                f"expected inputs of {self.layers[0].n_in + folded} columns, got shape {X.shape}"
+            )
         last = len(self.layers) - 1
         total, correct = 0.0, 0
         for s in range(0, n, EVAL_CHUNK):

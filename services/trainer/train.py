@@ -315,6 +315,10 @@ def fit(
         raise ValueError("the training set is empty")
     init_rng, rng = generators(hp.seed)
     net = network if network is not None else build_network(spec, data, init_rng)
+    if data.n_features != net.layers[0].n_in:
+        raise ValueError(
+            f"the data has {data.n_features} features but the network takes {net.layers[0].n_in}"
+        )
     dtype = net.dtype
     classification = data.task == CLASSIFICATION
 
@@ -459,12 +463,14 @@ def fit(
                 if track_predictions:
                     train_acc = int(np.count_nonzero(predicted == Le)) / n
                 if (classification and not running) or not has_val:
-                    _, train_acc_after = net.evaluate(X_ones, Y_train_F, labels_train, active)
+                    _, train_acc_after = net.evaluate(
+                        X_ones, Y_train_F, labels_train, active, ones_column=True
+                    )
                     train_acc = train_acc if running else train_acc_after
                     measured = True
                 if has_val:
                     val_loss, val_acc = net.evaluate(
-                        X_val, Y_val, labels_val, None if measured else active
+                        X_val, Y_val, labels_val, None if measured else active, ones_column=True
                     )
                 finite = math.isfinite(train_loss) and bool(np.isfinite(params).all())
                 finite = finite and (val_loss is None or math.isfinite(val_loss))
