@@ -235,7 +235,7 @@ class Network:
         first layer's bias rides in its product, as in training. ``Y``
         is read fastest F-ordered, like the outputs here. If ``active`` is
         given (one boolean array per layer, or None), each ReLU layer's entry
-        is OR-ed with the units that fired on some row.
+        is OR-ed with the units that fired (output > 0) on some row.
 
         The intermediate arrays are kept per chunk size, so evaluating the
         same sets every epoch allocates nothing after the first time.
@@ -250,6 +250,7 @@ class Network:
             )
         last = len(self.layers) - 1
         total, correct = 0.0, 0
+        ones = np.ones(min(n, EVAL_CHUNK) if active is not None else 0, self.dtype)
         for s in range(0, n, EVAL_CHUNK):
             A = X[s : s + EVAL_CHUNK]
             buffers = self._eval_buffers(len(A))
@@ -260,7 +261,9 @@ class Network:
                     Z += layer.params["b"]
                 A = layer.activation.forward(Z, out=Z)
                 if active is not None and active[i] is not None:
-                    active[i] |= np.logical_or.reduce(A > 0, axis=0)
+                    # ReLU outputs are >= 0: a unit fired on some row iff its
+                    # column sums to more than 0 (one BLAS call; NaN: not fired)
+                    active[i] |= np.dot(ones[: len(A)], A) > 0
             # The loss reads an F-ordered copy: its per-row reductions then run
             # along contiguous memory (for 10 classes 8x faster than on A).
             O = buffers[last + 1]

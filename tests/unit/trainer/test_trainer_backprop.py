@@ -120,3 +120,17 @@ def test_fit_names_a_network_that_does_not_fit_the_data():
     net = _network(["relu", "relu", "linear"], 0.0, "cross_entropy").astype(np.float32)
     with pytest.raises(ValueError, match="2 features but the network takes 5"):
         fit(make_spec(), network=net)  # moons: 2 features
+
+
+def test_evaluate_marks_exactly_the_relu_units_that_fired():
+    net = _network(["relu", "relu", "linear"], 0.0, "cross_entropy")
+    net.layers[0].params["b"][:3] = -50.0  # three units of layer 0 never fire
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((40, 5))
+    Y = net.encode_targets(rng.integers(0, 3, 40))
+    active = [np.zeros(7, bool), np.zeros(6, bool), None]
+    net.evaluate(X, Y, None, active)
+    A0 = np.maximum(X @ net.layers[0].params["W"] + net.layers[0].params["b"], 0)
+    A1 = np.maximum(A0 @ net.layers[1].params["W"] + net.layers[1].params["b"], 0)
+    assert np.array_equal(active[0], (A0 > 0).any(axis=0)) and not active[0][:3].any()
+    assert np.array_equal(active[1], (A1 > 0).any(axis=0))
