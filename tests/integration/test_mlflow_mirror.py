@@ -263,7 +263,14 @@ def test_catch_up_mirrors_jobs_finished_while_mirroring_was_off(
         row.mlflow_synced_epoch = 0
         session.commit()
     tracking._confirmed.clear()
-    counts = tracking.mirror_pending(stack.settings)
+
+    def caught_up() -> dict | None:
+        # "busy": a mirror task of the worker still holds the job's lock (the
+        # periodic ticker retries then too); anything else must be final
+        counts = tracking.mirror_pending(stack.settings)
+        return None if counts["busy"] else counts
+
+    counts = wait_for(caught_up, 30, "the catch-up to find the job's lock free", interval=0.5)
     assert counts["failed"] == 0 and counts["left"] == 0, counts
     exp_id = mlflow.experiment_id(tracking.DEFAULT_EXPERIMENT)
     runs = mlflow.runs(exp_id, f"tags.`sweeplab.job_id` = '{job['id']}'")
