@@ -42,8 +42,8 @@ class TrainingPass:
 
     The first layer's bias is folded into its matrix product: the batch
     comes with a column of ones appended (``fit`` appends it to the training
-    set once; ``forward`` copies a batch without it into a buffer that has
-    it) and is multiplied by ``net.first_block = [W_0; b_0]``, whose gradient
+    set once; ``with_ones`` copies a batch into a buffer that has it) and is
+    multiplied by ``net.first_block = [W_0; b_0]``, whose gradient
     ``[X, 1].T @ dZ = [dW_0; db_0]`` is then one product too. (For the other
     layers a column of ones would make ``A`` rows of odd length, which costs
     the products and the ReLU more than the bias add.)

@@ -374,8 +374,8 @@ def fit(
     # batch into a buffer that then stays hot for the matrix products. Both
     # give the same batches, so the same numbers.
     # Targets go to the loss F-ordered, like the training pass's outputs.
-    if classification and not running or not has_val:
-        Y_train_F = np.asfortranarray(Y_train)
+    measure_train = (classification and not running) or not has_val  # a pass over X_train
+    Y_train_F = np.asfortranarray(Y_train) if measure_train else Y_train
     per_epoch_gather = X_ones.nbytes + Y_train.nbytes <= GATHER_PER_EPOCH_BYTES
     if per_epoch_gather:
         Xe = np.empty_like(X_ones)
@@ -462,7 +462,7 @@ def fit(
                 measured = False
                 if track_predictions:
                     train_acc = int(np.count_nonzero(predicted == Le)) / n
-                if (classification and not running) or not has_val:
+                if measure_train:
                     _, train_acc_after = net.evaluate(
                         X_ones, Y_train_F, labels_train, active, ones_column=True
                     )
