@@ -66,16 +66,27 @@ class CrossEntropy(Loss):
 
     # dL/dZ = (softmax(Z) - Y) / batch
     def forward_backward(self, Z, Y, dZ, scale=1.0):
+        s = np.empty((Z.shape[0], 1), Z.dtype)
+        picked = self.gradient(Z, Y, dZ, scale, s)
+        return (np.add.reduce(np.log(s), axis=None) - picked) / Z.shape[0]
+
+    def gradient(self, Z, Y, dZ, scale, row_sums) -> float:
+        """``forward_backward`` short of the loss: ``scale * dL/dZ`` into ``dZ``,
+        ``s_i = sum_j exp(Z_ij - max_j Z_ij)`` into ``row_sums`` (batch, 1), and
+        the sum of the true classes' shifted logits returned. The batch loss is
+        ``(sum_i log s_i - picked) / batch``; ``picked`` is finite exactly when
+        it is (any non-finite logit makes ``Y . S`` NaN, and ``1 <= s_i <= k``
+        otherwise), so the training loop can check every batch at once and
+        take the logarithms of a whole epoch in one call."""
         n = Z.shape[0]
         S = np.subtract(Z, np.maximum.reduce(Z, axis=1, keepdims=True), out=dZ)
         picked = sum_product(Y, S)  # sum_i of the true class's shifted logit
         E = np.exp(S, out=dZ)
-        s = np.add.reduce(E, axis=1, keepdims=True)  # (batch, 1)
-        loss = (np.add.reduce(np.log(s), axis=None) - picked) / n
+        s = np.add.reduce(E, axis=1, keepdims=True, out=row_sums)
         E /= s  # softmax
         E -= Y
         E *= E.dtype.type(scale / n)
-        return loss
+        return picked
 
 
 class BinaryCrossEntropy(Loss):

@@ -45,6 +45,7 @@ import numpy as np
 from .checkpoint import Checkpoint, dump_checkpoint, load_checkpoint
 from .data import CLASSIFICATION, Dataset, load_dataset
 from .diagnostics import diagnose
+from .losses import CrossEntropy
 from .network import Network, build_network, generators
 from .optimizers import clip_by_global_norm, get_optimizer
 from .schedules import learning_rate
@@ -398,6 +399,17 @@ def fit(
     # update is one subtraction (not at the step whose gradient norms the
     # record reports, which must see g itself).
     fold_lr = optimizer.takes_prescaled and l2_tmp is None and clip is None
+    # Cross-entropy: per batch the gradient and the finite check, the loss
+    # values of an epoch's batches at its end, in three calls (see
+    # CrossEntropy.gradient); batch_losses holds each batch's picked sum until then.
+    # (not for a subclass, which may compute its loss its own way)
+    ce_gradient = loss_fn.gradient if type(loss_fn) is CrossEntropy else None  # type: ignore[attr-defined]
+    deferred = ce_gradient is not None
+    if deferred:
+        row_sums = np.empty(n, dtype)
+        row_sum_views = [row_sums[s:e].reshape(-1, 1) for s, e in batches]
+        batch_starts = np.array([s for s, _ in batches])
+        batch_sizes = np.array([e - s for s, e in batches], np.float64)
 
     status, diverged_epoch = COMPLETED, None
     epoch = start_epoch
@@ -427,9 +439,14 @@ def fit(
                 O = step.forward(Xb, rng)
                 dO = step.dO
                 scaled = fold and i != norm_step
-                loss = batch_losses[i] = loss_fn.forward_backward(
-                    O, Yb, dO, lr if scaled else 1.0
-                )
+                if ce_gradient is not None:
+                    loss = batch_losses[i] = ce_gradient(
+                        O, Yb, dO, lr if scaled else 1.0, row_sum_views[i]
+                    )
+                else:
+                    loss = batch_losses[i] = loss_fn.forward_backward(
+                        O, Yb, dO, lr if scaled else 1.0
+                    )
                 if not math.isfinite(loss):  # diverged: stop here, not after an epoch of NaNs
                     diverged_in_batch = True
                     break
@@ -453,6 +470,10 @@ def fit(
             if diverged_in_batch:  # nothing after the batch is measured
                 finite = False
             else:
+                if deferred:  # batch_losses held the picked sums
+                    log_sums = np.add.reduceat(np.log(row_sums), batch_starts, dtype=np.float64)
+                    np.subtract(log_sums, batch_losses, out=batch_losses)
+                    batch_losses /= batch_sizes
                 train_loss = float(batch_losses.mean())
                 # after the epoch's updates: accuracies and the units that fired
                 active = [

@@ -579,3 +579,65 @@ def test_checkpoint_arrays_are_in_the_plain_layer_order():
     again = fit(spec, resume_from=blobs[1], history=result.history[:1])
     assert again.network.params_flat.tobytes() == full.network.params_flat.tobytes()
     assert set(ckpt.optimizer_arrays) == {"exp_avg", "exp_avg_sq"}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cross_entropy_losses_taken_at_the_epochs_end_equal_the_per_batch_ones(dtype):
+    # fit takes cross-entropy's logarithms once per epoch (CrossEntropy.gradient);
+    # a subclass goes through forward_backward batch by batch: the same records.
+    from services.trainer.losses import CrossEntropy
+
+    class PerBatch(CrossEntropy):
+        pass
+
+    spec = make_spec(
+        dataset={"name": "digits", "validation_split": 0.2},
+        architecture={"layers": [{"units": 24}]},
+        hyperparameters={"epochs": 3, "batch_size": 100, "dtype": dtype,
+                         "train_metrics": "running"},
+    )
+    data = load_dataset(parse_spec(spec).dataset)
+    net = build_network(parse_spec(spec), data)
+    other = net.copy()
+    other.loss = PerBatch()
+    deferred, per_batch = fit(spec, data=data, network=net), fit(spec, data=data, network=other)
+    rel = 1e-12 if dtype == "float64" else 1e-5
+    for a, b in zip(deferred.history, per_batch.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=rel)
+        assert a["val_loss"] == b["val_loss"] and a["train_accuracy"] == b["train_accuracy"]
+
+
+def test_cross_entropy_divergence_also_ends_the_epoch_at_its_first_non_finite_batch(monkeypatch):
+    from services.trainer import train
+    from services.trainer.losses import CrossEntropy
+
+    spec = make_spec(
+        dataset={"name": "digits", "validation_split": 0.2},
+        architecture={"layers": [{"units": 32}, {"units": 32}]},
+        hyperparameters={"learning_rate": 1e6, "epochs": 5, "batch_size": 8},
+    )
+    picked, steps = [], []
+    gradient = CrossEntropy.gradient
+
+    def spy_gradient(self, *args):
+        picked.append(gradient(self, *args))
+        return picked[-1]
+
+    monkeypatch.setattr(CrossEntropy, "gradient", spy_gradient)
+    get_optimizer = train.get_optimizer
+
+    def spy_optimizer(*args, **kwargs):
+        optimizer = get_optimizer(*args, **kwargs)
+        step = optimizer.step
+        optimizer.step = lambda *a: (steps.append(1), step(*a))
+        return optimizer
+
+    monkeypatch.setattr(train, "get_optimizer", spy_optimizer)
+    result = fit(spec)
+    n_batches = math.ceil(len(result.data.X_train) / 8)
+    assert result.status == "diverged" and result.diverged_epoch == len(result.history)
+    assert len(picked) < result.diverged_epoch * n_batches  # stopped inside the epoch
+    assert not math.isfinite(picked[-1]) and all(map(math.isfinite, picked[:-1]))
+    assert len(steps) == len(picked) - 1  # no update from the non-finite batch
+    assert result.history[-1]["train_loss"] is None
+    assert all(math.isfinite(r["train_loss"]) for r in result.history[:-1])
