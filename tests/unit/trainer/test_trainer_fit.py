@@ -165,24 +165,10 @@ def test_divergence_stops_at_once_with_the_epoch():
     json.dumps(result.summary(), allow_nan=False)
 
 
-def test_divergence_ends_the_epoch_at_the_first_non_finite_batch(monkeypatch):
+def _count_optimizer_steps(monkeypatch) -> list[int]:
     from services.trainer import train
 
-    spec = make_spec(
-        dataset={"name": "sine", "n_samples": 200},
-        architecture={"layers": [{"units": 32}, {"units": 32}]},
-        hyperparameters={"learning_rate": 1e3, "epochs": 5, "batch_size": 4},
-    )
-    data = load_dataset(parse_spec(spec).dataset)
-    net = build_network(parse_spec(spec), data)
-    losses, steps = [], []
-    loss_and_grad = net.loss.forward_backward
-
-    def spy_loss(O, Y, dO, *scale):
-        losses.append(loss_and_grad(O, Y, dO, *scale))
-        return losses[-1]
-
-    net.loss.forward_backward = spy_loss  # type: ignore[method-assign]
+    steps: list[int] = []
     get_optimizer = train.get_optimizer
 
     def spy_optimizer(*args, **kwargs):
@@ -192,18 +178,46 @@ def test_divergence_ends_the_epoch_at_the_first_non_finite_batch(monkeypatch):
         return optimizer
 
     monkeypatch.setattr(train, "get_optimizer", spy_optimizer)
-    result = fit(spec, data=data, network=net)
+    return steps
 
-    n_batches = math.ceil(len(data.X_train) / 4)
+
+@pytest.mark.parametrize(
+    ("dataset", "loss"),
+    [({"name": "sine", "n_samples": 200}, "mse"), ({"name": "digits"}, "cross_entropy")],
+)
+def test_divergence_ends_the_epoch_at_the_first_non_finite_batch(monkeypatch, dataset, loss):
+    from services.trainer.losses import LOSSES
+
+    spec = make_spec(
+        dataset=dataset,
+        architecture={"layers": [{"units": 32}, {"units": 32}]},
+        hyperparameters={"learning_rate": 1e3 if loss == "mse" else 1e6, "epochs": 5,
+                         "batch_size": 4},
+    )
+    # per batch what fit checks: the loss, or for cross-entropy the picked
+    # logits' sum that CrossEntropy.gradient returns (finite iff the loss is)
+    values: list[float] = []
+    method = "gradient" if loss == "cross_entropy" else "forward_backward"
+    original = getattr(LOSSES[loss], method)
+
+    def spy(self, *args):
+        values.append(original(self, *args))
+        return values[-1]
+
+    monkeypatch.setattr(LOSSES[loss], method, spy)
+    steps = _count_optimizer_steps(monkeypatch)
+    result = fit(spec)
+
+    n_batches = math.ceil(len(result.data.X_train) / 4)
     assert result.status == "diverged" and result.diverged_epoch == len(result.history)
-    assert len(losses) < result.diverged_epoch * n_batches  # stopped inside the epoch
-    assert not math.isfinite(losses[-1]) and all(map(math.isfinite, losses[:-1]))
-    assert len(steps) == len(losses) - 1  # no update from the non-finite batch
+    assert len(values) < result.diverged_epoch * n_batches  # stopped inside the epoch
+    assert not math.isfinite(values[-1]) and all(map(math.isfinite, values[:-1]))
+    assert len(steps) == len(values) - 1  # no update from the non-finite batch
     last = result.history[-1]
     assert last["train_loss"] is None and last["val_loss"] is None
     assert len(last["grad_norm"]) == len(last["dead_relu_fraction"]) == 3
     json.dumps(last, allow_nan=False)
-
+    assert all(math.isfinite(r["train_loss"]) for r in result.history[:-1])
 
 def test_training_buffers_per_batch_size_and_none_per_evaluation_chunk():
     spec = make_spec(hyperparameters={"epochs": 2, "batch_size": 32})
@@ -605,39 +619,3 @@ def test_cross_entropy_losses_taken_at_the_epochs_end_equal_the_per_batch_ones(d
     for a, b in zip(deferred.history, per_batch.history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=rel)
         assert a["val_loss"] == b["val_loss"] and a["train_accuracy"] == b["train_accuracy"]
-
-
-def test_cross_entropy_divergence_also_ends_the_epoch_at_its_first_non_finite_batch(monkeypatch):
-    from services.trainer import train
-    from services.trainer.losses import CrossEntropy
-
-    spec = make_spec(
-        dataset={"name": "digits", "validation_split": 0.2},
-        architecture={"layers": [{"units": 32}, {"units": 32}]},
-        hyperparameters={"learning_rate": 1e6, "epochs": 5, "batch_size": 8},
-    )
-    picked, steps = [], []
-    gradient = CrossEntropy.gradient
-
-    def spy_gradient(self, *args):
-        picked.append(gradient(self, *args))
-        return picked[-1]
-
-    monkeypatch.setattr(CrossEntropy, "gradient", spy_gradient)
-    get_optimizer = train.get_optimizer
-
-    def spy_optimizer(*args, **kwargs):
-        optimizer = get_optimizer(*args, **kwargs)
-        step = optimizer.step
-        optimizer.step = lambda *a: (steps.append(1), step(*a))
-        return optimizer
-
-    monkeypatch.setattr(train, "get_optimizer", spy_optimizer)
-    result = fit(spec)
-    n_batches = math.ceil(len(result.data.X_train) / 8)
-    assert result.status == "diverged" and result.diverged_epoch == len(result.history)
-    assert len(picked) < result.diverged_epoch * n_batches  # stopped inside the epoch
-    assert not math.isfinite(picked[-1]) and all(map(math.isfinite, picked[:-1]))
-    assert len(steps) == len(picked) - 1  # no update from the non-finite batch
-    assert result.history[-1]["train_loss"] is None
-    assert all(math.isfinite(r["train_loss"]) for r in result.history[:-1])
