@@ -619,3 +619,21 @@ def test_cross_entropy_losses_taken_at_the_epochs_end_equal_the_per_batch_ones(d
     for a, b in zip(deferred.history, per_batch.history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=rel)
         assert a["val_loss"] == b["val_loss"] and a["train_accuracy"] == b["train_accuracy"]
+
+
+def test_a_checkpoint_of_an_earlier_release_resumes_to_the_same_run():
+    # Written by commit d0ca09a, whose network kept its flat parameters in the
+    # order [W_0, ..., W_L, b_0, ..., b_L] that checkpoints still use; the JSON
+    # holds that release's uninterrupted run.
+    from pathlib import Path
+
+    here = Path(__file__).parent / "data"
+    blob = (here / "checkpoint_epoch2_d0ca09a.npz").read_bytes()
+    old = json.loads((here / "checkpoint_epoch2_d0ca09a.json").read_text())
+    resumed = fit(old["spec"], resume_from=blob, history=old["history"][:2])
+    for new, then in zip(resumed.history, old["history"], strict=True):
+        for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+            assert new[key] == pytest.approx(then[key], rel=1e-12, abs=1e-15), (new["epoch"], key)
+    for layer, W, b in zip(resumed.network.layers, old["final_W"], old["final_b"], strict=True):
+        np.testing.assert_allclose(layer.params["W"], W, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(layer.params["b"], b, rtol=1e-12, atol=1e-14)
