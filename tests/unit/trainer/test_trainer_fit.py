@@ -108,31 +108,17 @@ def test_flatten_record():
 @pytest.mark.parametrize("batch_size, steps", [(None, 1), (1, 160), (50, 4)])
 def test_gradient_descent_forms(batch_size, steps):
     """Full batch, stochastic and mini-batch: one optimizer step per batch."""
-    result = fit(
-        make_spec(
-            hyperparameters={
-                "batch_size": batch_size,
-                "epochs": 2,
-                "optimizer": "adam",
-                "learning_rate": 1e-3,
-            }
-        )
+    spec = make_spec(
+        hyperparameters={
+            "batch_size": batch_size,
+            "epochs": 2,
+            "optimizer": "adam",
+            "learning_rate": 1e-3,
+        }
     )
+    blobs = []  # adam counts its steps; read the count from a checkpoint
+    result = fit(spec, checkpoint_every=1, on_checkpoint=lambda e, b: blobs.append(b))
     assert result.status == "completed"
-    # adam counts its steps; recover it from a checkpoint
-    blobs = []
-    fit(
-        make_spec(
-            hyperparameters={
-                "batch_size": batch_size,
-                "epochs": 2,
-                "optimizer": "adam",
-                "learning_rate": 1e-3,
-            }
-        ),
-        checkpoint_every=1,
-        on_checkpoint=lambda e, b: blobs.append(b),
-    )
     from services.trainer.checkpoint import load_checkpoint
 
     assert load_checkpoint(blobs[0]).meta["optimizer"]["t"] == steps
