@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from celery import shared_task, signals
 
@@ -28,17 +30,24 @@ def _backoff(retries: int) -> float:
     return min(RETRY_CAP_S, 2.0 ** min(retries, 10)) * (0.75 + 0.5 * random.random())
 
 
+def _mirror_or_retry(task: Any, mirror: Callable[[], object], what: str) -> None:
+    """Run ``mirror``; on failure retry the task later (soon while another holds the lock)."""
+    try:
+        mirror()
+    except tracking.MirrorBusy as exc:
+        raise task.retry(exc=exc, countdown=1.0 + random.random(), priority=LOW) from None
+    except Exception as exc:
+        log.warning("mirror of %s failed (%s); retry %d", what, exc, task.request.retries)
+        raise task.retry(exc=exc, countdown=_backoff(task.request.retries), priority=LOW) from None
+
+
 @shared_task(name=tracking.MIRROR_JOB_TASK, bind=True, max_retries=200, acks_late=True)
 def mirror_job(self, job_id: str) -> str:
     """Mirror one job to MLflow (epochs, tags, artifacts, status), retrying until it lands."""
     settings = Settings.from_env()
-    try:
-        tracking.mirror_job(settings, job_id, finalize=True)
-    except tracking.MirrorBusy as exc:
-        raise self.retry(exc=exc, countdown=1.0 + random.random(), priority=LOW) from None
-    except Exception as exc:
-        log.warning("mirror of job %s failed (%s); retry %d", job_id, exc, self.request.retries)
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries), priority=LOW) from None
+    _mirror_or_retry(
+        self, lambda: tracking.mirror_job(settings, job_id, finalize=True), f"job {job_id}"
+    )
     _follow_sweep(settings, job_id)
     return "mirrored"
 
@@ -47,13 +56,9 @@ def mirror_job(self, job_id: str) -> str:
 def mirror_sweep(self, sweep_id: str) -> str:
     """Close a finished sweep's parent run once every trial is mirrored."""
     settings = Settings.from_env()
-    try:
-        tracking.mirror_sweep(settings, sweep_id, finalize=True)
-    except tracking.MirrorBusy as exc:
-        raise self.retry(exc=exc, countdown=1.0 + random.random(), priority=LOW) from None
-    except Exception as exc:
-        log.warning("mirror of sweep %s failed (%s)", sweep_id, exc)
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries), priority=LOW) from None
+    _mirror_or_retry(
+        self, lambda: tracking.mirror_sweep(settings, sweep_id, finalize=True), f"sweep {sweep_id}"
+    )
     state = tracking.sweep_mirror_final(settings, sweep_id)
     if state is False:  # ended (or ending) but not closed yet: look again shortly
         raise self.retry(countdown=2.0 + random.random(), priority=LOW)
