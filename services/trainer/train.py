@@ -399,11 +399,13 @@ def fit(
     # update is one subtraction (not at the step whose gradient norms the
     # record reports, which must see g itself).
     fold_lr = optimizer.takes_prescaled and l2_tmp is None and clip is None
-    # Cross-entropy: per batch the gradient and the finite check, the loss
-    # values of an epoch's batches at its end, in three calls (see
-    # CrossEntropy.gradient); batch_losses holds each batch's picked sum until then.
-    # (not for a subclass, which may compute its loss its own way)
-    ce_gradient = loss_fn.gradient if type(loss_fn) is CrossEntropy else None  # type: ignore[attr-defined]
+    # Cross-entropy (not a subclass, which may compute its loss its own way):
+    # per batch the gradient and the finite check; the loss values of an
+    # epoch's batches at its end, in three calls (see CrossEntropy.gradient).
+    # Until then batch_losses holds each batch's picked sum.
+    ce_gradient = None
+    if type(loss_fn) is CrossEntropy:
+        ce_gradient = loss_fn.gradient
     deferred = ce_gradient is not None
     if deferred:
         row_sums = np.empty(n, dtype)
