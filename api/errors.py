@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from services.specs import SpecValidationError
 
 log = logging.getLogger(__name__)
+
+#: A refused body up to this size is read and dropped before the 413 goes out.
+DRAIN_LIMIT = 16 * 2**20
 
 CODES = {
     400: "bad_request",
@@ -58,9 +61,41 @@ def error_response(
     return jsonify(error=body), status
 
 
+def drain_refused_body() -> None:
+    """Read and drop what is left of a request body the app refused (413).
+
+    A client such as urllib or requests sends the whole body before it reads
+    the answer; a server that answers 413 and closes while the body is still
+    coming makes that client fail with a broken pipe instead of showing the
+    413. Like nginx's lingering close, read the rest first, up to
+    ``DRAIN_LIMIT`` bytes: a declared length over it is not read (the client
+    may then see a reset), and a body without a length is read only where the
+    server ends the stream itself (gunicorn's ``wsgi.input_terminated``).
+    """
+    length = request.content_length
+    if length is None and not request.environ.get("wsgi.input_terminated"):
+        return
+    left = DRAIN_LIMIT if length is None else length
+    if left > DRAIN_LIMIT:
+        return
+    stream = request.environ.get("wsgi.input")
+    if stream is None:
+        return
+    try:
+        while left > 0:
+            chunk = stream.read(min(65536, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+    except (OSError, ValueError):
+        pass  # the client went away: nothing left to answer
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(err: APIError):
+        if err.status == 413:
+            drain_refused_body()
         return error_response(err.status, err.message, code=err.code, details=err.details)
 
     @app.errorhandler(SpecValidationError)
@@ -74,6 +109,7 @@ def register_error_handlers(app: Flask) -> None:
         if status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"request body larger than {limit} bytes"
+            drain_refused_body()
         return error_response(status, message)
 
     @app.errorhandler(Exception)

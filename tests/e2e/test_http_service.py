@@ -241,6 +241,20 @@ def test_bad_requests_get_a_4xx_in_the_error_format(
         assert loc in [d["loc"] for d in error["details"]], error
 
 
+@pytest.mark.parametrize("size", [2 * 2**20, 12 * 2**20])
+def test_a_client_that_sends_its_whole_body_first_gets_the_413(service: Service, size: int):
+    """urllib (as requests) writes the whole body before it reads the answer.
+
+    The server must read a refused body (up to 16 MiB) before it answers and
+    closes, or such a client sees a broken pipe instead of the 413.
+    """
+    body = json.dumps({**JOB, "name": "x" * size}).encode()
+    for _ in range(3):
+        code, kind, raw = service.call("POST", "/api/v1/jobs", body)
+        assert (code, kind) == (413, "application/json"), raw[:300]
+        assert json.loads(raw)["error"]["code"] == "payload_too_large"
+
+
 def test_chunked_body_over_the_limit_is_413(service: Service):
     """Without a Content-Length the body is cut at 1 MiB; it must not be read as JSON."""
     body = json.dumps({**JOB, "name": "x" * 2**21}).encode()
