@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,16 +53,20 @@ def dump_checkpoint(ckpt: Checkpoint) -> bytes:
 
 
 def load_checkpoint(blob: bytes) -> Checkpoint:
-    """Read bytes written by ``dump_checkpoint``."""
+    """Read bytes written by ``dump_checkpoint``; anything else is a ``ValueError``."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise ValueError(f"a checkpoint is bytes, got {type(blob).__name__}")
     try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes().decode())
             opt = {k[4:]: z[k] for k in z.files if k.startswith("opt.")}
             best = z["best_params"] if "best_params" in z.files else None
             params = z["params"]
-    except (OSError, ValueError, KeyError) as exc:
+    # ValueError covers JSON and UTF-8 decoding errors; a truncated or
+    # corrupted archive is EOFError or BadZipFile
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"not a sweeplab checkpoint: {exc}") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError("not a sweeplab checkpoint")
     if meta.get("version") not in READABLE_VERSIONS:
         raise ValueError(

@@ -198,6 +198,20 @@ def infer_task(y: np.ndarray) -> str:
     return CLASSIFICATION if y.dtype.kind in "biuUSO" else REGRESSION
 
 
+def _n_val(group_size: int, validation_split: float) -> int:
+    return int(round(validation_split * group_size))
+
+
+def split_sizes(y: np.ndarray, validation_split: float, stratify: bool) -> tuple[int, int]:
+    """``(n_train, n_val)`` that ``stratified_split`` gives, without drawing it."""
+    n = len(y)
+    if validation_split <= 0:
+        return n, 0
+    groups = np.unique(y, return_counts=True)[1] if stratify else [n]
+    n_val = sum(_n_val(int(size), validation_split) for size in groups)
+    return n - n_val, n_val
+
+
 def stratified_split(
     y: np.ndarray, validation_split: float, rng: np.random.Generator, stratify: bool
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -209,7 +223,7 @@ def stratified_split(
     val = []
     for idx in groups:
         idx = rng.permutation(idx)
-        val.append(idx[: int(round(validation_split * len(idx)))])
+        val.append(idx[: _n_val(len(idx), validation_split)])
     val_idx = np.sort(np.concatenate(val))
     train_mask = np.ones(n, bool)
     train_mask[val_idx] = False
@@ -232,7 +246,7 @@ def load_dataset(dataset_spec) -> Dataset:
         ``standardize_targets`` and the dataset's own options (``n_samples``,
         ``noise``, ``arms``, ...; ``X``, ``y``, ``task`` for ``arrays``).
     """
-    from .spec import DatasetSpec, parse_dataset
+    from .spec import DatasetSpec, SpecError, parse_dataset
 
     ds = dataset_spec if isinstance(dataset_spec, DatasetSpec) else parse_dataset(dataset_spec)
     rng = np.random.default_rng(ds.seed)
@@ -259,6 +273,11 @@ def load_dataset(dataset_spec) -> Dataset:
         y = np.asarray(y, dtype=np.float64)
 
     train_idx, val_idx = stratified_split(y, ds.validation_split, rng, task == CLASSIFICATION)
+    if len(train_idx) == 0:
+        raise SpecError(
+            "dataset.validation_split",
+            f"{ds.validation_split} of {len(y)} rows leaves no training rows",
+        )
     X_train, X_val, y_train, y_val = X[train_idx], X[val_idx], y[train_idx], y[val_idx]
 
     data = Dataset(X_train, y_train, X_val, y_val, task, n_classes, ds.name, classes)
@@ -278,7 +297,12 @@ def load_dataset(dataset_spec) -> Dataset:
 def dataset_from_arrays(
     X_train, y_train, X_val=None, y_val=None, *, task: str | None = None, name: str = "arrays"
 ) -> Dataset:
-    """Wrap ready-made arrays (no split, no standardization) as a ``Dataset``."""
+    """Wrap ready-made arrays (no split, no standardization) as a ``Dataset``.
+
+    Class labels of any kind (``{-1, 1}``, strings, ...) are encoded as
+    ``0..k-1`` in sorted order, as ``load_dataset`` does; ``classes`` keeps the
+    originals (labels ``0..k-1`` stay as they are).
+    """
     X_train = np.asarray(X_train, np.float64)
     y_train = np.asarray(y_train)
     task = task or infer_task(y_train)
@@ -286,11 +310,22 @@ def dataset_from_arrays(
         X_val = np.empty((0, X_train.shape[1]))
         y_val = np.empty((0,) + y_train.shape[1:], y_train.dtype)
     X_val, y_val = np.asarray(X_val, np.float64), np.asarray(y_val)
-    n_classes = None
+    for part, X, y in (("train", X_train, y_train), ("val", X_val, y_val)):
+        if X.ndim != 2 or len(y) != len(X):
+            raise ValueError(
+                f"X_{part} must be 2-D with one row per entry of y_{part}, "
+                f"got shapes {X.shape} and {y.shape}"
+            )
+    if X_val.shape[1] != X_train.shape[1]:
+        raise ValueError(f"X_val has {X_val.shape[1]} columns, X_train {X_train.shape[1]}")
+    n_classes = classes = None
     if task == CLASSIFICATION:
-        y_train = y_train.astype(np.int64)
-        y_val = y_val.astype(np.int64)
-        n_classes = int(max(y_train.max(initial=0), y_val.max(initial=0)) + 1)
+        if y_train.ndim != 1 or y_val.ndim != 1:
+            raise ValueError("class labels must be one per row (1-D y_train and y_val)")
+        classes_arr, codes = np.unique(np.concatenate([y_train, y_val]), return_inverse=True)
+        codes = codes.reshape(-1).astype(np.int64)
+        y_train, y_val = codes[: len(y_train)], codes[len(y_train) :]
+        n_classes, classes = len(classes_arr), classes_arr.tolist()
     else:
         y_train, y_val = y_train.astype(np.float64), y_val.astype(np.float64)
-    return Dataset(X_train, y_train, X_val, y_val, task, n_classes, name)
+    return Dataset(X_train, y_train, X_val, y_val, task, n_classes, name, classes)

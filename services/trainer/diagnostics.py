@@ -14,8 +14,11 @@ vanishing_gradients  median ||dW_first|| / ||dW_last|| < 1e-3
 exploding_gradients  that ratio > 1e3, a layer's gradient norm > 1e3, or the
                      gradient norm grew 1000-fold during training
 dead_relus           >= 50% of a ReLU layer's units fired on no example
-overfitting          val loss rose >= 10% over >= 3 epochs since its best
-                     while the training loss kept falling
+overfitting          >= 3 epochs after its best, the validation loss is up
+                     >= 10% (and >= 0.005) over the median of the last 3
+                     epochs and above the training loss; over the last 3
+                     epochs the training loss fell and the validation loss
+                     rose, and the gap between them grew by >= 10% of the best
 underfitting         final training accuracy < 0.8 (classification) or
                      R^2 on the training set < 0.5 (regression)
 ==================== =========================================================
@@ -33,6 +36,7 @@ EXPLODING_NORM = 1e3
 DEAD_FRACTION = 0.5
 OVERFIT_RISE = 0.10
 OVERFIT_EPOCHS = 3
+OVERFIT_MIN_RISE = 0.005
 UNDERFIT_ACCURACY = 0.8
 UNDERFIT_R2 = 0.5
 
@@ -153,16 +157,20 @@ def diagnose(
     if norms and peak[1] > EXPLODING_RATIO * norms[0][1]:
         reasons.append(f"{peak[1] / norms[0][1]:.3g}-fold during training")
     if reasons:
-        findings.append(_finding(
-            "exploding_gradients",
-            "Gradient norms grew by orders of magnitude: " + "; ".join(reasons) + ".",
-            {"first_epoch_grad_norm": norms[0][1] if norms else None,
-             "peak_grad_norm": peak[1] if norms else None,
-             "peak_epoch": peak[0] if norms else None,
-             "median_first_to_last_grad_ratio": median_ratio},
-            "Set gradient_clip_norm (e.g. 1.0), lower the learning rate, or use a "
-            "smaller initialization (he / xavier).",
-        ))
+        findings.append(
+            _finding(
+                "exploding_gradients",
+                "Gradient norms grew by orders of magnitude: " + "; ".join(reasons) + ".",
+                {
+                    "first_epoch_grad_norm": norms[0][1] if norms else None,
+                    "peak_grad_norm": peak[1] if norms else None,
+                    "peak_epoch": peak[0] if norms else None,
+                    "median_first_to_last_grad_ratio": median_ratio,
+                },
+                "Set gradient_clip_norm (e.g. 1.0), lower the learning rate, or use a "
+                "smaller initialization (he / xavier).",
+            )
+        )
 
     if finite:
         dead = finite[-1].get("dead_relu_fraction") or []
@@ -182,10 +190,20 @@ def diagnose(
     if len(val) >= OVERFIT_EPOCHS + 1:
         best = min(val, key=lambda r: r["val_loss"])
         last = val[-1]
+        # a sustained rise (not one noisy epoch), of the validation loss
+        # against the training loss (not a run that got worse everywhere)
+        recent = statistics.median(r["val_loss"] for r in val[-OVERFIT_EPOCHS:])
+        rise = recent - best["val_loss"]
+        gap_growth = (last["val_loss"] - last["train_loss"]) - (
+            best["val_loss"] - best["train_loss"]
+        )
+        before = val[-OVERFIT_EPOCHS - 1]  # both still moving apart lately
         if (
             last["epoch"] - best["epoch"] >= OVERFIT_EPOCHS
-            and last["val_loss"] > best["val_loss"] * (1 + OVERFIT_RISE)
-            and last["train_loss"] < best["train_loss"]
+            and rise > max(OVERFIT_RISE * best["val_loss"], OVERFIT_MIN_RISE)
+            and last["train_loss"] < min(best["train_loss"], before["train_loss"])
+            and last["val_loss"] > max(last["train_loss"], before["val_loss"])
+            and gap_growth > OVERFIT_RISE * best["val_loss"]
         ):
             overfitting = True
             findings.append(

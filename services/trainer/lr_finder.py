@@ -18,7 +18,7 @@ import numpy as np
 
 from .data import Dataset, load_dataset
 from .network import Network, build_network, generators
-from .optimizers import get_optimizer
+from .optimizers import clip_by_global_norm, get_optimizer
 from .spec import parse_spec
 
 
@@ -77,6 +77,8 @@ def lr_range_test(
             net.backward(dO)
             if hp.l2:
                 net.grads_flat[: net.n_weights] += hp.l2 * net.params_flat[: net.n_weights]
+            if hp.gradient_clip_norm is not None:  # the same update as fit's
+                clip_by_global_norm(net.grads_flat, hp.gradient_clip_norm)
             optimizer.step(net.params_flat, net.grads_flat, lr)
             avg = smoothing * avg + (1 - smoothing) * loss
             s = avg / (1 - smoothing ** (i + 1))

@@ -199,8 +199,14 @@ class Network:
         return y[:, None] if y.ndim == 1 else y
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Final outputs (probabilities for classification) for ``X``, shape ``(n, n_out)``."""
-        X = np.asarray(X, self.dtype)
+        """Final outputs (probabilities for classification) for ``X``, shape ``(n, n_out)``.
+
+        One sample may be given as a vector of ``n_in`` numbers; its outputs
+        then come as a vector of ``n_out``.
+        """
+        X, one = self.as_rows(X)
+        if one:
+            return self.predict(X)[0]
         out = []
         act = get_activation(self.output_activation) if self.fused else None
         for s in range(0, max(len(X), 1), EVAL_CHUNK):
@@ -208,12 +214,30 @@ class Network:
             out.append(act.forward(O) if act is not None else O)
         return np.concatenate(out) if out else np.empty((0, self.layers[-1].n_out), self.dtype)
 
+    def as_rows(self, X, dtype=None) -> tuple[np.ndarray, bool]:
+        """``X`` as a 2-D array (of ``dtype``, default the network's), and whether
+        it was one sample (1-D)."""
+        X = np.asarray(X, dtype or self.dtype)
+        one = X.ndim == 1
+        if one:
+            X = X[None, :]
+        n_in = self.layers[0].n_in
+        if X.ndim != 2 or X.shape[1] != n_in:
+            raise ValueError(
+                f"expected rows of {n_in} features (or one sample of {n_in}), "
+                f"got shape {np.shape(X[0] if one else X)}"
+            )
+        return X, one
+
     def predict_labels(self, O: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Predicted classes (int64, shape ``(batch,)``) from outputs ``O`` of ``forward``."""
         if O.shape[1] == 1:
             threshold = 0.0 if self.fused else 0.5  # logit 0 is probability 0.5
-            return np.greater(O[:, 0], threshold, out=out, casting="unsafe") if out is not None \
+            return (
+                np.greater(O[:, 0], threshold, out=out, casting="unsafe")
+                if out is not None
                 else (O[:, 0] > threshold).astype(np.int64)
+            )
         return O.argmax(axis=1, out=out)
 
     def correct(self, O: np.ndarray, labels: np.ndarray) -> int:

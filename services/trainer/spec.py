@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
-from .data import CLASSIFICATION, DATASETS, REGRESSION, dataset_task
+from .data import CLASSIFICATION, DATASETS, REGRESSION, dataset_task, infer_task, split_sizes
 from .initializers import INITIALIZERS
 from .losses import LOSSES
 from .optimizers import OPTIMIZERS
@@ -198,8 +198,7 @@ def _number_or_none(
     return v
 
 
-def _int_or_none(d, loc, key, default=_MISSING, *, ge=None, le=None,
-                 nullable=True) -> int | None:
+def _int_or_none(d, loc, key, default=_MISSING, *, ge=None, le=None, nullable=True) -> int | None:
     path, v = _field(d, loc, key, default, nullable, "an integer")
     if v is None:
         return None
@@ -274,10 +273,15 @@ def parse_dataset(d: Any, loc: str = "dataset") -> DatasetSpec:
     )
     opts: dict[str, Any] = {}
     if name == "arrays":
-        opts["X"], opts["y"] = _arrays(d, loc)
         opts["task"] = _choice_or_none(d, loc, "task", (CLASSIFICATION, REGRESSION), None)
-        if opts["task"] == CLASSIFICATION and np.asarray(opts["y"]).ndim != 1:
-            raise SpecError(f"{loc}.y", "classification labels must be a flat list")
+        opts["X"], opts["y"] = _arrays(d, loc, opts["task"])
+        task = opts["task"] or infer_task(opts["y"])
+        n_train, _ = split_sizes(opts["y"], ds.validation_split, task == CLASSIFICATION)
+        if n_train == 0:
+            raise SpecError(
+                f"{loc}.validation_split",
+                f"{ds.validation_split} of {len(opts['y'])} rows leaves no training rows",
+            )
     for key, default in info.options.items():
         if key in ("X", "y", "task"):
             continue
@@ -297,7 +301,8 @@ def parse_dataset(d: Any, loc: str = "dataset") -> DatasetSpec:
     return ds
 
 
-def _arrays(d: dict, loc: str) -> tuple[np.ndarray, np.ndarray]:
+def _arrays(d: dict, loc: str, task: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """``X`` (float64, 2-D) and ``y``: labels (one per row) or float targets."""
     if "X" not in d or "y" not in d:
         raise SpecError(f"{loc}.{'X' if 'X' not in d else 'y'}", "is required for 'arrays'")
     try:
@@ -310,14 +315,32 @@ def _arrays(d: dict, loc: str) -> tuple[np.ndarray, np.ndarray]:
         raise SpecError(f"{loc}.X", f"must have shape (n_samples >= 2, n_features), got {X.shape}")
     if not np.isfinite(X).all():
         raise SpecError(f"{loc}.X", "must hold finite numbers only (no NaN or inf)")
-    y_raw = d["y"]
-    y = np.asarray(y_raw)
+    try:
+        y = np.asarray(d["y"])
+    except (TypeError, ValueError):
+        y = np.empty(0, object)
     if y.dtype == object or y.ndim == 0 or y.ndim > 2:
         raise SpecError(f"{loc}.y", "must be a list of labels or numbers (or rows of numbers)")
     if y.shape[0] != X.shape[0]:
         raise SpecError(f"{loc}.y", f"has {y.shape[0]} rows but X has {X.shape[0]}")
-    if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise SpecError(f"{loc}.y", "must hold finite numbers only (no NaN or inf)")
+    if (task or infer_task(y)) == CLASSIFICATION:
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise SpecError(f"{loc}.y", "must hold finite numbers only (no NaN or inf)")
+        if y.ndim != 1:
+            raise SpecError(
+                f"{loc}.y",
+                f"classification labels must be one label per row, got rows of {y.shape[1]} "
+                "(for one-hot rows give each row's class; for several targets per row give "
+                "floats or set task to 'regression')",
+            )
+    else:
+        if y.dtype.kind not in "biuf":
+            raise SpecError(f"{loc}.y", "regression targets must be numbers")
+        y = y.astype(np.float64)
+        if not np.isfinite(y).all():
+            raise SpecError(f"{loc}.y", "must hold finite numbers only (no NaN or inf)")
     return X, y
 
 
@@ -532,10 +555,14 @@ def parse_spec(d: Any) -> Spec:
     arch.output_activation, hp.loss = resolve_head(task, n_classes, arch.output_activation, hp.loss)
     es = hp.early_stopping
     if es is not None:
-        if es.metric.startswith("val_") and dataset.validation_split == 0:
+        no_val = dataset.validation_split == 0
+        if dataset.name == "arrays":
+            no_val = split_sizes(dataset.options["y"], dataset.validation_split,
+                                 task == CLASSIFICATION)[1] == 0  # fmt: skip
+        if es.metric.startswith("val_") and no_val:
             raise SpecError(
                 "hyperparameters.early_stopping.metric",
-                f"{es.metric!r} needs dataset.validation_split > 0",
+                f"{es.metric!r} needs a validation set: raise dataset.validation_split",
             )
         if es.metric.endswith("accuracy") and task == REGRESSION:
             raise SpecError(

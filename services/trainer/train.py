@@ -49,7 +49,7 @@ from .losses import CrossEntropy
 from .network import Network, build_network, generators
 from .optimizers import clip_by_global_norm, get_optimizer
 from .schedules import learning_rate
-from .spec import Spec, parse_spec
+from .spec import Spec, SpecError, parse_spec
 
 GATHER_PER_EPOCH_BYTES = 8 << 20
 COMPLETED, EARLY_STOPPED, DIVERGED, STOPPED = "completed", "early_stopped", "diverged", "stopped"
@@ -77,9 +77,12 @@ class TrainResult:
         Applies the training set's standardization to ``X`` first; returns class
         labels for classification and targets (standardization undone) for
         regression. ``network.predict`` is the lower-level call: standardized
-        inputs in, probabilities / standardized values out.
+        inputs in, probabilities / standardized values out. One sample may be
+        given as a vector; its prediction then comes alone (not in an array).
         """
-        X = np.asarray(X, np.float64)
+        X, one = self.network.as_rows(X, np.float64)
+        if one:
+            return self.predict(X)[0]
         d = self.data
         if d is not None and d.feature_mean is not None:
             X = (X - d.feature_mean) / d.feature_std
@@ -314,6 +317,12 @@ def fit(
     data = _as_dataset(data) if data is not None else load_dataset(spec.dataset)
     if len(data.X_train) == 0:
         raise ValueError("the training set is empty")
+    es_metric = hp.early_stopping.metric if hp.early_stopping is not None else ""
+    if es_metric.startswith("val_") and len(data.X_val) == 0:
+        raise SpecError(
+            "hyperparameters.early_stopping.metric",
+            f"{es_metric!r} needs a validation set, and this data has no validation rows",
+        )
     init_rng, rng = generators(hp.seed)
     net = network if network is not None else build_network(spec, data, init_rng)
     if data.n_features != net.layers[0].n_in:
@@ -375,7 +384,12 @@ def fit(
     # batch into a buffer that then stays hot for the matrix products. Both
     # give the same batches, so the same numbers.
     # Targets go to the loss F-ordered, like the training pass's outputs.
-    measure_train = (classification and not running) or not has_val  # a pass over X_train
+    # A pass over X_train after the epoch: for the accuracy, and for the ReLU
+    # units that fired on a training row (regression too), unless "running"
+    # asked to save it (the validation rows stand in) or there is nothing else.
+    measure_train = (
+        hp.train_metrics != "running" and (classification or any(relu_layers))
+    ) or not has_val
     Y_train_F = np.asfortranarray(Y_train) if measure_train else Y_train
     per_epoch_gather = X_ones.nbytes + Y_train.nbytes <= GATHER_PER_EPOCH_BYTES
     if per_epoch_gather:
@@ -537,9 +551,7 @@ def fit(
             elapsed = seconds_before + time.perf_counter() - started
             on_checkpoint(
                 epoch,
-                _checkpoint(
-                    spec, net, optimizer, rng, tracker, best_params, epoch, elapsed
-                ),
+                _checkpoint(spec, net, optimizer, rng, tracker, best_params, epoch, elapsed),
             )
 
     if restore_best and status in (COMPLETED, EARLY_STOPPED) and tracker.best_epoch is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.trainer import SpecError, load_dataset
+from services.trainer import SpecError, dataset_from_arrays, fit, load_dataset
 from services.trainer.data import DATASETS
 
 EXPECTED = {
@@ -122,3 +122,43 @@ def test_bad_dataset_spec_is_a_spec_error():
     with pytest.raises(SpecError) as err:
         load_dataset({"name": "moons", "arms": 2})
     assert err.value.loc == "dataset.arms"
+
+
+def test_arrays_dataset_labels_in_a_column_are_classes():
+    spec = {"name": "arrays", "X": [[i] for i in range(8)], "y": [[0], [1]] * 4}
+    for task in (None, "classification"):
+        data = load_dataset({**spec, "task": task} if task else spec)
+        assert data.task == "classification" and data.y_train.ndim == 1 and data.n_classes == 2
+
+
+def test_a_synthetic_split_that_leaves_no_training_row_names_the_field():
+    with pytest.raises(SpecError) as err:
+        load_dataset({"name": "xor", "n_samples": 4, "noise": 0, "validation_split": 0.9})
+    assert err.value.loc == "dataset.validation_split"
+
+
+@pytest.mark.parametrize("labels", [[-1, 1], [1, 2], ["neg", "pos"], [False, True]], ids=str)
+def test_dataset_from_arrays_encodes_any_two_labels_as_a_binary_task(labels):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 2))
+    codes = (X[:, 0] > 0).astype(int)
+    y = np.asarray(labels)[codes]
+    data = dataset_from_arrays(X[:40], y[:40], X[40:], y[40:])
+    assert data.n_classes == 2 and data.classes == list(np.asarray(labels))
+    assert (
+        data.y_train.tolist() == codes[:40].tolist() and data.y_val.tolist() == codes[40:].tolist()
+    )
+    spec = {
+        "dataset": {"name": "digits"},
+        "architecture": {"layers": [{"units": 8}]},
+        "hyperparameters": {"learning_rate": 0.1, "epochs": 30, "optimizer": "adam"},
+    }
+    result = fit(spec, data=data)
+    assert result.network.layers[-1].n_out == 1  # sigmoid head, not a phantom third class
+    assert result.history[-1]["train_loss"] > 0 and result.history[-1]["val_accuracy"] > 0.9
+    assert set(result.predict(X[40:]).tolist()) <= set(np.asarray(labels).tolist())
+
+
+def test_dataset_from_arrays_rejects_mismatched_rows():
+    with pytest.raises(ValueError, match="one row per entry"):
+        dataset_from_arrays(np.zeros((5, 2)), np.zeros(4, int))

@@ -79,6 +79,36 @@ def test_tiny_dataset_and_big_network_overfit():
     assert "overfitting" in _codes(result)
 
 
+def _history(train, val):
+    return [
+        {"epoch": e, "train_loss": t, "val_loss": v, "train_accuracy": 0.95}
+        for e, (t, v) in enumerate(zip(train, val, strict=True), start=1)
+    ]
+
+
+def _overfit_codes(train, val):
+    return [f["code"] for f in diagnose(_history(train, val)) if f["code"] == "overfitting"]
+
+
+def test_overfitting_needs_a_sustained_rise_above_a_falling_training_loss():
+    falling = [1.0, 0.6, 0.4, 0.3, 0.22, 0.16, 0.12, 0.09]
+    assert _overfit_codes(falling, [0.9, 0.6, 0.45, 0.44, 0.48, 0.53, 0.58, 0.64]) == [
+        "overfitting"
+    ]
+    # validation below the training loss, wobbling (dropout, noise): not overfitting
+    assert _overfit_codes([0.29] * 8, [0.19, 0.2, 0.21, 0.19, 0.22, 0.2, 0.21, 0.213]) == []
+    # one noisy last epoch after a flat stretch
+    assert _overfit_codes(falling, [0.9, 0.6, 0.45, 0.44, 0.45, 0.44, 0.45, 0.6]) == []
+    # a run that blew up: both losses rise together
+    blown = [1e33, 1e11, 1.2e11, 1.4e11, 1.6e11, 1.8e11, 2e11, 2.1e11]
+    assert _overfit_codes(blown, [6e10, 1e11, 1.2e11, 1.4e11, 1.6e11, 1.8e11, 2e11, 2.1e11]) == []
+    # a rise of a thousandth at 100% accuracy
+    tiny = [0.1, 0.05, 0.03, 0.02, 0.015, 0.012, 0.011, 0.0108]
+    assert (
+        _overfit_codes(tiny, [0.0017, 0.0015, 0.0016, 0.0018, 0.0022, 0.0025, 0.0026, 0.0027]) == []
+    )
+
+
 def test_linear_model_on_spirals_underfits():
     result = fit(_spec({"name": "spirals"}, [], epochs=30))
     assert _codes(result) == ["underfitting"]
@@ -106,6 +136,15 @@ def test_lr_range_test_finds_divergence_and_suggests_a_rate():
     assert 1e-3 < result["suggested_lr"] < 10.0
     assert min(result["smoothed_losses"]) < 0.8 * result["smoothed_losses"][0]
     json.dumps(result, allow_nan=False)
+
+
+def test_lr_range_test_clips_gradients_as_fit_does():
+    spec = _spec({"name": "digits"}, [{"units": 32}], optimizer="sgd")
+    plain = lr_range_test(spec, lr_min=1e-3, lr_max=10.0, steps=30)
+    spec["hyperparameters"]["gradient_clip_norm"] = 0.01
+    clipped = lr_range_test(spec, lr_min=1e-3, lr_max=10.0, steps=30)
+    assert clipped["losses"][0] == plain["losses"][0]  # the same first batch, before any update
+    assert clipped["losses"][1:] != plain["losses"][1 : len(clipped["losses"])]
 
 
 def test_lr_range_test_without_divergence():

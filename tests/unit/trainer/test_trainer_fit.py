@@ -10,8 +10,10 @@ import pytest
 
 from services.trainer import (
     Network,
+    SpecError,
     TrainResult,
     build_network,
+    checkpoint,
     dataset_from_arrays,
     fit,
     flatten_record,
@@ -177,8 +179,11 @@ def test_divergence_ends_the_epoch_at_the_first_non_finite_batch(monkeypatch, da
     spec = make_spec(
         dataset=dataset,
         architecture={"layers": [{"units": 32}, {"units": 32}]},
-        hyperparameters={"learning_rate": 1e3 if loss == "mse" else 1e6, "epochs": 5,
-                         "batch_size": 4},
+        hyperparameters={
+            "learning_rate": 1e3 if loss == "mse" else 1e6,
+            "epochs": 5,
+            "batch_size": 4,
+        },
     )
     # per batch what fit checks: the loss, or for cross-entropy the picked
     # logits' sum that CrossEntropy.gradient returns (finite iff the loss is)
@@ -204,6 +209,7 @@ def test_divergence_ends_the_epoch_at_the_first_non_finite_batch(monkeypatch, da
     assert len(last["grad_norm"]) == len(last["dead_relu_fraction"]) == 3
     json.dumps(last, allow_nan=False)
     assert all(math.isfinite(r["train_loss"]) for r in result.history[:-1])
+
 
 def test_training_buffers_per_batch_size_and_none_per_evaluation_chunk():
     spec = make_spec(hyperparameters={"epochs": 2, "batch_size": 32})
@@ -291,9 +297,7 @@ def test_resume_equals_uninterrupted_bit_for_bit(optimizer):
     assert sorted(blobs) == [3, 6] and all(isinstance(b, bytes) for b in blobs.values())
     for epoch, blob in blobs.items():
         seen = []
-        resumed = fit(
-            spec, resume_from=blob, history=full.history[:epoch], on_epoch=seen.append
-        )
+        resumed = fit(spec, resume_from=blob, history=full.history[:epoch], on_epoch=seen.append)
         assert [r["epoch"] for r in seen] == list(range(epoch + 1, 10))
         assert strip_seconds(resumed.history) == strip_seconds(full.history)
         assert resumed.network.params_flat.tobytes() == full.network.params_flat.tobytes()
@@ -380,6 +384,18 @@ def test_checkpoint_is_not_a_pickle():
         assert "params" in z.files and "meta" in z.files
     with pytest.raises(ValueError):
         fit(make_spec(), resume_from=b"garbage")
+
+
+def test_a_damaged_checkpoint_is_a_value_error():
+    blobs = []
+    fit(make_spec(hyperparameters={"epochs": 2}), checkpoint_every=1,
+        on_checkpoint=lambda e, b: blobs.append(b))  # fmt: skip
+    blob = blobs[0]
+    flipped = bytearray(blob)
+    flipped[len(blob) // 2] ^= 0xFF
+    for bad in (b"", blob[: len(blob) // 2], blob[:-40], bytes(flipped), "text"):
+        with pytest.raises(ValueError, match="checkpoint"):
+            checkpoint.load_checkpoint(bad)  # type: ignore[arg-type]
 
 
 def test_reproducible_bit_for_bit_and_seed_matters():
@@ -497,6 +513,57 @@ def test_no_validation_split():
     assert result.best_epoch is not None
 
 
+def test_early_stopping_on_a_validation_metric_needs_validation_rows():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 2))
+    data = dataset_from_arrays(X, (X[:, 0] > 0).astype(int))  # no validation set
+    with pytest.raises(SpecError) as err:
+        fit(make_spec(hyperparameters={"early_stopping": {"patience": 2}}), data=data)
+    assert err.value.loc == "hyperparameters.early_stopping.metric"
+
+
+def _dead_fractions(net, X) -> list:
+    """Per layer, the share of ReLU units that fire on no row of ``X`` (None for the head)."""
+    X, dead = net.as_rows(X)[0], []
+    for layer in net.layers[:-1]:
+        X = layer.activation.forward(X @ layer.params["W"] + layer.params["b"])
+        dead.append(float(1.0 - (X > 0).any(axis=0).mean()))
+    return dead + [None]
+
+
+def test_regression_dead_units_are_counted_on_the_training_rows():
+    """Not on the validation rows (3 here), unless "running" asks to save the pass."""
+    spec = make_spec(
+        dataset={"name": "sine", "n_samples": 60, "validation_split": 0.05, "seed": 1},
+        architecture={"layers": [{"units": 16}, {"units": 16}]},
+        hyperparameters={"epochs": 3, "optimizer": "adam", "learning_rate": 0.01},
+    )
+    result = fit(spec)
+    data, net = result.data, result.network
+    assert data is not None and len(data.X_val) == 3
+    on_train = _dead_fractions(net, data.X_train)
+    assert on_train != _dead_fractions(net, data.X_val)  # the two really differ here
+    assert result.history[-1]["dead_relu_fraction"] == pytest.approx(on_train)
+    spec["hyperparameters"]["train_metrics"] = "running"
+    running = fit(spec)
+    assert running.history[-1]["train_loss"] == result.history[-1]["train_loss"]
+    assert running.history[-1]["dead_relu_fraction"] == pytest.approx(
+        _dead_fractions(running.network, data.X_val)
+    )
+
+
+def test_predict_takes_one_sample_as_a_vector():
+    result = fit(make_spec(hyperparameters={"epochs": 2}))
+    data = result.data
+    assert data is not None and data.feature_std is not None
+    rows = data.X_val[:3]
+    raw = rows * data.feature_std + data.feature_mean
+    assert result.predict(raw[0]) == result.predict(raw)[0]
+    assert np.array_equal(result.network.predict(rows[1]), result.network.predict(rows)[1])
+    with pytest.raises(ValueError, match="2 features"):
+        result.predict([0.1, 0.2, 0.3])
+
+
 def test_running_train_metrics_mode():
     result = fit(make_spec(hyperparameters={"epochs": 3, "train_metrics": "running"}))
     assert all(0 <= r["train_accuracy"] <= 1 for r in result.history)
@@ -516,16 +583,32 @@ def test_per_batch_gather_for_big_sets_gives_the_same_numbers(monkeypatch):
 
 def test_result_predict_takes_raw_inputs_and_returns_labels_or_targets():
     table = [[0, 0], [0, 1], [1, 0], [1, 1]]
-    result = fit({"dataset": {"name": "arrays", "X": table * 5, "y": ["no", "yes", "yes", "no"] * 5,
-                              "validation_split": 0},
-                  "architecture": {"layers": [{"units": 8, "activation": "tanh"}]},
-                  "hyperparameters": {"learning_rate": 0.3, "optimizer": "adam", "epochs": 200,
-                                      "batch_size": None}})
+    result = fit(
+        {
+            "dataset": {
+                "name": "arrays",
+                "X": table * 5,
+                "y": ["no", "yes", "yes", "no"] * 5,
+                "validation_split": 0,
+            },
+            "architecture": {"layers": [{"units": 8, "activation": "tanh"}]},
+            "hyperparameters": {
+                "learning_rate": 0.3,
+                "optimizer": "adam",
+                "epochs": 200,
+                "batch_size": None,
+            },
+        }
+    )
     assert result.predict(table).tolist() == ["no", "yes", "yes", "no"]
     X = np.linspace(0, 3, 80)[:, None]
-    reg = fit({"dataset": {"name": "arrays", "X": X, "y": 100 + 10 * X[:, 0]},
-               "architecture": {"layers": [{"units": 8, "activation": "tanh"}]},
-               "hyperparameters": {"learning_rate": 0.01, "optimizer": "adam", "epochs": 100}})
+    reg = fit(
+        {
+            "dataset": {"name": "arrays", "X": X, "y": 100 + 10 * X[:, 0]},
+            "architecture": {"layers": [{"units": 8, "activation": "tanh"}]},
+            "hyperparameters": {"learning_rate": 0.01, "optimizer": "adam", "epochs": 100},
+        }
+    )
     assert reg.predict([[1.5]]) == pytest.approx([115.0], abs=1.0)
 
 
@@ -537,13 +620,20 @@ def test_sgd_folding_the_learning_rate_into_the_loss_gradient_changes_no_number(
     spec = make_spec(
         dataset={"name": dataset, "validation_split": 0.2},
         architecture={"layers": [{"units": 32}, {"units": 16}]},
-        hyperparameters={"epochs": 4, "batch_size": 50, "dtype": "float64",
-                         "learning_rate": 0.01,
-                         "lr_schedule": {"name": "cosine", "warmup_epochs": 1}},
+        hyperparameters={
+            "epochs": 4,
+            "batch_size": 50,
+            "dtype": "float64",
+            "learning_rate": 0.01,
+            "lr_schedule": {"name": "cosine", "warmup_epochs": 1},
+        },
     )
     folded = fit(spec)
-    plain = fit(make_spec(**{**spec, "hyperparameters": {**spec["hyperparameters"],
-                                                         "gradient_clip_norm": 1e12}}))
+    plain = fit(
+        make_spec(
+            **{**spec, "hyperparameters": {**spec["hyperparameters"], "gradient_clip_norm": 1e12}}
+        )
+    )
     for a, b in zip(folded.history, plain.history, strict=True):
         assert a.keys() == b.keys()
         for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "learning_rate"):
@@ -567,8 +657,11 @@ def test_checkpoint_arrays_are_in_the_plain_layer_order():
     result = fit(spec, checkpoint_every=1, on_checkpoint=lambda e, b: blobs.setdefault(e, b))
     ckpt = checkpoint.load_checkpoint(blobs[1])
     net = result.network
-    resumed = fit({**spec, "hyperparameters": {**spec["hyperparameters"], "epochs": 1}},
-                  resume_from=blobs[1], history=result.history[:1])  # already done: no step
+    resumed = fit(
+        {**spec, "hyperparameters": {**spec["hyperparameters"], "epochs": 1}},
+        resume_from=blobs[1],
+        history=result.history[:1],
+    )  # already done: no step
     layers = resumed.network.layers
     plain = np.concatenate([L.params[k].ravel() for k in ("W", "b") for L in layers])
     assert np.array_equal(ckpt.params, plain)
@@ -593,8 +686,12 @@ def test_cross_entropy_losses_taken_at_the_epochs_end_equal_the_per_batch_ones(d
     spec = make_spec(
         dataset={"name": "digits", "validation_split": 0.2},
         architecture={"layers": [{"units": 24}]},
-        hyperparameters={"epochs": 3, "batch_size": 100, "dtype": dtype,
-                         "train_metrics": "running"},
+        hyperparameters={
+            "epochs": 3,
+            "batch_size": 100,
+            "dtype": dtype,
+            "train_metrics": "running",
+        },
     )
     data = load_dataset(parse_spec(spec).dataset)
     net = build_network(parse_spec(spec), data)

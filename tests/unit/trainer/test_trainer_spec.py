@@ -285,6 +285,64 @@ def test_bad_spec_names_the_path(path, value, loc):
         ),
         ({**MINIMAL, "dataset": {"name": "arrays", "X": [[1], [2]], "y": [1, 1]}}, "dataset.y"),
         ({**MINIMAL, "dataset": {"name": "arrays", "y": [1, 1]}}, "dataset.X"),
+        # one-hot rows, ragged rows, strings as regression targets
+        (
+            {
+                **MINIMAL,
+                "dataset": {
+                    "name": "arrays",
+                    "X": [[0], [1], [2], [3]],
+                    "y": [[1, 0], [0, 1], [0, 1], [1, 0]],
+                },
+            },
+            "dataset.y",
+        ),
+        (
+            {
+                **MINIMAL,
+                "dataset": {"name": "arrays", "X": [[0], [1], [2]], "y": [[1, 2], [3], [4, 5]]},
+            },
+            "dataset.y",
+        ),
+        (
+            {
+                **MINIMAL,
+                "dataset": {
+                    "name": "arrays",
+                    "X": [[0], [1], [2], [3]],
+                    "y": ["a", "b", "a", "b"],
+                    "task": "regression",
+                },
+            },
+            "dataset.y",
+        ),
+        # 0.9 of 2 + 2 rows, split per class, leaves no training row
+        (
+            {
+                **MINIMAL,
+                "dataset": {
+                    "name": "arrays",
+                    "X": [[0], [1], [2], [3]],
+                    "y": [0, 1, 0, 1],
+                    "validation_split": 0.9,
+                },
+            },
+            "dataset.validation_split",
+        ),
+        # 0.1 of 2 + 2 rows, split per class, leaves no validation row to stop on
+        (
+            {
+                "dataset": {
+                    "name": "arrays",
+                    "X": [[0], [1], [2], [3]],
+                    "y": [0, 1, 0, 1],
+                    "validation_split": 0.1,
+                },
+                "architecture": {"layers": []},
+                "hyperparameters": {"learning_rate": 0.1, "early_stopping": {"patience": 2}},
+            },
+            "hyperparameters.early_stopping.metric",
+        ),
         ({**MINIMAL, "dataset": {"name": "iris", "noise": 0.1}}, "dataset.noise"),
         (
             {
