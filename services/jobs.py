@@ -549,6 +549,8 @@ class JobRun:
         self.buffer.append(metric_row(epoch, flat))
         if self._cancel_flag():
             self.stop_reason = "cancelled"
+        if self.prune is not None and self.stop_reason is None:
+            self._check_prune()
         if self.stop_reason or time.monotonic() - self.last_flush >= self.settings.flush_seconds:
             self.flush()
         return self.stop_reason is not None
@@ -566,8 +568,21 @@ class JobRun:
             self.redis_ok = False
             return False
 
+    def _check_prune(self) -> None:
+        """The sweep's pruning rule at this epoch boundary, against the peers' stored epochs."""
+        assert self.prune is not None
+        try:
+            with self.sessions() as session:
+                reason = self.prune(session, self.tracker.epochs_done, self.tracker.running_best)
+                session.rollback()
+        except Exception:  # the database is checked again at the next boundary
+            log.warning("pruning check failed for job %s", self.job_id, exc_info=True)
+            return
+        if reason:
+            self.stop_reason, self.prune_reason = "pruned", reason
+
     def flush(self) -> None:
-        """Write buffered epochs (and the latest checkpoint); check cancel and pruning."""
+        """Write buffered epochs (and the latest checkpoint); check cancel."""
         with self.sessions() as session:
             result = record_epochs(
                 session,
@@ -584,10 +599,6 @@ class JobRun:
                 return
             if result.cancel_requested and self.stop_reason is None:
                 self.stop_reason = "cancelled"
-            if self.prune is not None and self.stop_reason is None and self.buffer:
-                reason = self.prune(session, self.tracker.epochs_done, self.tracker.running_best)
-                if reason:
-                    self.stop_reason, self.prune_reason = "pruned", reason
             session.commit()
         self.buffer, self.pending_checkpoint = [], None
         self.last_flush = time.monotonic()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -316,6 +317,10 @@ def propose(sweep: Sweep, index: int, trials: list[Job]) -> tuple[dict[str, Any]
 # --- early stopping --------------------------------------------------------------------------
 
 
+#: The median rule's peer query runs at most this often per trial (ASHA's at its rungs).
+MEDIAN_CHECK_SECONDS = 0.1
+
+
 def policy_for(session: Session, job: Job) -> tuple[Objective, PruneFn | None]:
     """The objective a job is ranked by, and its sweep's pruning rule (if any)."""
     if not job.sweep_id:
@@ -328,12 +333,20 @@ def policy_for(session: Session, job: Job) -> tuple[Objective, PruneFn | None]:
     if not raw:
         return objective, None
     policy = EarlyStoppingPolicy.model_validate(raw)
-    state: dict[str, int] = {"checked": 0}
+    state: dict[str, float] = {"checked": 0, "queried_at": -math.inf}
     epochs_total = job.epochs_total
     job_id, sweep_id = job.id, job.sweep_id
 
     def prune(session: Session, epoch: int, running_best: dict[int, float | None]) -> str | None:
+        """Called at each epoch boundary: ASHA at its rungs, the median rule at
+        most every ``MEDIAN_CHECK_SECONDS`` (its query reads every peer's epochs)."""
         if policy.policy == "median":
+            if epoch < policy.min_epochs or epoch >= epochs_total:
+                return None
+            now = time.monotonic()
+            if now - state["queried_at"] < MEDIAN_CHECK_SECONDS:
+                return None
+            state["queried_at"] = now
             return median_rule(
                 session, sweep_id=sweep_id, job_id=job_id, objective=objective,
                 policy=policy, epoch=epoch, value=running_best.get(epoch),

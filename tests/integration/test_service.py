@@ -129,11 +129,29 @@ def test_median_pruning_prunes_the_hopeless(stack: Stack):
     assert pruned, [(j.status, j.params) for j in jobs]
     for job in pruned:
         assert job.params["hyperparameters.learning_rate"] < 1e-5
-        assert job.prune_reason and job.prune_reason.startswith("median stopping")
-        assert 2 <= job.epochs_done < 15
+        assert job.prune_reason and job.prune_reason.startswith("median stopping at epoch 2:")
+        # checked at every epoch boundary: when the hopeless trials start, two peers
+        # have finished, so the rule stops them at its first epoch (min_epochs)
+        assert job.epochs_done == 2
         assert_every_epoch_once(stack, job.id)
     assert done["counts"]["pruned"] == len(pruned)
     assert {j.status for j in jobs[:3]} == {"succeeded"}
+
+
+def test_asha_prunes_at_its_rung_epochs(stack: Stack):
+    sweep = stack.post("/sweeps", {
+        "base": slow_spec(15), "method": "grid", "max_concurrency": 2,
+        "parameters": {"hyperparameters.learning_rate": {"values": [0.1, 0.05, 1e-6, 2e-6]}},
+        "early_stopping": {"policy": "asha", "min_epochs": 2, "reduction_factor": 3},
+    })  # fmt: skip
+    stack.wait_sweep(sweep["id"], timeout=180)
+    jobs = stack.sweep_jobs(sweep["id"])
+    pruned = [j for j in jobs if j.status == "pruned"]
+    assert {j.params["hyperparameters.learning_rate"] for j in pruned} >= {1e-6, 2e-6}
+    for job in pruned:  # rungs 2 and 6 of 15 epochs
+        assert job.epochs_done in (2, 6), (job.epochs_done, job.prune_reason)
+        assert job.prune_reason.startswith(f"asha rung at epoch {job.epochs_done}:")
+        assert_every_epoch_once(stack, job.id)
 
 
 def test_tpe_sweep_proposes_from_optuna(stack: Stack):
