@@ -43,6 +43,8 @@ class Settings:
     requeue_seconds: float = 300.0
     # How often each worker asks for a recover pass (at most one runs per period).
     recover_seconds: float = 30.0
+    # How often each worker asks for an MLflow catch-up pass (at most one per period).
+    mirror_catch_up_seconds: float = 60.0
     checkpoint_every: int = 10
     flush_seconds: float = 0.5
     blas_threads: int = 1
@@ -75,6 +77,9 @@ class Settings:
             max_attempts=int(env.get("SWEEPLAB_MAX_ATTEMPTS") or cls.max_attempts),
             requeue_seconds=float(env.get("SWEEPLAB_REQUEUE_SECONDS") or cls.requeue_seconds),
             recover_seconds=float(env.get("SWEEPLAB_RECOVER_SECONDS") or cls.recover_seconds),
+            mirror_catch_up_seconds=float(
+                env.get("SWEEPLAB_MIRROR_CATCH_UP_SECONDS") or cls.mirror_catch_up_seconds
+            ),
             checkpoint_every=int(env.get("SWEEPLAB_CHECKPOINT_EVERY") or cls.checkpoint_every),
             flush_seconds=float(env.get("SWEEPLAB_FLUSH_SECONDS") or cls.flush_seconds),
             blas_threads=int(env.get("SWEEPLAB_BLAS_THREADS") or cls.blas_threads),

@@ -345,6 +345,16 @@ class SweepCreate(Strict):
             raise _error_at("n_trials", f"method '{self.method}' needs n_trials")
         elif self.n_trials > limits.max_trials:
             raise _error_at("n_trials", f"n_trials must be at most {limits.max_trials}")
+        if (
+            self.objective.metric.startswith("val_")
+            and self.base.dataset.validation_split == 0
+            and "dataset.validation_split" not in self.parameters
+        ):
+            raise _error_at(
+                "objective.metric",
+                f"objective '{self.objective.metric}' needs a validation set, but "
+                "base.dataset.validation_split is 0 (use train_loss or train_accuracy)",
+            )
         return self
 
     def total_trials(self) -> int:

@@ -21,7 +21,6 @@ from services.config import Settings
 log = logging.getLogger(__name__)
 
 RETRY_CAP_S = 300  # back off up to 5 minutes between attempts while MLflow is down
-PENDING_EVERY_S = 60  # mirror_pending re-runs itself this often while something lags
 PENDING_GUARD = "sweeplab:mirror_pending:scheduled"
 LOW = tracking.LOW_PRIORITY
 
@@ -67,19 +66,8 @@ def mirror_sweep(self, sweep_id: str) -> str:
 
 @shared_task(name=tracking.MIRROR_PENDING_TASK, bind=True, acks_late=True)
 def mirror_pending(self) -> dict[str, int]:
-    """Mirror every job and sweep whose mirror lags; run again later while some still do."""
-    settings = Settings.from_env()
-    counts = tracking.mirror_pending(settings)
-    if counts["left"]:
-        try:  # one pending re-run at a time across all workers
-            redis = tracking.redis_client(settings)
-            if redis.set(PENDING_GUARD, 1, nx=True, ex=PENDING_EVERY_S - 5):
-                self.apply_async(
-                    countdown=PENDING_EVERY_S, queue=settings.celery_queue, priority=LOW
-                )
-        except Exception:
-            log.warning("could not schedule the next mirror catch-up", exc_info=True)
-    return counts
+    """Mirror every job and sweep whose mirror lags (each worker's ticker sends it)."""
+    return tracking.mirror_pending(Settings.from_env())
 
 
 def _follow_sweep(settings: Settings, job_id: str) -> None:
@@ -101,11 +89,16 @@ def _warm_up(**_kwargs) -> None:
 
 @signals.worker_ready.connect
 def _catch_up_at_start(sender=None, **_kwargs) -> None:
-    """Catch up on what was not mirrored while no worker (or no MLflow) was up."""
+    """Catch up on what was not mirrored while no worker, MLflow or Redis was up: at
+    start, then every ``mirror_catch_up_seconds`` (a hook whose message was lost, a
+    job that finished while Redis was away, is found there)."""
+    from worker.tasks import Ticker, start_ticker
+
     settings = Settings.from_env()
     if not tracking.enabled(settings):
         return
-    try:
-        tracking.send_task(settings, tracking.MIRROR_PENDING_TASK, [], countdown=5)
-    except Exception:
-        log.warning("could not enqueue the MLflow catch-up", exc_info=True)
+    start_ticker(Ticker(
+        settings, "mirror-catch-up",
+        lambda: tracking.send_task(settings, tracking.MIRROR_PENDING_TASK, []),
+        settings.mirror_catch_up_seconds, PENDING_GUARD,
+    ))  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,56 +61,67 @@ def _after_fork(**_kwargs: object) -> None:
     threadpool_limits(limits=Settings.from_env().blas_threads)
 
 
-class RecoverTicker:
-    """Ask for a ``sweeplab.recover`` pass every ``recover_seconds``, from the worker's
-    main process.
+class Ticker:
+    """Call ``send`` every ``period`` seconds from a thread of the worker's main process.
 
     A thread rather than a task that schedules its own successor: a countdown
     message lives in Redis, and if Redis loses its data (a restart without
-    persistence) the chain is gone and nothing would ever recover again. A
-    Redis key taken with SET NX keeps it to one pass per period however many
-    workers tick.
+    persistence) or is away when the successor is sent, the chain is gone and
+    nothing would ever run again. A Redis key taken with SET NX (``guard``)
+    keeps it to one send per period however many workers tick; the first send,
+    at start, skips it (this worker may replace a dead one).
     """
 
-    def __init__(self, app: Any, settings: Settings):
-        self.app, self.settings = app, settings
+    def __init__(self, settings: Settings, name: str, send: Callable[[], None], period: float,
+                 guard: str):  # fmt: skip
+        self.settings, self.name, self.send = settings, name, send
+        self.period, self.guard = period, f"{guard}:{settings.celery_queue}"
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="sweeplab-recover", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name=f"sweeplab-{name}", daemon=True)
 
     def _loop(self) -> None:
-        period = self.settings.recover_seconds
-        guard = f"{RECOVER_GUARD}:{self.settings.celery_queue}"
         client = redis.Redis.from_url(
             self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5
         )
-        first = True  # at start, recover at once: this worker may replace a dead one
+        first = True
         while True:
             try:
-                if first or client.set(guard, 1, nx=True, px=max(1, int(period * 1000) - 100)):
-                    self.app.send_task(RECOVER, queue=self.settings.celery_queue)
+                px = max(1, int(self.period * 1000) - 100)
+                if first or client.set(self.guard, 1, nx=True, px=px):
+                    self.send()
                 first = False
             except Exception as err:  # Redis is away: try again next period
-                log.warning("could not schedule %s: %s", RECOVER, err)
-            if self.stop.wait(period):
+                log.warning("could not schedule %s: %s", self.name, err)
+            if self.stop.wait(self.period):
                 client.close()
                 return
 
 
-_ticker: RecoverTicker | None = None
+_tickers: list[Ticker] = []
+
+
+def start_ticker(ticker: Ticker) -> None:
+    """Start ``ticker``; it stops when the worker shuts down."""
+    _tickers.append(ticker)
+    ticker.thread.start()
 
 
 @signals.worker_ready.connect
 def _on_ready(sender: Any = None, **_kwargs: Any) -> None:
-    """Start asking for recover passes (jobs of dead workers, lost messages, stalled sweeps)."""
-    global _ticker
-    _ticker = RecoverTicker(sender.app, Settings.from_env())
-    _ticker.thread.start()
+    """Ask for recover passes (jobs of dead workers, lost messages, stalled sweeps)."""
+    settings = Settings.from_env()
+    app = sender.app
+    start_ticker(Ticker(
+        settings, "recover", lambda: app.send_task(RECOVER, queue=settings.celery_queue),
+        settings.recover_seconds, RECOVER_GUARD,
+    ))  # fmt: skip
 
 
 @signals.worker_shutting_down.connect
 def _on_shutdown(**_kwargs: Any) -> None:
-    if _ticker is not None:
-        _ticker.stop.set()
+    for ticker in _tickers:
+        ticker.stop.set()
+
 
 
 @shared_task(name=RUN_JOB, bind=True, acks_late=True, max_retries=None)

@@ -69,6 +69,7 @@ def stack(
         require_postgres()
     workdir = tmp_path_factory.mktemp(f"stack-{request.param}")
     s = mirroring_stack(request.param, workdir, redis_base, mlflow.url)
+    s.env["SWEEPLAB_MIRROR_CATCH_UP_SECONDS"] = "2"
     try:
         s.start_worker(concurrency=2)
         yield s
@@ -272,6 +273,25 @@ def test_catch_up_mirrors_jobs_finished_while_mirroring_was_off(
 
     counts = wait_for(caught_up, 30, "the catch-up to find the job's lock free", interval=0.5)
     assert counts["failed"] == 0 and counts["left"] == 0, counts
+    exp_id = mlflow.experiment_id(tracking.DEFAULT_EXPERIMENT)
+    runs = mlflow.runs(exp_id, f"tags.`sweeplab.job_id` = '{job['id']}'")
+    assert len(runs) == 1
+    assert_run_mirrors_job(mlflow, runs[0], stack.job(job["id"]), stack)
+
+
+def test_workers_catch_up_by_themselves_when_a_hook_was_lost(stack: Stack, mlflow: MlflowServer):
+    """No restart, no hook: each worker's ticker sends the catch-up pass (every 2 s here,
+    60 s by default), as after a job finished while Redis was away."""
+    job = stack.post("/jobs", trial_spec(epochs=3, learning_rate=0.03))
+    stack.wait_job(job["id"])
+    wait_job_mirrored(stack, job["id"])
+    with stack.sessions() as session:  # as if its job_finished hook had never been sent
+        row = session.get(Job, job["id"])
+        assert row is not None
+        row.mlflow_synced_status, row.mlflow_synced_epoch = None, 0
+        session.commit()
+    mirrored = wait_job_mirrored(stack, job["id"], timeout=30)
+    assert mirrored.mlflow_synced_epoch == 3
     exp_id = mlflow.experiment_id(tracking.DEFAULT_EXPERIMENT)
     runs = mlflow.runs(exp_id, f"tags.`sweeplab.job_id` = '{job['id']}'")
     assert len(runs) == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from services.jobs import execute_job
 from tests.conftest import XOR_JOB
 
@@ -85,6 +87,23 @@ def test_bad_sweeps_are_422(client):
     assert response.status_code == 422
     response = client.post(f"{API}/sweeps", json=sweep_body(method="random", n_trials=1001))
     assert response.status_code == 422
+
+
+@pytest.mark.parametrize("metric", ["val_loss", "val_accuracy"])
+def test_a_validation_objective_without_a_validation_set_is_422(client, metric):
+    base = copy.deepcopy(XOR_JOB)
+    base["dataset"]["validation_split"] = 0
+    body = sweep_body(base=base, objective={"metric": metric})
+    response = client.post(f"{API}/sweeps", json=body)
+    assert response.status_code == 422, response.get_json()
+    error = response.get_json()["error"]
+    assert error["details"][0]["loc"] == "objective.metric"
+    assert "validation set" in error["details"][0]["msg"]
+    # sweeping the split itself, or ranking by a training metric, is fine
+    body["parameters"]["dataset.validation_split"] = {"values": [0.2]}
+    assert client.post(f"{API}/sweeps", json=body).status_code == 201
+    ok = sweep_body(base=base, objective={"metric": metric.replace("val_", "train_")})
+    assert client.post(f"{API}/sweeps", json=ok).status_code == 201
 
 
 def test_openapi_document(client):
