@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-API_HOST, API_PORT = "127.0.0.1", 8000
+API_HOST = "127.0.0.1"
+API_PORT = int(os.environ.get("SWEEPLAB_API_PORT") or 8000)  # where `up` serves the API
 MLFLOW_HOST, MLFLOW_PORT = "127.0.0.1", 5000
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", ""}
 SWEEPLAB_OK = {"status": "ok", "service": "sweeplab"}  # what our API's /healthz says
@@ -211,15 +212,41 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _running(name: str) -> int | None:
+def _recorded(name: str) -> int | None:
+    """The pid ``up`` recorded for ``name`` (alive or not): the leader of its process group."""
     path = _pidfile(name)
     if not path.exists():
         return None
     try:
-        pid = int(path.read_text().strip())
+        return int(path.read_text().strip())
     except ValueError:
         return None
-    return pid if _alive(pid) else None
+
+
+def _running(name: str) -> int | None:
+    pid = _recorded(name)
+    return pid if pid is not None and _alive(pid) else None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The pids in process group ``pgid`` (``ps``: Linux and macOS)."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pid=,pgid="], capture_output=True, text=True,
+                             check=True, timeout=10).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return []
+    pairs = (line.split() for line in out.splitlines())
+    return [int(pid) for pid, group in (p for p in pairs if len(p) == 2) if int(group) == pgid]
 
 
 def _record(name: str, proc: subprocess.Popen) -> None:
@@ -227,21 +254,57 @@ def _record(name: str, proc: subprocess.Popen) -> None:
 
 
 def stop(name: str, timeout: float = 20.0) -> bool:
-    """Stop the process group that ``up`` started under ``name``; True if one ran."""
-    pid = _running(name)
+    """Stop the process group that ``up`` started under ``name``; True if one ran.
+
+    The whole group, even when its leader is gone (a killed MLflow server
+    leaves its uvicorn child serving the port).
+    """
+    pgid = _recorded(name)
     _pidfile(name).unlink(missing_ok=True)
-    if pid is None:
+    if pgid is None or not _group_alive(pgid):
         return False
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return False
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and _group_alive(pgid):
         time.sleep(0.2)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
+    if _group_alive(pgid):
+        os.killpg(pgid, signal.SIGKILL)
     return True
+
+
+def release_jobs_of(pids: Sequence[int], env: dict[str, str]) -> int:
+    """End the leases of running jobs that processes ``pids`` of this host held.
+
+    Their worker was stopped: the next worker's first recover pass sends them
+    again at once (resuming from their checkpoints) instead of waiting out
+    the lease. Returns how many were released.
+    """
+    if not pids:
+        return 0
+    from sqlalchemy import update
+
+    from services.config import Settings
+    from services.db import make_engine, make_session_factory
+    from services.db.models import Job, utcnow
+    from services.jobs import worker_name
+
+    host = worker_name().rsplit(":", 1)[0]
+    names = [f"{host}:{pid}" for pid in pids]
+    engine = make_engine(Settings.from_env(env).database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.status == "running", Job.worker.in_(names))
+                .values(lease_expires_at=utcnow())
+            )
+            session.commit()
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()
 
 
 # --------------------------------------------------------------------------- the stack
@@ -367,9 +430,20 @@ def _up_mlflow(env: dict[str, str], var: Path) -> None:
 
 
 def down() -> None:
-    """Stop what ``up`` started, workers first so that no job is left half-claimed."""
+    """Stop what ``up`` started, workers first; the jobs they were training are
+    released, so that the next ``up`` resumes them at once."""
     for name in ("worker", "api", "mlflow", "redis"):
+        pgid = _recorded(name) if name == "worker" else None
+        members = _group_members(pgid) if pgid is not None else []
         print(f"{name}: {'stopped' if stop(name) else 'not started by sweeplab'}")
+        if members:
+            try:
+                released = release_jobs_of(members, service_env())
+            except Exception as err:  # the database is away: the leases run out by themselves
+                print(f"  could not release the worker's jobs ({type(err).__name__}: {err})")
+            else:
+                if released:
+                    print(f"  released {released} running job(s); the next `up` resumes them")
 
 
 def status() -> int:
@@ -380,7 +454,13 @@ def status() -> int:
     print(f"api     {'ready' if http_ok(api + '/readyz') else 'down'}  {api}")
     ml = env.get("MLFLOW_TRACKING_URI") or ""
     print(f"mlflow  {'up' if ml and http_ok(ml + '/health') else 'down'}  {ml}")
-    print(f"worker  {'running' if _running('worker') else 'not started here'}")
+    if _running("worker"):
+        worker = "running"
+    elif _recorded("worker") is not None:
+        worker = "DEAD (it was started here; `make up` starts it again)"
+    else:
+        worker = "not started here"
+    print(f"worker  {worker}")
     return 0 if http_ok(api + "/readyz") else 1
 
 
@@ -426,10 +506,11 @@ def print_leaderboard(sweep: dict) -> None:
 
 
 def _wait_mirrored(sweep_id: str, sweep: dict, timeout: float = 60.0) -> dict:
-    """Wait until every trial is mirrored to MLflow; return the sweep's MLflow links."""
+    """Wait until every trial is mirrored to MLflow; return the sweep's MLflow links
+    (``{}`` while the sweep has no MLflow run yet)."""
     deadline = time.monotonic() + timeout
     links = sweep.get("mlflow") or {}
-    while links.get("mirrored") is False and time.monotonic() < deadline:
+    while not links.get("mirrored") and time.monotonic() < deadline:
         time.sleep(1.0)
         links = _api("GET", f"/sweeps/{sweep_id}").get("mlflow") or {}
     return links
@@ -470,9 +551,13 @@ def demo(spec_path: Path, timeout: float = 3600.0) -> None:
             raise StackError(f"sweep {sweep_id} did not finish within {timeout:.0f} s")
         time.sleep(1.0)
     print_leaderboard(sweep)
+    if not service_env().get("MLFLOW_TRACKING_URI"):
+        print("\n(MLflow mirroring is off: MLFLOW_TRACKING_URI is empty)")
+        return
     links = _wait_mirrored(sweep_id, sweep)
-    if links.get("mirrored") is False:
-        print("\n(MLflow has not caught up yet; the workers keep mirroring in the background)")
+    if not links.get("mirrored"):
+        print("\n(MLflow has not caught up yet; the workers keep mirroring in the background"
+              " and retry while MLflow is away: see var/log/worker.log)")  # fmt: skip
     if links.get("experiment_url"):
         print(f"\nMLflow runs: {links['experiment_url']}")
     if links.get("compare_url"):

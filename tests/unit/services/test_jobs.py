@@ -259,3 +259,24 @@ def test_jsonable():
 
     raw = {"a": np.float32(1.5), "b": [np.int64(2), float("nan")], "c": np.bool_(True)}
     assert jobs.jsonable(raw) == {"a": 1.5, "b": [2, None], "c": True}
+
+
+def test_down_releases_the_jobs_its_workers_held(settings, sessions):
+    """`make down` ends the leases of the stopped worker's jobs: the next recover pass
+    finds them at once; jobs of other processes keep theirs."""
+    from services import stack
+
+    host = jobs.worker_name().rsplit(":", 1)[0]
+    with sessions() as session:
+        ids = [jobs.create_job(session, spec=validate_job(copy.deepcopy(XOR_JOB))).id
+               for _ in range(3)]  # fmt: skip
+        session.commit()
+        for job_id, pid in zip(ids, (101, 102, 999), strict=True):
+            assert jobs.claim_job(session, job_id=job_id, worker=f"{host}:{pid}",
+                                  lease_seconds=600)  # fmt: skip
+        session.commit()
+        assert jobs.expired_leases(session) == []
+    env = {"DATABASE_URL": settings.database_url}
+    assert stack.release_jobs_of([101, 102, 7], env) == 2
+    with sessions() as session:
+        assert sorted(jobs.expired_leases(session)) == sorted(ids[:2])
