@@ -35,7 +35,8 @@ def _json(name: str, description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "malformed request", 404: "no such id", 409: "conflicts with the current state",
             413: "body over the size limit", 415: "body is not JSON",
-            422: "invalid spec (details name the fields)"}  # fmt: skip
+            422: "invalid spec (details name the fields)",
+            503: "the job queue (Redis) is unavailable: try again"}  # fmt: skip
     return {str(c): _json("ErrorResponse", text[c]) for c in codes}
 
 
@@ -66,7 +67,7 @@ def openapi_document() -> dict[str, Any]:
         "/jobs": {
             "post": {"operationId": "createJob", "summary": "Submit a job", "requestBody": body,
                      "responses": {"201": _json("JobPublic", "the queued job"),
-                                   **_errors(400, 413, 415, 422)}},
+                                   **_errors(400, 413, 415, 422, 503)}},
             "get": {"operationId": "listJobs", "summary": "List jobs (newest first)",
                     "parameters": [*PAGE,
                                    {"name": "status", "in": "query", "schema": {"type": "string"},
@@ -92,7 +93,7 @@ def openapi_document() -> dict[str, Any]:
             "post": {"operationId": "createSweep", "summary": "Submit a sweep",
                      "requestBody": sweep_body,
                      "responses": {"201": _json("SweepPublic", "the sweep, first trials queued"),
-                                   **_errors(400, 413, 415, 422)}},
+                                   **_errors(400, 413, 415, 422, 503)}},
             "get": {"operationId": "listSweeps", "summary": "List sweeps (newest first)",
                     "parameters": [*PAGE, {"name": "status", "in": "query",
                                            "schema": {"type": "string"}}],
@@ -104,12 +105,15 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": _json("SweepPublic", "the sweep"), **_errors(404)}}},
         "/sweeps/{sweep_id}/trials": {"get": {
             "operationId": "listTrials", "summary": "List a sweep's trials",
-            "parameters": [_id("sweep_id"), *PAGE],
+            "parameters": [_id("sweep_id"), *PAGE,
+                           {"name": "status", "in": "query", "schema": {"type": "string"},
+                            "description": "comma-separated statuses"}],
             "responses": {"200": _json("JobPage", "a page of trials"), **_errors(400, 404)}}},
         "/sweeps/{sweep_id}/cancel": {"post": {
             "operationId": "cancelSweep", "summary": "Cancel a sweep",
             "parameters": [_id("sweep_id")],
-            "responses": {"202": _json("SweepPublic", "the cancelled sweep"), **_errors(404)}}},
+            "responses": {"202": _json("SweepPublic", "the cancelled sweep"),
+                          **_errors(404, 409)}}},
     }  # fmt: skip
     return {
         "openapi": "3.1.0",
