@@ -9,7 +9,8 @@ deliberately simple thresholds on the per-epoch records:
 code                 fires when
 ==================== =========================================================
 diverged             the loss or a weight became non-finite
-not_learning         the training loss fell by less than 1% over >= 3 epochs
+not_learning         the training loss (above 1e-6) fell by less than 1% over
+                     >= 3 epochs
 vanishing_gradients  median ||dW_first|| / ||dW_last|| < 1e-3
 exploding_gradients  that ratio > 1e3, a layer's gradient norm > 1e3, or the
                      gradient norm grew 1000-fold during training
@@ -30,6 +31,7 @@ import math
 import statistics
 
 NOT_LEARNING_REL = 0.01
+NOT_LEARNING_FLOOR = 1e-6  # a training loss this low from the start is learnt
 VANISHING_RATIO = 1e-3
 EXPLODING_RATIO = 1e3
 EXPLODING_NORM = 1e3
@@ -95,7 +97,7 @@ def diagnose(
         first = finite[0]["train_loss"]
         best = min(r["train_loss"] for r in finite)
         rel = (first - best) / max(abs(first), 1e-12)
-        if rel < NOT_LEARNING_REL:
+        if rel < NOT_LEARNING_REL and first > NOT_LEARNING_FLOOR:  # not: nothing left to learn
             not_learning = True
             dead = [d for d in (finite[-1].get("dead_relu_fraction") or []) if d is not None]
             all_dead = any(d >= 1.0 for d in dead)

@@ -44,6 +44,13 @@ def test_tiny_learning_rate_is_not_learning():
     assert result.diagnosis[0]["evidence"]["relative_improvement"] < 0.01
 
 
+def test_a_loss_that_is_zero_from_the_start_is_not_flat_learning():
+    flat_zero = [{"epoch": e, "train_loss": 0.0, "val_loss": None} for e in range(1, 6)]
+    assert "not_learning" not in [f["code"] for f in diagnose(flat_zero, task="regression")]
+    flat = [{"epoch": e, "train_loss": 0.7, "val_loss": None} for e in range(1, 6)]
+    assert "not_learning" in [f["code"] for f in diagnose(flat, task="regression")]
+
+
 def test_deep_sigmoid_network_has_vanishing_gradients():
     arch = {"layers": [{"units": 32, "activation": "sigmoid"}] * 8, "initializer": "xavier"}
     result = fit(_spec({"name": "moons"}, arch, optimizer="sgd", learning_rate=0.1, epochs=5))
