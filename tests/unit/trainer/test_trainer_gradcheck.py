@@ -98,3 +98,14 @@ def test_binary_cross_entropy_is_stable_for_saturated_logits():
     loss = BinaryCrossEntropy().forward_backward(Z, Y, dZ)
     assert np.isfinite(loss) and np.isclose(loss, (800 + 800 + np.log(2)) / 3)
     assert np.allclose(dZ, np.array([[1.0], [-1.0], [-0.5]]) / 3)
+
+
+def test_targets_that_fit_no_output_are_named():
+    net = make_network([3, 4, 1], "tanh", "sigmoid", "binary_cross_entropy")
+    X = np.random.default_rng(0).standard_normal((7, 3))
+    labels = np.array([0, 1, 1, 0, 1, 0, 0])
+    assert gradient_check(net, X, labels)["passed"]
+    with pytest.raises(ValueError, match=r"shaped like the outputs \(7, 1\)"):
+        gradient_check(net, X, np.eye(2)[labels])  # one-hot for a one-logit head
+    with pytest.raises(ValueError, match="features"):
+        gradient_check(net, X[:, :2], labels)
