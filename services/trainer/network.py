@@ -255,18 +255,23 @@ class Network:
     ) -> tuple[float, float | None]:
         """Mean loss and accuracy (``labels`` given) over a whole set, in chunks.
 
-        With ``ones_column`` ``X`` has a column of ones appended, and the
-        first layer's bias rides in its product, as in training. ``Y``
-        is read fastest F-ordered, like the outputs here. If ``active`` is
+        ``Y`` holds targets shaped like the outputs (read fastest F-ordered,
+        like the outputs here), or class labels / flat targets (encoded
+        here). With ``ones_column`` ``X`` has a column of ones appended, and
+        the first layer's bias rides in its product, as in training. If ``active`` is
         given (one boolean array per layer, or None), each ReLU layer's entry
         is OR-ed with the units that fired (output > 0) on some row.
 
         The intermediate arrays are kept per chunk size, so evaluating the
         same sets every epoch allocates nothing after the first time.
         """
+        X = np.asarray(X, self.dtype)
         n = len(X)
         if n == 0:
             return float("nan"), None
+        Y = np.asarray(Y)
+        if Y.ndim == 1 or Y.shape[1] != self.layers[-1].n_out:  # labels or flat targets
+            Y = self.encode_targets(Y)
         folded = ones_column
         if X.ndim != 2 or X.shape[1] != self.layers[0].n_in + folded:
             raise ValueError(

@@ -554,7 +554,9 @@ def fit(
                 _checkpoint(spec, net, optimizer, rng, tracker, best_params, epoch, elapsed),
             )
 
-    if restore_best and status in (COMPLETED, EARLY_STOPPED) and tracker.best_epoch is not None:
+    # However the run ended (a diverged one too: its last weights are not finite),
+    # restore_best hands back the best epoch's weights.
+    if restore_best and tracker.best_epoch is not None:
         np.copyto(params, best_params)  # type: ignore[arg-type]
 
     best_metrics = None

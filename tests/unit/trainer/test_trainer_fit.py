@@ -254,6 +254,26 @@ def test_early_stopping_patience_and_restore_best():
     assert loss == pytest.approx(val[best - 1], rel=1e-6)
 
 
+def test_restore_best_hands_back_the_best_weights_of_a_diverged_run():
+    spec = make_spec(
+        dataset={"name": "digits"},
+        architecture={"layers": [{"units": 32}]},
+        # the warm-up takes the rate from 0.5 up by 0.5 an epoch: it diverges at 3.5
+        hyperparameters={"optimizer": "sgd", "learning_rate": 5.0, "epochs": 10, "batch_size": 32,
+                         "early_stopping": {"patience": 10, "restore_best": True},
+                         "lr_schedule": {"name": "constant", "warmup_epochs": 10}},
+    )  # fmt: skip
+    result = fit(spec)
+    assert result.status == "diverged" and result.best_epoch is not None
+    assert result.best_epoch < len(result.history)
+    assert np.isfinite(result.network.params_flat).all()
+    data = result.data
+    assert data is not None
+    best = result.history[result.best_epoch - 1]
+    val_loss, _ = result.network.evaluate(data.X_val, data.y_val)
+    assert val_loss == pytest.approx(best["val_loss"], rel=1e-5)
+
+
 def test_early_stopping_min_delta_and_no_restore():
     result = fit(_overfit_spec(patience=3, min_delta=10.0, restore_best=False))
     assert result.status == "early_stopped" and result.best_epoch == 1
