@@ -54,16 +54,7 @@ def gradient_check(
     if loss is not None:
         net.loss = loss
     X = net.as_rows(X)[0]
-    Y = np.asarray(Y)
-    n_out = net.layers[-1].n_out
-    if Y.ndim == 1 or (Y.ndim == 2 and Y.shape[1] == 1 and n_out > 1):
-        Y = net.encode_targets(Y)
-    if Y.shape != (len(X), n_out):
-        raise ValueError(
-            f"Y must be {len(X)} targets shaped like the outputs ({len(X)}, {n_out}), or "
-            f"{len(X)} class labels / flat targets; got shape {Y.shape}"
-        )
-    Y = Y.astype(np.float64)
+    Y = net.targets_like_outputs(Y, len(X)).astype(np.float64)
 
     net.loss_and_grads(X, Y, l2)
     analytic = net.grads_flat.copy()

@@ -229,6 +229,20 @@ class Network:
             )
         return X, one
 
+    def targets_like_outputs(self, Y, n: int) -> np.ndarray:
+        """``Y`` for ``n`` rows shaped like the outputs ``(n, n_out)``: targets already
+        so shaped pass through; class labels or flat targets are encoded."""
+        Y = np.asarray(Y)
+        n_out = self.layers[-1].n_out
+        if Y.ndim == 1 or (Y.ndim == 2 and Y.shape[1] == 1 and n_out > 1):
+            Y = self.encode_targets(Y)
+        if Y.shape != (n, n_out):
+            raise ValueError(
+                f"targets must be shaped like the outputs ({n}, {n_out}), or be {n} class "
+                f"labels / flat targets; got shape {Y.shape}"
+            )
+        return Y
+
     def predict_labels(self, O: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Predicted classes (int64, shape ``(batch,)``) from outputs ``O`` of ``forward``."""
         if O.shape[1] == 1:
@@ -269,9 +283,7 @@ class Network:
         n = len(X)
         if n == 0:
             return float("nan"), None
-        Y = np.asarray(Y)
-        if Y.ndim == 1 or Y.shape[1] != self.layers[-1].n_out:  # labels or flat targets
-            Y = self.encode_targets(Y)
+        Y = self.targets_like_outputs(Y, n)
         folded = ones_column
         if X.ndim != 2 or X.shape[1] != self.layers[0].n_in + folded:
             raise ValueError(

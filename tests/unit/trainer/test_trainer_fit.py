@@ -218,7 +218,7 @@ def test_training_buffers_per_batch_size_and_none_per_evaluation_chunk():
     trained = set(net._passes)
     assert trained == {32, len(result.data.X_train) % 32} - {0}
     net.predict(np.zeros((1000, 2)))
-    net.evaluate(np.zeros((777, 2), np.float32), np.zeros((777, 2), np.float32))
+    net.evaluate(np.zeros((777, 2), np.float32), np.zeros((777, 1), np.float32))
     assert set(net._passes) == trained
     relu = net.layers[0].activation
     assert {width for width, _ in relu._zero_rows} == {16}  # a row per width, not per shape
