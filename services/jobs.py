@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import numpy as np
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -440,10 +441,15 @@ def _flatten(record: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Objective:
-    """Which number ranks epochs and trials, and which way is better."""
+    """Which number ranks epochs and trials, and which way is better.
+
+    ``min_delta``: an epoch must beat the best by more than this to become the
+    best (a job's own early stopping; 0 for a sweep's ranking).
+    """
 
     metric: str = "val_loss"
     goal: str = "minimize"
+    min_delta: float = 0.0
 
     def better(self, a: float | None, b: float | None) -> bool:
         """Is ``a`` strictly better than ``b`` (None is worst)?"""
@@ -451,14 +457,50 @@ class Objective:
             return False
         if b is None:
             return True
-        return a < b if self.goal == "minimize" else a > b
+        return a < b - self.min_delta if self.goal == "minimize" else a > b + self.min_delta
+
+
+def job_objective(spec: dict[str, Any]) -> Objective:
+    """A job's own best epoch, as the trainer picks it: by its early-stopping metric
+    (with ``min_delta``), else by the validation loss (the training loss without a
+    validation set); ``spec`` is a normalized job spec."""
+    es = (spec.get("hyperparameters") or {}).get("early_stopping")
+    if not es:
+        return Objective()
+    metric = es.get("metric", "val_loss")
+    goal = "maximize" if metric.endswith("accuracy") else "minimize"
+    return Objective(metric, goal, float(es.get("min_delta") or 0.0))
+
+
+def has_validation(spec: dict[str, Any]) -> bool:
+    """Whether the job's data has validation rows (a normalized job spec)."""
+    ds = spec.get("dataset") or {}
+    split = ds.get("validation_split", 0.2)
+    if not split:
+        return False
+    if ds.get("name") == "arrays" and ds.get("y") is not None:
+        from services.trainer.data import CLASSIFICATION, infer_task, split_sizes
+
+        y = np.asarray(ds["y"])
+        task = ds.get("task") or infer_task(y)
+        return split_sizes(y, split, task == CLASSIFICATION)[1] > 0
+    return True
 
 
 @dataclass
 class Tracker:
-    """Latest and best epoch of one run, and the running best objective per epoch."""
+    """Latest and best epoch of one run, and the running best objective per epoch.
+
+    As the trainer does, an epoch that diverged (no training loss, a weight
+    norm or, with a validation set, the validation loss not finite) is never
+    the best; without a validation set ``val_loss`` falls back to
+    ``train_loss``. ``n_layers`` (0: unknown) is how many weight norms a
+    finite epoch has.
+    """
 
     objective: Objective
+    n_layers: int = 0
+    has_validation: bool = True
     epochs_done: int = 0
     latest: dict[str, Any] | None = None
     best: dict[str, Any] | None = None
@@ -466,12 +508,22 @@ class Tracker:
     best_value: float | None = None
     running_best: dict[int, float | None] = field(default_factory=dict)
 
+    def finite(self, flat: dict[str, Any]) -> bool:
+        """Whether ``flat`` (a flattened record) is an epoch the trainer kept training past."""
+        return (
+            flat.get("train_loss") is not None
+            and (not self.has_validation or flat.get("val_loss") is not None)
+            and all(f"weight_norm.layer_{i}" in flat for i in range(self.n_layers))
+        )
+
     def update(self, epoch: int, flat: dict[str, Any]) -> None:
         self.epochs_done = max(self.epochs_done, epoch)
         self.latest = flat
-        value = flat.get(self.objective.metric)
-        if value is None and self.objective.metric == "val_loss":
-            value = flat.get("train_loss")  # no validation split
+        value = None
+        if self.finite(flat):
+            value = flat.get(self.objective.metric)
+            if value is None and self.objective.metric == "val_loss" and not self.has_validation:
+                value = flat.get("train_loss")
         if self.objective.better(value, self.best_value):
             self.best_value, self.best, self.best_epoch = value, flat, epoch
         self.running_best[epoch] = self.best_value
@@ -525,7 +577,11 @@ class JobRun:
         self.job_id = job.id
         self.attempt = job.attempts
         self.spec = job.spec
-        self.tracker = Tracker(objective)
+        self.tracker = Tracker(
+            objective,
+            n_layers=len(job.spec["architecture"]["layers"]) + 1,
+            has_validation=has_validation(job.spec),
+        )
         # The epochs before the checkpoint, which a resumed fit needs (checkpoints
         # do not carry the history: the database has it).
         self.history: list[dict[str, Any]] | None = None

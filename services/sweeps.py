@@ -30,6 +30,7 @@ from services.jobs import (
     create_job,
     expired_leases,
     fail_exhausted,
+    job_objective,
     paginate,
     stale_queued,
 )
@@ -324,10 +325,10 @@ MEDIAN_CHECK_SECONDS = 0.1
 def policy_for(session: Session, job: Job) -> tuple[Objective, PruneFn | None]:
     """The objective a job is ranked by, and its sweep's pruning rule (if any)."""
     if not job.sweep_id:
-        return Objective(), None
+        return job_objective(job.spec), None
     sweep = session.get(Sweep, job.sweep_id)
     if sweep is None:
-        return Objective(), None
+        return job_objective(job.spec), None
     objective = Objective(sweep.objective_metric, sweep.objective_goal)
     raw = sweep.spec.get("early_stopping")
     if not raw:

@@ -280,3 +280,72 @@ def test_down_releases_the_jobs_its_workers_held(settings, sessions):
     assert stack.release_jobs_of([101, 102, 7], env) == 2
     with sessions() as session:
         assert sorted(jobs.expired_leases(session)) == sorted(ids[:2])
+
+
+def _submit(sessions, spec: dict) -> str:
+    with sessions() as session:
+        job = jobs.create_job(session, spec=validate_job(spec))
+        session.commit()
+        return job.id
+
+
+@pytest.mark.parametrize(
+    "early_stopping",
+    [{"metric": "val_loss", "patience": 3, "min_delta": 0.02},
+     {"metric": "val_accuracy", "patience": 4, "min_delta": 0.01}],
+    ids=["val_loss", "val_accuracy"],
+)  # fmt: skip
+def test_a_jobs_best_epoch_is_the_one_its_early_stopping_restores(
+    settings, sessions, dispatcher, early_stopping
+):
+    """best_epoch, best_metrics and objective describe the weights the job hands back."""
+    from services.trainer import fit
+
+    hyper = {"learning_rate": 0.1, "epochs": 40,
+             "early_stopping": {**early_stopping, "restore_best": True}}  # fmt: skip
+    spec = {"dataset": {"name": "moons", "n_samples": 300, "noise": 0.25},
+            "architecture": {"layers": [{"units": 16}]}, "hyperparameters": hyper}  # fmt: skip
+    local = fit(spec)
+    job_id = _submit(sessions, spec)
+    assert run(settings, sessions, dispatcher, job_id) == "succeeded"
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert job.best_epoch == local.best_epoch == job.result["best_epoch"]
+        assert job.objective == local.history[local.best_epoch - 1][early_stopping["metric"]]
+
+
+def test_a_diverged_epoch_is_never_the_best(settings, sessions, dispatcher):
+    spec = {"dataset": {"name": "sine", "n_samples": 200},
+            "architecture": {"layers": [{"units": 16}] * 3},
+            "hyperparameters": {"learning_rate": 1e5, "epochs": 3, "batch_size": None}}  # fmt: skip
+    job_id = _submit(sessions, spec)
+    assert run(settings, sessions, dispatcher, job_id) == "diverged"
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.epochs_done == 1
+        assert job.best_epoch is None and job.objective is None and job.best_metrics is None
+
+
+def test_tracker_falls_back_to_the_training_loss_only_without_a_validation_set():
+    finite = {"train_loss": 0.5, "weight_norm.layer_0": 1.0, "weight_norm.layer_1": 2.0}
+    diverged = {"train_loss": 0.4, "weight_norm.layer_0": 1.0}  # a weight norm not finite
+    without = jobs.Tracker(jobs.Objective(), n_layers=2, has_validation=False)
+    without.update(1, finite)
+    without.update(2, diverged)
+    assert (without.best_epoch, without.best_value) == (1, 0.5)
+    with_val = jobs.Tracker(jobs.Objective(), n_layers=2, has_validation=True)
+    with_val.update(1, finite)  # val_loss not finite: the epoch that diverged
+    assert with_val.best_epoch is None and with_val.running_best == {1: None}
+    with_val.update(2, {**finite, "val_loss": 0.7})
+    assert (with_val.best_epoch, with_val.best_value) == (2, 0.7)
+
+
+def test_has_validation_follows_the_split_the_trainer_makes():
+    spec = copy.deepcopy(XOR_JOB)
+    assert jobs.has_validation(spec)
+    spec["dataset"]["validation_split"] = 0
+    assert not jobs.has_validation(spec)
+    arrays = {"name": "arrays", "X": [[0], [1], [2], [3]], "y": [0, 1, 0, 1]}
+    assert not jobs.has_validation({"dataset": {**arrays, "validation_split": 0.1}})
+    assert jobs.has_validation({"dataset": {**arrays, "validation_split": 0.5}})
