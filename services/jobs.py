@@ -444,12 +444,22 @@ class Objective:
     """Which number ranks epochs and trials, and which way is better.
 
     ``min_delta``: an epoch must beat the best by more than this to become the
-    best (a job's own early stopping; 0 for a sweep's ranking).
+    best (a job's own early stopping; 0 for a sweep's ranking). ``fallback``:
+    without a validation set the training loss stands in for ``val_loss`` (a
+    job's own best epoch, as the trainer picks it; never a sweep's ranking,
+    where such a trial has no objective).
     """
 
     metric: str = "val_loss"
     goal: str = "minimize"
     min_delta: float = 0.0
+    fallback: bool = False
+
+    def key(self, spec: dict[str, Any]) -> str:
+        """The metric the objective's values are for a job of ``spec``."""
+        if self.fallback and self.metric == "val_loss" and not has_validation(spec):
+            return "train_loss"
+        return self.metric
 
     def better(self, a: float | None, b: float | None) -> bool:
         """Is ``a`` strictly better than ``b`` (None is worst)?"""
@@ -466,7 +476,7 @@ def job_objective(spec: dict[str, Any]) -> Objective:
     validation set); ``spec`` is a normalized job spec."""
     es = (spec.get("hyperparameters") or {}).get("early_stopping")
     if not es:
-        return Objective()
+        return Objective(fallback=True)
     metric = es.get("metric", "val_loss")
     goal = "maximize" if metric.endswith("accuracy") else "minimize"
     return Objective(metric, goal, float(es.get("min_delta") or 0.0))
@@ -493,9 +503,8 @@ class Tracker:
 
     As the trainer does, an epoch that diverged (no training loss, a weight
     norm or, with a validation set, the validation loss not finite) is never
-    the best; without a validation set ``val_loss`` falls back to
-    ``train_loss``. ``n_layers`` (0: unknown) is how many weight norms a
-    finite epoch has.
+    the best; see ``Objective.fallback`` for a job without a validation set.
+    ``n_layers`` (0: unknown) is how many weight norms a finite epoch has.
     """
 
     objective: Objective
@@ -522,7 +531,8 @@ class Tracker:
         value = None
         if self.finite(flat):
             value = flat.get(self.objective.metric)
-            if value is None and self.objective.metric == "val_loss" and not self.has_validation:
+            fallback = self.objective.fallback and not self.has_validation
+            if value is None and self.objective.metric == "val_loss" and fallback:
                 value = flat.get("train_loss")
         if self.objective.better(value, self.best_value):
             self.best_value, self.best, self.best_epoch = value, flat, epoch

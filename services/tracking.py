@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from services.db.models import TERMINAL_STATUSES as TERMINAL
-from services.sweeps import best_trial, leaderboard
+from services.sweeps import best_trial, leaderboard, policy_for
 from services.trainer import flatten_record
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,13 @@ def _get(spec: Mapping[str, Any], dotted: str) -> Any:
 def _short_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, list) and value and all(
+        isinstance(v, Mapping) and "units" in v for v in value
+    ):  # hidden layers: 64relu-32tanh
+        return "-".join(f"{v['units']}{v.get('activation', 'relu')}" for v in value)
     if isinstance(value, Mapping | list):
-        return json.dumps(value, separators=(",", ":"))[:24]
+        text = json.dumps(value, separators=(",", ":"))
+        return text if len(text) <= 40 else text[:39] + "…"
     return str(value)
 
 
@@ -875,12 +880,32 @@ def checkpoint_weights_npz(blob: bytes) -> bytes:
     return net.to_npz_bytes()
 
 
+def _objective_key(session: Any, job_id: str) -> str | None:
+    """The metric a job's ``objective`` is (its sweep's, or its own best epoch's)."""
+    from services.db import Job
+
+    job = session.get(Job, job_id)
+    return None if job is None else policy_for(session, job)[0].key(job.spec or {})
+
+
 def _finalize_job(settings: Any, client: Any, snap: JobSnapshot, run_id: str) -> None:
+    from mlflow.entities import Metric
+
     with session_scope(settings) as session:
         full = _load_job(session, snap.id, after_epoch=0)
+        key = _objective_key(session, snap.id)
     history = [{"epoch": e, **rec} for e, _, rec in (full.epochs if full else [])]
     if full is not None and full.result:
         snap.result = full.result
+    # The number the job is ranked by, so that MLflow's compare view can sort the
+    # trials as the API's leaderboard does (the per-epoch metrics end at the last epoch).
+    value = snap.objective
+    if key and value is not None and math.isfinite(value):
+        name = f"best_{key}"
+        if name not in client.get_run(run_id).data.metrics:  # once, if this pass is redone
+            stamp = _ms(snap.finished_at) or int(time.time() * 1000)
+            metric = Metric(name, float(value), stamp, snap.best_epoch or 0)
+            client.log_batch(run_id, metrics=[metric], synchronous=True)
     with tempfile.TemporaryDirectory(prefix="sweeplab-mirror-") as tmp:
         for name, data in _artifacts(settings, snap, history).items():
             Path(tmp, name).write_bytes(data)
@@ -1012,9 +1037,13 @@ def _finalize_sweep(
     if "hyperparameters.learning_rate" in swept:
         from services import plots
 
+        others = [k for k in swept if k != "hyperparameters.learning_rate"]
         points = [
             {"learning_rate": _get(t["spec"], "hyperparameters.learning_rate"),
-             "objective": t["objective"], "diverged": t["status"] == "diverged"}
+             "objective": t["objective"], "diverged": t["status"] == "diverged",
+             "pruned": t["status"] == "pruned",
+             "series": " ".join(f"{_abbreviate(k)}={_short_value(_get(t['spec'], k))}"
+                                for k in others)}
             for t in trials
             if t["status"] in TERMINAL and t["status"] != "cancelled"
         ]  # fmt: skip

@@ -107,6 +107,15 @@ def assert_run_mirrors_job(
         got = sorted((int(m["step"]), m["value"]) for m in mlflow.history(run_id, key))
         assert [step for step, _ in got] == [step for step, _ in points], key  # each once
         assert [v for _, v in got] == pytest.approx([v for _, v in points]), key
+    # the number the API ranks the job by, as one more metric (at its best epoch)
+    best = [m for m in run["data"].get("metrics", []) if m["key"].startswith("best_")]
+    if job.objective is None:
+        assert best == []
+    else:
+        assert [(m["key"], m["value"]) for m in best] == [("best_val_loss", job.objective)]
+        assert [int(m["step"]) for m in mlflow.history(run_id, "best_val_loss")] == [
+            job.best_epoch
+        ]
     t = tags(run)
     assert t["sweeplab.job_id"] == job.id
     assert t["sweeplab.status"] == job.status

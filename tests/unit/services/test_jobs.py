@@ -330,10 +330,14 @@ def test_a_diverged_epoch_is_never_the_best(settings, sessions, dispatcher):
 def test_tracker_falls_back_to_the_training_loss_only_without_a_validation_set():
     finite = {"train_loss": 0.5, "weight_norm.layer_0": 1.0, "weight_norm.layer_1": 2.0}
     diverged = {"train_loss": 0.4, "weight_norm.layer_0": 1.0}  # a weight norm not finite
-    without = jobs.Tracker(jobs.Objective(), n_layers=2, has_validation=False)
+    without = jobs.Tracker(jobs.Objective(fallback=True), n_layers=2, has_validation=False)
     without.update(1, finite)
     without.update(2, diverged)
     assert (without.best_epoch, without.best_value) == (1, 0.5)
+    # a sweep ranks by its metric alone: a trial without validation rows has no value
+    trial = jobs.Tracker(jobs.Objective(), n_layers=2, has_validation=False)
+    trial.update(1, finite)
+    assert trial.best_epoch is None and trial.best_value is None
     with_val = jobs.Tracker(jobs.Objective(), n_layers=2, has_validation=True)
     with_val.update(1, finite)  # val_loss not finite: the epoch that diverged
     assert with_val.best_epoch is None and with_val.running_best == {1: None}

@@ -87,6 +87,11 @@ def test_epoch_metrics_accepts_already_flat_rows():
         ({"architecture.layers.0.units": 128}, "lr=0.01 bs=32 units0=128"),
         ({"hyperparameters.optimizer": "adam"}, "lr=0.01 bs=32 opt=adam"),
         ({"hyperparameters.batch_size": None}, "lr=0.01 bs=full"),
+        ({"architecture.layers": [{"units": 16, "activation": "relu"},
+                                  {"units": 32, "activation": "tanh"}]},
+         "lr=0.01 bs=32 layers=16relu-32tanh"),
+        ({"dataset.noise": [0.1] * 20},  # long values are cut at 40 characters
+         "lr=0.01 bs=32 noise=[" + "0.1," * 9 + "0.…"),
     ],
 )
 def test_run_name(params, expected):
@@ -183,3 +188,18 @@ def test_lr_sweep_png_marks_diverged_trials():
     assert width > 100 and height > 100
     only_diverged = [{"learning_rate": 10.0, "objective": None, "diverged": True}]
     _png_size(plots.lr_sweep_png(only_diverged, "val_loss"))
+
+
+def test_lr_sweep_points_draw_a_line_per_combination_of_the_other_parameters():
+    trials = [
+        {"learning_rate": 0.3, "objective": 0.5, "series": "bs=32"},
+        {"learning_rate": 0.03, "objective": 0.4, "series": "bs=32"},
+        {"learning_rate": 0.03, "objective": 0.45, "series": "bs=64"},
+        {"learning_rate": 0.003, "objective": 0.9, "series": "bs=64", "pruned": True},
+        {"learning_rate": 3.0, "objective": None, "series": "bs=64", "diverged": True},
+    ]
+    series, pruned, failed = plots.lr_sweep_points(trials)
+    assert series == {"bs=32": [(0.03, 0.4), (0.3, 0.5)], "bs=64": [(0.03, 0.45)]}
+    assert pruned == [(0.003, 0.9)] and failed == [3.0]
+    width, height = _png_size(plots.lr_sweep_png(trials, "val_loss"))
+    assert width > 100 and height > 100
