@@ -291,13 +291,21 @@ def _ms(moment: datetime | None) -> int | None:
 # --------------------------------------------------------------------------- links (API side)
 
 
+#: The links of a job or sweep that has no MLflow run yet (mirroring is on).
+NOT_YET_MIRRORED = {"experiment_id": None, "run_id": None, "run_url": None,
+                    "experiment_url": None, "compare_url": None, "mirrored": False}  # fmt: skip
+
+
 def links_for_job(settings: Any, job: Any) -> dict[str, Any] | None:
-    """Return the job's MLflow ids and UI links, or None while it is not mirrored.
+    """Return the job's MLflow ids and UI links; None when mirroring is off, and
+    ``NOT_YET_MIRRORED`` while the job has no run yet.
 
     Reads only the database row: no call to MLflow.
     """
-    if not enabled(settings) or not job.mlflow_run_id or not job.mlflow_experiment_id:
+    if not enabled(settings):
         return None
+    if not job.mlflow_run_id or not job.mlflow_experiment_id:
+        return dict(NOT_YET_MIRRORED)
     ui = settings.mlflow_ui_url or settings.mlflow_tracking_uri
     links = ui_links(ui, job.mlflow_experiment_id, job.mlflow_run_id, [job.mlflow_run_id])
     links["mirrored"] = job.mlflow_synced_status == job.status
@@ -305,13 +313,16 @@ def links_for_job(settings: Any, job: Any) -> dict[str, Any] | None:
 
 
 def links_for_sweep(settings: Any, sweep: Any) -> dict[str, Any] | None:
-    """Return the sweep's MLflow ids and UI links (compare = its trials), or None.
+    """Return the sweep's MLflow ids and UI links (compare = its trials); None when
+    mirroring is off, ``NOT_YET_MIRRORED`` while the sweep has no run yet.
 
     ``sweep`` must be attached to a session (the trials' run ids are read
     from the database, ordered by trial index).
     """
-    if not enabled(settings) or not sweep.mlflow_experiment_id:
+    if not enabled(settings):
         return None
+    if not sweep.mlflow_experiment_id:
+        return dict(NOT_YET_MIRRORED)
     from sqlalchemy import select
     from sqlalchemy.orm import object_session
 

@@ -153,7 +153,9 @@ def test_links_for_job_uses_the_ui_url_and_needs_a_run():
     assert links["mirrored"] is False
     assert tracking.links_for_job(_settings(uri=None), job) is None
     unsynced = types.SimpleNamespace(mlflow_run_id=None, mlflow_experiment_id=None)
-    assert tracking.links_for_job(_settings(), unsynced) is None
+    pending = tracking.links_for_job(_settings(), unsynced)  # on, but no run yet
+    assert pending == {**dict.fromkeys(pending, None), "mirrored": False}
+    assert tracking.links_for_job(_settings(uri=None), unsynced) is None
 
 
 def test_hooks_are_no_ops_when_mirroring_is_off():
