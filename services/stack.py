@@ -507,7 +507,7 @@ def print_leaderboard(sweep: dict) -> None:
 
 def _wait_mirrored(sweep_id: str, sweep: dict, timeout: float = 60.0) -> dict:
     """Wait until every trial is mirrored to MLflow; return the sweep's MLflow links
-    (``{}`` while the sweep has no MLflow run yet)."""
+    (``mirrored`` false, and no URLs, while the sweep has no MLflow run yet)."""
     deadline = time.monotonic() + timeout
     links = sweep.get("mlflow") or {}
     while not links.get("mirrored") and time.monotonic() < deadline:
