@@ -512,6 +512,7 @@ def validate_sweep(data: Any, limits: Limits | None = None) -> SweepCreate:
         raise SpecValidationError("invalid sweep spec", _pydantic_details(err)) from err
     base = sweep.base.model_dump(exclude_unset=True)
     normalized = _trainer_normalize(base, prefix="base")
+    base_problem = _objective_problem(sweep.objective.metric, normalized)
     regression = normalized["hyperparameters"]["loss"] == "mse"
     if regression and sweep.objective.metric.endswith("accuracy"):
         raise SpecValidationError(
@@ -529,14 +530,33 @@ def validate_sweep(data: Any, limits: Limits | None = None) -> SweepCreate:
                     "invalid sweep parameter", [{"loc": f"parameters.{path}", "msg": str(err)}]
                 ) from err
             try:
-                validate_job(spec, limits)
+                normalized = validate_job(spec, limits)
             except SpecValidationError as err:
                 msgs = "; ".join(f"{d['loc']}: {d['msg']}" for d in err.details)
                 raise SpecValidationError(
                     "a sweep parameter gives an invalid job spec",
                     [{"loc": where, "msg": f"value {value!r} gives an invalid spec ({msgs})"}],
                 ) from err
+            problem = _objective_problem(sweep.objective.metric, normalized)
+            # blamed on this value if the base is fine, or if this path decides it
+            if problem and (base_problem is None or path.startswith(problem[0])):
+                raise SpecValidationError(
+                    "a sweep parameter gives a trial the objective cannot rank",
+                    [{"loc": where, "msg": f"value {value!r}: {problem[1]}"}],
+                )
     return sweep
+
+
+def _objective_problem(metric: str, spec: dict[str, Any]) -> tuple[str, str] | None:
+    """Why a trial of normalized ``spec`` would have no ``metric`` to be ranked by:
+    ``(the path prefix that decides it, the message)``, or None."""
+    if metric.endswith("accuracy") and spec["hyperparameters"]["loss"] == "mse":
+        return "dataset.", f"{metric} needs a classification task; this trial is a regression"
+    if metric.startswith("val_") and not spec["dataset"].get("validation_split"):
+        return "dataset.validation_split", (
+            f"{metric} needs a validation set; this trial has validation_split 0"
+        )
+    return None
 
 
 def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

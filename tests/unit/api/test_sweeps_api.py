@@ -102,6 +102,12 @@ def test_a_validation_objective_without_a_validation_set_is_422(client, metric):
     # sweeping the split itself, or ranking by a training metric, is fine
     body["parameters"]["dataset.validation_split"] = {"values": [0.2]}
     assert client.post(f"{API}/sweeps", json=body).status_code == 201
+    # ... unless one of the swept values leaves a trial without validation rows
+    body["parameters"]["dataset.validation_split"] = {"values": [0.2, 0]}
+    response = client.post(f"{API}/sweeps", json=body)
+    assert response.status_code == 422
+    detail = response.get_json()["error"]["details"][0]
+    assert detail["loc"] == "parameters.dataset.validation_split.values.1"
     ok = sweep_body(base=base, objective={"metric": metric.replace("val_", "train_")})
     assert client.post(f"{API}/sweeps", json=ok).status_code == 201
 
@@ -148,3 +154,14 @@ def test_responses_match_the_models_the_openapi_document_publishes(client, app, 
     MetricsPublic.model_validate(client.get(f"{API}/jobs/{job_id}/metrics").get_json())
     schemas = client.get(f"{API}/openapi.json").get_json()["components"]["schemas"]
     assert {"JobPublic", "SweepPublic", "JobPage", "SweepPage", "MetricsPublic"} <= set(schemas)
+
+
+def test_an_accuracy_objective_over_a_swept_regression_dataset_is_422(client):
+    base = {"dataset": {"name": "moons"}, "architecture": {"layers": [{"units": 4}]},
+            "hyperparameters": {"learning_rate": 0.1, "epochs": 2}}  # fmt: skip
+    body = sweep_body(base=base, parameters={"dataset.name": {"values": ["moons", "diabetes"]}},
+                      objective={"metric": "val_accuracy"})  # fmt: skip
+    response = client.post(f"{API}/sweeps", json=body)
+    assert response.status_code == 422
+    detail = response.get_json()["error"]["details"][0]
+    assert detail["loc"] == "parameters.dataset.name.values.1" and "regression" in detail["msg"]
