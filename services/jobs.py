@@ -217,12 +217,13 @@ def claim_job(
     """Take a queued job, or a running one whose lease expired; None if neither.
 
     A job whose workers died ``max_attempts`` times is not taken again
-    (:func:`fail_exhausted` ends it).
+    (:func:`fail_exhausted` ends it); attempts that a clean stop released
+    (``Job.released``) do not count.
     """
     now = utcnow()
     takeover = and_(Job.status == "running", Job.lease_expires_at < now)
     if max_attempts is not None:
-        takeover = and_(takeover, Job.attempts < max_attempts)
+        takeover = and_(takeover, _lost() < max_attempts)
     claimed = _rowcount(
         session.execute(
             update(Job)
@@ -311,11 +312,16 @@ def finish_job(session: Session, *, job_id: str, attempt: int, status: str, **va
     )
 
 
+def _lost() -> Any:
+    """How many of a job's attempts ended with their worker lost (SQL expression)."""
+    return Job.attempts - Job.released
+
+
 def expired_leases(session: Session, *, max_attempts: int | None = None) -> list[str]:
     """Ids of running jobs whose worker stopped renewing its lease (and may retry)."""
     stmt = select(Job.id).where(Job.status == "running", Job.lease_expires_at < utcnow())
     if max_attempts is not None:
-        stmt = stmt.where(Job.attempts < max_attempts)
+        stmt = stmt.where(_lost() < max_attempts)
     return list(session.scalars(stmt))
 
 
@@ -327,7 +333,7 @@ def fail_exhausted(session: Session, *, max_attempts: int) -> list[tuple[str, st
     """
     now = utcnow()
     stmt = select(Job.id, Job.sweep_id).where(
-        Job.status == "running", Job.lease_expires_at < now, Job.attempts >= max_attempts
+        Job.status == "running", Job.lease_expires_at < now, _lost() >= max_attempts
     )
     rows = [(job_id, sweep_id) for job_id, sweep_id in session.execute(stmt)]
     ended = []

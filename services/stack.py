@@ -280,7 +280,8 @@ def release_jobs_of(pids: Sequence[int], env: dict[str, str]) -> int:
 
     Their worker was stopped: the next worker's first recover pass sends them
     again at once (resuming from their checkpoints) instead of waiting out
-    the lease. Returns how many were released.
+    the lease, and the attempt does not count as a lost worker
+    (``SWEEPLAB_MAX_ATTEMPTS``). Returns how many were released.
     """
     if not pids:
         return 0
@@ -299,7 +300,7 @@ def release_jobs_of(pids: Sequence[int], env: dict[str, str]) -> int:
             result = session.execute(
                 update(Job)
                 .where(Job.status == "running", Job.worker.in_(names))
-                .values(lease_expires_at=utcnow())
+                .values(lease_expires_at=utcnow(), released=Job.released + 1)
             )
             session.commit()
             return int(result.rowcount or 0)  # type: ignore[attr-defined]

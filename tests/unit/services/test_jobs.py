@@ -280,6 +280,21 @@ def test_down_releases_the_jobs_its_workers_held(settings, sessions):
     assert stack.release_jobs_of([101, 102, 7], env) == 2
     with sessions() as session:
         assert sorted(jobs.expired_leases(session)) == sorted(ids[:2])
+    # a clean stop is not a lost worker: stopped again and again, the job goes on
+    for _ in range(3):
+        with sessions() as session:
+            taken = jobs.claim_job(session, job_id=ids[0], worker=f"{host}:101",
+                                   lease_seconds=600, max_attempts=2)  # fmt: skip
+            session.commit()
+            assert taken is not None
+        assert stack.release_jobs_of([101], env) == 1
+        with sessions() as session:
+            assert jobs.fail_exhausted(session, max_attempts=2) == []
+            assert ids[0] in jobs.expired_leases(session, max_attempts=2)
+            session.commit()
+    with sessions() as session:
+        job = session.get(Job, ids[0])
+        assert job is not None and (job.attempts, job.released, job.status) == (4, 4, "running")
 
 
 def _submit(sessions, spec: dict) -> str:
