@@ -87,6 +87,14 @@ def sweeplab_rate(sizes, batch, arrays, epochs, train_metrics) -> tuple[float, f
     return len(X) * epochs / seconds, result.history[-1]["val_accuracy"]
 
 
+def _timed(run, n: int, epochs: int) -> tuple[float, float]:
+    """``run(1)`` to warm up, then (samples per CPU second, accuracy) of ``run(epochs)``."""
+    run(1)
+    t0 = time.process_time()
+    acc = run(epochs)
+    return n * epochs / (time.process_time() - t0), acc
+
+
 def torch_rate(sizes, batch, arrays, epochs) -> tuple[float, float]:
     import torch
 
@@ -124,10 +132,7 @@ def torch_rate(sizes, batch, arrays, epochs) -> tuple[float, float]:
             _train_loss = total.item()
         return acc
 
-    run(1)  # warm up
-    t0 = time.process_time()
-    acc = run(epochs)
-    return n * epochs / (time.process_time() - t0), acc
+    return _timed(run, n, epochs)
 
 
 def torch_tuned_rate(sizes, batch, arrays, epochs) -> tuple[float, float]:
@@ -181,10 +186,7 @@ def torch_tuned_rate(sizes, batch, arrays, epochs) -> tuple[float, float]:
             _train_loss = total.item()
         return acc
 
-    run(1)  # warm up
-    t0 = time.process_time()
-    acc = run(epochs)
-    return n * epochs / (time.process_time() - t0), acc
+    return _timed(run, n, epochs)
 
 
 def gemm_peak_gflops(repeats: int = 10, use_torch: bool = False) -> float:
