@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import numpy as np
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,6 +35,7 @@ from services.db.models import (
     JobWeights,
     utcnow,
 )
+from services.specs import has_validation
 
 log = logging.getLogger(__name__)
 
@@ -488,21 +488,6 @@ def job_objective(spec: dict[str, Any]) -> Objective:
     return Objective(metric, goal, float(es.get("min_delta") or 0.0))
 
 
-def has_validation(spec: dict[str, Any]) -> bool:
-    """Whether the job's data has validation rows (a normalized job spec)."""
-    ds = spec.get("dataset") or {}
-    split = ds.get("validation_split", 0.2)
-    if not split:
-        return False
-    if ds.get("name") == "arrays" and ds.get("y") is not None:
-        from services.trainer.data import CLASSIFICATION, infer_task, split_sizes
-
-        y = np.asarray(ds["y"])
-        task = ds.get("task") or infer_task(y)
-        return split_sizes(y, split, task == CLASSIFICATION)[1] > 0
-    return True
-
-
 @dataclass
 class Tracker:
     """Latest and best epoch of one run, and the running best objective per epoch.
@@ -510,12 +495,14 @@ class Tracker:
     As the trainer does, an epoch that diverged (no training loss, a weight
     norm or, with a validation set, the validation loss not finite) is never
     the best; see ``Objective.fallback`` for a job without a validation set.
-    ``n_layers`` (0: unknown) is how many weight norms a finite epoch has.
+    ``n_layers`` (0: unknown) is how many weight norms a finite epoch has;
+    ``has_validation`` (from the spec: ``services.specs.has_validation``) also
+    turns True at the first epoch with a validation loss.
     """
 
     objective: Objective
     n_layers: int = 0
-    has_validation: bool = True
+    has_validation: bool = False
     epochs_done: int = 0
     latest: dict[str, Any] | None = None
     best: dict[str, Any] | None = None
@@ -534,6 +521,7 @@ class Tracker:
     def update(self, epoch: int, flat: dict[str, Any]) -> None:
         self.epochs_done = max(self.epochs_done, epoch)
         self.latest = flat
+        self.has_validation = self.has_validation or flat.get("val_loss") is not None
         value = None
         if self.finite(flat):
             value = flat.get(self.objective.metric)

@@ -13,6 +13,7 @@ import itertools
 import math
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,7 +26,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from services.config import Limits
-from services.trainer import SpecError, parse_spec
+from services.trainer import SpecError, load_dataset, parse_spec
+from services.trainer.data import CLASSIFICATION, dataset_task, infer_task, split_sizes
 
 # The trainer's names (a unit test checks these against its tables).
 ACTIVATIONS = Literal["relu", "leaky_relu", "sigmoid", "tanh", "linear"]
@@ -345,16 +347,6 @@ class SweepCreate(Strict):
             raise _error_at("n_trials", f"method '{self.method}' needs n_trials")
         elif self.n_trials > limits.max_trials:
             raise _error_at("n_trials", f"n_trials must be at most {limits.max_trials}")
-        if (
-            self.objective.metric.startswith("val_")
-            and self.base.dataset.validation_split == 0
-            and "dataset.validation_split" not in self.parameters
-        ):
-            raise _error_at(
-                "objective.metric",
-                f"objective '{self.objective.metric}' needs a validation set, but "
-                "base.dataset.validation_split is 0 (use train_loss or train_accuracy)",
-            )
         return self
 
     def total_trials(self) -> int:
@@ -513,12 +505,13 @@ def validate_sweep(data: Any, limits: Limits | None = None) -> SweepCreate:
     base = sweep.base.model_dump(exclude_unset=True)
     normalized = _trainer_normalize(base, prefix="base")
     base_problem = _objective_problem(sweep.objective.metric, normalized)
-    regression = normalized["hyperparameters"]["loss"] == "mse"
-    if regression and sweep.objective.metric.endswith("accuracy"):
+    swept_data = any(p == "dataset" or p.startswith("dataset.") for p in sweep.parameters)
+    if base_problem and not swept_data:  # no trial could be ranked
         raise SpecValidationError(
             "invalid sweep spec",
             [{"loc": "objective.metric",
-              "msg": "accuracy needs a classification task; use val_loss or train_loss"}],
+              "msg": f"{base_problem[1].replace('this trial', 'the base')}; "
+                     "use train_loss (or train_accuracy), or change base.dataset"}],
         )  # fmt: skip
     for path, param in sweep.parameters.items():
         for i, value in enumerate(param.probe_values()):
@@ -547,15 +540,35 @@ def validate_sweep(data: Any, limits: Limits | None = None) -> SweepCreate:
     return sweep
 
 
+def has_validation(spec: dict[str, Any]) -> bool:
+    """Whether a job of normalized ``spec`` has validation rows, as the trainer
+    splits its data (a generated set is generated only when it is small enough
+    for the split to round to no row)."""
+    ds = spec.get("dataset") or {}
+    split = ds.get("validation_split", 0.2)
+    if not split:
+        return False
+    if ds.get("name") == "arrays" and ds.get("y") is not None:
+        y = np.asarray(ds["y"])
+        task = ds.get("task") or infer_task(y)
+        return split_sizes(y, split, task == CLASSIFICATION)[1] > 0
+    n = ds.get("n_samples")
+    if n is None:  # a bundled dataset: hundreds of rows at least
+        return True
+    n_classes = dataset_task(ds["name"], ds)[1] or 1
+    if n * split >= n_classes:  # about a row per class or more: rounds to some
+        return True
+    return len(load_dataset(ds).X_val) > 0  # a few rows: split them
+
+
 def _objective_problem(metric: str, spec: dict[str, Any]) -> tuple[str, str] | None:
     """Why a trial of normalized ``spec`` would have no ``metric`` to be ranked by:
     ``(the path prefix that decides it, the message)``, or None."""
-    if metric.endswith("accuracy") and spec["hyperparameters"]["loss"] == "mse":
-        return "dataset.", f"{metric} needs a classification task; this trial is a regression"
-    if metric.startswith("val_") and not spec["dataset"].get("validation_split"):
-        return "dataset.validation_split", (
-            f"{metric} needs a validation set; this trial has validation_split 0"
-        )
+    ds = spec["dataset"]
+    if metric.endswith("accuracy") and dataset_task(ds["name"], ds)[0] != CLASSIFICATION:
+        return "dataset", f"{metric} needs a classification task; this trial is a regression"
+    if metric.startswith("val_") and not has_validation(spec):
+        return "dataset", f"{metric} needs a validation set; this trial has no validation rows"
     return None
 
 

@@ -52,6 +52,10 @@ def dump_checkpoint(ckpt: Checkpoint) -> bytes:
     return buf.getvalue()
 
 
+#: What resuming reads from a checkpoint's metadata.
+REQUIRED_META = {"epoch", "architecture", "optimizer", "rng", "tracker"}
+
+
 def load_checkpoint(blob: bytes) -> Checkpoint:
     """Read bytes written by ``dump_checkpoint``; anything else is a ``ValueError``."""
     if not isinstance(blob, (bytes, bytearray, memoryview)):
@@ -62,9 +66,11 @@ def load_checkpoint(blob: bytes) -> Checkpoint:
             opt = {k[4:]: z[k] for k in z.files if k.startswith("opt.")}
             best = z["best_params"] if "best_params" in z.files else None
             params = z["params"]
-    # ValueError covers JSON and UTF-8 decoding errors; a truncated or
-    # corrupted archive is EOFError or BadZipFile
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    # ValueError covers JSON and UTF-8 decoding errors; a truncated or corrupted
+    # archive is EOFError or BadZipFile, or NotImplementedError / RuntimeError
+    # when the damage reads as an unknown compression or an encrypted entry
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, NotImplementedError,
+            RuntimeError) as exc:  # fmt: skip
         raise ValueError(f"not a sweeplab checkpoint: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError("not a sweeplab checkpoint")
@@ -72,4 +78,7 @@ def load_checkpoint(blob: bytes) -> Checkpoint:
         raise ValueError(
             f"checkpoint version {meta.get('version')} is not one of {READABLE_VERSIONS}"
         )
+    missing = sorted(REQUIRED_META - meta.keys())
+    if missing:
+        raise ValueError(f"not a sweeplab checkpoint: its metadata lacks {', '.join(missing)}")
     return Checkpoint(meta, params, opt, best)

@@ -299,9 +299,11 @@ def dataset_from_arrays(
 ) -> Dataset:
     """Wrap ready-made arrays (no split, no standardization) as a ``Dataset``.
 
-    Class labels of any kind (``{-1, 1}``, strings, ...) are encoded as
-    ``0..k-1`` in sorted order, as ``load_dataset`` does; ``classes`` keeps the
-    originals (labels ``0..k-1`` stay as they are).
+    Class labels that are non-negative integers (or booleans) are class
+    indices, kept as they are (``n_classes`` is the largest + 1, so that a
+    subset of a network's classes keeps its numbering); any others
+    (``{-1, 1}``, strings, floats) are encoded as ``0..k-1`` in sorted order,
+    as ``load_dataset`` does, and ``classes`` keeps the originals.
     """
     X_train = np.asarray(X_train, np.float64)
     y_train = np.asarray(y_train)
@@ -322,10 +324,15 @@ def dataset_from_arrays(
     if task == CLASSIFICATION:
         if y_train.ndim != 1 or y_val.ndim != 1:
             raise ValueError("class labels must be one per row (1-D y_train and y_val)")
-        classes_arr, codes = np.unique(np.concatenate([y_train, y_val]), return_inverse=True)
-        codes = codes.reshape(-1).astype(np.int64)
-        y_train, y_val = codes[: len(y_train)], codes[len(y_train) :]
-        n_classes, classes = len(classes_arr), classes_arr.tolist()
+        labels = np.concatenate([y_train, y_val])
+        if labels.dtype.kind in "biu" and labels.min(initial=0) >= 0:  # class indices
+            y_train, y_val = y_train.astype(np.int64), y_val.astype(np.int64)
+            n_classes = int(labels.max(initial=0)) + 1
+        else:
+            classes_arr, codes = np.unique(labels, return_inverse=True)
+            codes = codes.reshape(-1).astype(np.int64)
+            y_train, y_val = codes[: len(y_train)], codes[len(y_train) :]
+            n_classes, classes = len(classes_arr), classes_arr.tolist()
     else:
         y_train, y_val = y_train.astype(np.float64), y_val.astype(np.float64)
     return Dataset(X_train, y_train, X_val, y_val, task, n_classes, name, classes)

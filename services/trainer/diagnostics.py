@@ -17,9 +17,9 @@ exploding_gradients  that ratio > 1e3, a layer's gradient norm > 1e3, or the
 dead_relus           >= 50% of a ReLU layer's units fired on no example
 overfitting          >= 3 epochs after its best, the validation loss is up
                      >= 10% (and >= 0.005) over the median of the last 3
-                     epochs and above the training loss; over the last 3
-                     epochs the training loss fell and the validation loss
-                     rose, and the gap between them grew by >= 10% of the best
+                     epochs, the training loss fell since that best and is
+                     now >= 10% below the validation loss, and the gap
+                     between them grew by >= 10% of the best validation loss
 underfitting         final training accuracy < 0.8 (classification) or
                      R^2 on the training set < 0.5 (regression)
 ==================== =========================================================
@@ -199,12 +199,11 @@ def diagnose(
         gap_growth = (last["val_loss"] - last["train_loss"]) - (
             best["val_loss"] - best["train_loss"]
         )
-        before = val[-OVERFIT_EPOCHS - 1]  # both still moving apart lately
         if (
             last["epoch"] - best["epoch"] >= OVERFIT_EPOCHS
             and rise > max(OVERFIT_RISE * best["val_loss"], OVERFIT_MIN_RISE)
-            and last["train_loss"] < min(best["train_loss"], before["train_loss"])
-            and last["val_loss"] > max(last["train_loss"], before["val_loss"])
+            and last["train_loss"] < best["train_loss"]
+            and last["val_loss"] > (1 + OVERFIT_RISE) * last["train_loss"]
             and gap_growth > OVERFIT_RISE * best["val_loss"]
         ):
             overfitting = True

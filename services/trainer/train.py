@@ -331,6 +331,9 @@ def fit(
         )
     dtype = net.dtype
     classification = data.task == CLASSIFICATION
+    n_out = net.layers[-1].n_out
+    if classification and data.n_classes is not None and data.n_classes > max(n_out, 2):
+        raise ValueError(f"the data has {data.n_classes} classes but the network {n_out} outputs")
 
     # Inputs with a column of ones appended: the first layer's bias rides in
     # its matrix product (see backprop.TrainingPass).

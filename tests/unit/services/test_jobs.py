@@ -368,3 +368,12 @@ def test_has_validation_follows_the_split_the_trainer_makes():
     arrays = {"name": "arrays", "X": [[0], [1], [2], [3]], "y": [0, 1, 0, 1]}
     assert not jobs.has_validation({"dataset": {**arrays, "validation_split": 0.1}})
     assert jobs.has_validation({"dataset": {**arrays, "validation_split": 0.5}})
+    # generated sets so small (or so many classes) that 0.2 rounds to no row per class
+    for dataset in ({"name": "xor", "n_samples": 4}, {"name": "blobs", "n_samples": 2000,
+                                                       "centers": 1000}):  # fmt: skip
+        spec = validate_job({"dataset": dataset, "architecture": {"layers": []},
+                             "hyperparameters": {"learning_rate": 0.1}})  # fmt: skip
+        assert not jobs.has_validation(spec), dataset
+    assert jobs.has_validation(validate_job({"dataset": {"name": "moons", "n_samples": 40},
+                                             "architecture": {"layers": []},
+                                             "hyperparameters": {"learning_rate": 0.1}}))

@@ -137,26 +137,33 @@ def test_a_synthetic_split_that_leaves_no_training_row_names_the_field():
     assert err.value.loc == "dataset.validation_split"
 
 
-@pytest.mark.parametrize("labels", [[-1, 1], [1, 2], ["neg", "pos"], [False, True]], ids=str)
+@pytest.mark.parametrize("labels", [[-1, 1], [0.5, 1.5], ["neg", "pos"], [False, True]], ids=str)
 def test_dataset_from_arrays_encodes_any_two_labels_as_a_binary_task(labels):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((60, 2))
     codes = (X[:, 0] > 0).astype(int)
     y = np.asarray(labels)[codes]
-    data = dataset_from_arrays(X[:40], y[:40], X[40:], y[40:])
-    assert data.n_classes == 2 and data.classes == list(np.asarray(labels))
-    assert (
-        data.y_train.tolist() == codes[:40].tolist() and data.y_val.tolist() == codes[40:].tolist()
-    )
+    data = dataset_from_arrays(X[:40], y[:40], X[40:], y[40:], task="classification")
+    assert data.n_classes == 2
+    assert data.classes == (None if y.dtype == bool else list(np.asarray(labels)))
+    assert data.y_train.tolist() == codes[:40].tolist()
+    assert data.y_val.tolist() == codes[40:].tolist()
     spec = {
         "dataset": {"name": "digits"},
         "architecture": {"layers": [{"units": 8}]},
         "hyperparameters": {"learning_rate": 0.1, "epochs": 30, "optimizer": "adam"},
     }
     result = fit(spec, data=data)
-    assert result.network.layers[-1].n_out == 1  # sigmoid head, not a phantom third class
+    assert result.network.layers[-1].n_out == 1  # a sigmoid head
     assert result.history[-1]["train_loss"] > 0 and result.history[-1]["val_accuracy"] > 0.9
     assert set(result.predict(X[40:]).tolist()) <= set(np.asarray(labels).tolist())
+
+
+def test_dataset_from_arrays_keeps_class_indices_as_they_are():
+    """Classes {0, 2} of a 3-class problem stay 0 and 2 (training an existing net on them)."""
+    data = dataset_from_arrays(np.zeros((4, 1)), np.array([0, 2, 2, 0]))
+    assert data.n_classes == 3 and data.classes is None
+    assert data.y_train.tolist() == [0, 2, 2, 0]
 
 
 def test_dataset_from_arrays_rejects_mismatched_rows():

@@ -102,6 +102,10 @@ def test_overfitting_needs_a_sustained_rise_above_a_falling_training_loss():
     assert _overfit_codes(falling, [0.9, 0.6, 0.45, 0.44, 0.48, 0.53, 0.58, 0.64]) == [
         "overfitting"
     ]
+    # overfit, then flat (the validation loss drifting down a little): still overfit
+    plateau_train = [1.0, 0.6, 0.4, 0.3, 0.2, 0.12, 0.09, 0.08, 0.077, 0.076]
+    plateau_val = [0.9, 0.6, 1.0, 1.4, 1.55, 1.587, 1.5867, 1.5853, 1.5844, 1.5837]
+    assert _overfit_codes(plateau_train, plateau_val) == ["overfitting"]
     # validation below the training loss, wobbling (dropout, noise): not overfitting
     assert _overfit_codes([0.29] * 8, [0.19, 0.2, 0.21, 0.19, 0.22, 0.2, 0.21, 0.213]) == []
     # one noisy last epoch after a flat stretch

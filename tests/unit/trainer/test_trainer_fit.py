@@ -416,6 +416,10 @@ def test_a_damaged_checkpoint_is_a_value_error():
     for bad in (b"", blob[: len(blob) // 2], blob[:-40], bytes(flipped), "text"):
         with pytest.raises(ValueError, match="checkpoint"):
             checkpoint.load_checkpoint(bad)  # type: ignore[arg-type]
+    ckpt = checkpoint.load_checkpoint(blob)
+    del ckpt.meta["rng"]  # a well-formed archive that is not a whole checkpoint
+    with pytest.raises(ValueError, match="lacks rng"):
+        checkpoint.load_checkpoint(checkpoint.dump_checkpoint(ckpt))
 
 
 def test_reproducible_bit_for_bit_and_seed_matters():
@@ -531,6 +535,15 @@ def test_no_validation_split():
     assert last["val_loss"] is None and last["val_accuracy"] is None
     assert last["train_accuracy"] == 1.0  # the XOR truth table is learnt
     assert result.best_epoch is not None
+
+
+def test_more_classes_than_the_network_has_outputs_is_named():
+    spec = make_spec(dataset={"name": "iris"}, hyperparameters={"epochs": 1})
+    net = fit(spec).network  # 3 outputs
+    X = np.zeros((8, 4))
+    assert fit(spec, data=dataset_from_arrays(X, np.array([0, 2] * 4)), network=net)
+    with pytest.raises(ValueError, match="5 classes but the network 3 outputs"):
+        fit(spec, data=dataset_from_arrays(X, np.array([0, 4] * 4)), network=net)
 
 
 def test_early_stopping_on_a_validation_metric_needs_validation_rows():
