@@ -26,8 +26,14 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from services.config import Limits
-from services.trainer import SpecError, load_dataset, parse_spec
-from services.trainer.data import CLASSIFICATION, dataset_task, infer_task, split_sizes
+from services.trainer import SpecError, parse_spec
+from services.trainer.data import (
+    CLASSIFICATION,
+    dataset_task,
+    infer_task,
+    split_sizes,
+    validation_rows,
+)
 
 # The trainer's names (a unit test checks these against its tables).
 ACTIVATIONS = Literal["relu", "leaky_relu", "sigmoid", "tanh", "linear"]
@@ -505,13 +511,15 @@ def validate_sweep(data: Any, limits: Limits | None = None) -> SweepCreate:
     base = sweep.base.model_dump(exclude_unset=True)
     normalized = _trainer_normalize(base, prefix="base")
     base_problem = _objective_problem(sweep.objective.metric, normalized)
-    swept_data = any(p == "dataset" or p.startswith("dataset.") for p in sweep.parameters)
-    if base_problem and not swept_data:  # no trial could be ranked
+    # the base has the problem and no swept field can change it: no trial could be ranked
+    if base_problem and not set(base_problem[0]) & set(sweep.parameters):
+        other = "val_loss or train_loss" if base_problem[0] is _DECIDE_TASK else (
+            "train_loss or train_accuracy")  # fmt: skip
         raise SpecValidationError(
             "invalid sweep spec",
             [{"loc": "objective.metric",
               "msg": f"{base_problem[1].replace('this trial', 'the base')}; "
-                     "use train_loss (or train_accuracy), or change base.dataset"}],
+                     f"use {other}, or change base.dataset"}],
         )  # fmt: skip
     for path, param in sweep.parameters.items():
         for i, value in enumerate(param.probe_values()):
@@ -532,7 +540,7 @@ def validate_sweep(data: Any, limits: Limits | None = None) -> SweepCreate:
                 ) from err
             problem = _objective_problem(sweep.objective.metric, normalized)
             # blamed on this value if the base is fine, or if this path decides it
-            if problem and (base_problem is None or path.startswith(problem[0])):
+            if problem and (base_problem is None or path in problem[0]):
                 raise SpecValidationError(
                     "a sweep parameter gives a trial the objective cannot rank",
                     [{"loc": where, "msg": f"value {value!r}: {problem[1]}"}],
@@ -542,8 +550,8 @@ def validate_sweep(data: Any, limits: Limits | None = None) -> SweepCreate:
 
 def has_validation(spec: dict[str, Any]) -> bool:
     """Whether a job of normalized ``spec`` has validation rows, as the trainer
-    splits its data (a generated set is generated only when it is small enough
-    for the split to round to no row)."""
+    splits its data (exact for inline and generated sets, from their labels or
+    options; a bundled set has hundreds of rows)."""
     ds = spec.get("dataset") or {}
     split = ds.get("validation_split", 0.2)
     if not split:
@@ -552,23 +560,28 @@ def has_validation(spec: dict[str, Any]) -> bool:
         y = np.asarray(ds["y"])
         task = ds.get("task") or infer_task(y)
         return split_sizes(y, split, task == CLASSIFICATION)[1] > 0
-    n = ds.get("n_samples")
-    if n is None:  # a bundled dataset: hundreds of rows at least
-        return True
-    n_classes = dataset_task(ds["name"], ds)[1] or 1
-    if n * split >= n_classes:  # about a row per class or more: rounds to some
-        return True
-    return len(load_dataset(ds).X_val) > 0  # a few rows: split them
+    rows = validation_rows(ds.get("name", ""), ds, split)
+    return rows is None or rows > 0
 
 
-def _objective_problem(metric: str, spec: dict[str, Any]) -> tuple[str, str] | None:
+#: Fields of a job spec that decide whether it has validation rows / its task.
+_DECIDE_VALIDATION = ("dataset", "dataset.validation_split", "dataset.name", "dataset.n_samples",
+                      "dataset.centers", "dataset.arms", "dataset.y", "dataset.task")  # fmt: skip
+_DECIDE_TASK = ("dataset", "dataset.name", "dataset.y", "dataset.task")
+
+
+def _objective_problem(
+    metric: str, spec: dict[str, Any]
+) -> tuple[tuple[str, ...], str] | None:
     """Why a trial of normalized ``spec`` would have no ``metric`` to be ranked by:
-    ``(the path prefix that decides it, the message)``, or None."""
+    ``(the spec paths that decide it, the message)``, or None."""
     ds = spec["dataset"]
     if metric.endswith("accuracy") and dataset_task(ds["name"], ds)[0] != CLASSIFICATION:
-        return "dataset", f"{metric} needs a classification task; this trial is a regression"
+        return _DECIDE_TASK, f"{metric} needs a classification task; this trial is a regression"
     if metric.startswith("val_") and not has_validation(spec):
-        return "dataset", f"{metric} needs a validation set; this trial has no validation rows"
+        return _DECIDE_VALIDATION, (
+            f"{metric} needs a validation set; this trial has no validation rows"
+        )
     return None
 
 

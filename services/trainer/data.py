@@ -202,6 +202,38 @@ def _n_val(group_size: int, validation_split: float) -> int:
     return int(round(validation_split * group_size))
 
 
+def _modulo_counts(n: int, k: int) -> list[int]:
+    """How many of ``arange(n) % k`` equal each residue."""
+    return [n // k + (1 if r < n % k else 0) for r in range(k)]
+
+
+def generated_group_sizes(name: str, options: dict) -> list[int] | None:
+    """The sizes of the groups a generated set's split is stratified by (its
+    classes; one group for regression), from its options alone; None for a
+    bundled or inline dataset."""
+    n = options.get("n_samples", _SYNTH_N["n_samples"])
+    if name == "xor":  # corners 0..3 of arange(n) % 4; labels 0, 1, 1, 0
+        c = _modulo_counts(n, 4)
+        return [c[0] + c[3], c[1] + c[2]]
+    if name in ("moons", "circles"):
+        return [n // 2, n - n // 2]
+    if name == "spirals":
+        return _modulo_counts(n, options.get("arms", 3))  # n // arms, the first n % arms + 1
+    if name == "blobs":
+        return _modulo_counts(n, options.get("centers", 3))
+    if name == "sine":
+        return [n]
+    return None
+
+
+def validation_rows(name: str, options: dict, validation_split: float) -> int | None:
+    """How many validation rows the split of a generated set gives (None: not generated)."""
+    sizes = generated_group_sizes(name, options)
+    if sizes is None:
+        return None
+    return sum(_n_val(size, validation_split) for size in sizes) if validation_split > 0 else 0
+
+
 def split_sizes(y: np.ndarray, validation_split: float, stratify: bool) -> tuple[int, int]:
     """``(n_train, n_val)`` that ``stratified_split`` gives, without drawing it."""
     n = len(y)
@@ -299,11 +331,12 @@ def dataset_from_arrays(
 ) -> Dataset:
     """Wrap ready-made arrays (no split, no standardization) as a ``Dataset``.
 
-    Class labels that are non-negative integers (or booleans) are class
-    indices, kept as they are (``n_classes`` is the largest + 1, so that a
-    subset of a network's classes keeps its numbering); any others
-    (``{-1, 1}``, strings, floats) are encoded as ``0..k-1`` in sorted order,
-    as ``load_dataset`` does, and ``classes`` keeps the originals.
+    Integer labels that look like class indices (0 among them, the largest
+    below twice their number: ``{0, 1, 2}``, or a subset ``{0, 2}`` of a
+    network's classes) are kept as they are, ``n_classes`` the largest + 1;
+    any others (``{1, 2}``, ``{-1, 1}``, ids, years, strings, floats,
+    booleans) are encoded as ``0..k-1`` in sorted order, as ``load_dataset``
+    does, and ``classes`` keeps the originals.
     """
     X_train = np.asarray(X_train, np.float64)
     y_train = np.asarray(y_train)
@@ -325,7 +358,13 @@ def dataset_from_arrays(
         if y_train.ndim != 1 or y_val.ndim != 1:
             raise ValueError("class labels must be one per row (1-D y_train and y_val)")
         labels = np.concatenate([y_train, y_val])
-        if labels.dtype.kind in "biu" and labels.min(initial=0) >= 0:  # class indices
+        distinct = np.unique(labels)
+        if (
+            labels.dtype.kind in "iu"
+            and len(distinct)
+            and distinct[0] == 0
+            and distinct[-1] < 2 * len(distinct)
+        ):  # class indices
             y_train, y_val = y_train.astype(np.int64), y_val.astype(np.int64)
             n_classes = int(labels.max(initial=0)) + 1
         else:

@@ -17,7 +17,8 @@ exploding_gradients  that ratio > 1e3, a layer's gradient norm > 1e3, or the
 dead_relus           >= 50% of a ReLU layer's units fired on no example
 overfitting          >= 3 epochs after its best, the validation loss is up
                      >= 10% (and >= 0.005) over the median of the last 3
-                     epochs, the training loss fell since that best and is
+                     epochs (the last keeps half of it), the training loss
+                     fell since that best and is
                      now >= 10% below the validation loss, and the gap
                      between them grew by >= 10% of the best validation loss
 underfitting         final training accuracy < 0.8 (classification) or
@@ -202,6 +203,8 @@ def diagnose(
         if (
             last["epoch"] - best["epoch"] >= OVERFIT_EPOCHS
             and rise > max(OVERFIT_RISE * best["val_loss"], OVERFIT_MIN_RISE)
+            # the last epoch keeps at least half of that rise (not a spike recovering)
+            and last["val_loss"] - best["val_loss"] >= rise / 2
             and last["train_loss"] < best["train_loss"]
             and last["val_loss"] > (1 + OVERFIT_RISE) * last["train_loss"]
             and gap_growth > OVERFIT_RISE * best["val_loss"]

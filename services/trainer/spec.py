@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 
 from .activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
-from .data import CLASSIFICATION, DATASETS, REGRESSION, dataset_task, infer_task, split_sizes
+from .data import (
+    CLASSIFICATION,
+    DATASETS,
+    REGRESSION,
+    dataset_task,
+    infer_task,
+    split_sizes,
+    validation_rows,
+)
 from .initializers import INITIALIZERS
 from .losses import LOSSES
 from .optimizers import OPTIMIZERS
@@ -559,6 +567,8 @@ def parse_spec(d: Any) -> Spec:
         if dataset.name == "arrays":
             no_val = split_sizes(dataset.options["y"], dataset.validation_split,
                                  task == CLASSIFICATION)[1] == 0  # fmt: skip
+        elif not no_val:  # a generated set this small may have no validation row
+            no_val = validation_rows(dataset.name, dataset.options, dataset.validation_split) == 0
         if es.metric.startswith("val_") and no_val:
             raise SpecError(
                 "hyperparameters.early_stopping.metric",

@@ -137,15 +137,16 @@ def test_a_synthetic_split_that_leaves_no_training_row_names_the_field():
     assert err.value.loc == "dataset.validation_split"
 
 
-@pytest.mark.parametrize("labels", [[-1, 1], [0.5, 1.5], ["neg", "pos"], [False, True]], ids=str)
+@pytest.mark.parametrize(
+    "labels", [[-1, 1], [1, 2], [2019, 2020], [0.5, 1.5], ["neg", "pos"], [False, True]], ids=str
+)
 def test_dataset_from_arrays_encodes_any_two_labels_as_a_binary_task(labels):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((60, 2))
     codes = (X[:, 0] > 0).astype(int)
     y = np.asarray(labels)[codes]
     data = dataset_from_arrays(X[:40], y[:40], X[40:], y[40:], task="classification")
-    assert data.n_classes == 2
-    assert data.classes == (None if y.dtype == bool else list(np.asarray(labels)))
+    assert data.n_classes == 2 and data.classes == list(np.asarray(labels))
     assert data.y_train.tolist() == codes[:40].tolist()
     assert data.y_val.tolist() == codes[40:].tolist()
     spec = {
@@ -169,3 +170,19 @@ def test_dataset_from_arrays_keeps_class_indices_as_they_are():
 def test_dataset_from_arrays_rejects_mismatched_rows():
     with pytest.raises(ValueError, match="one row per entry"):
         dataset_from_arrays(np.zeros((5, 2)), np.zeros(4, int))
+
+
+@pytest.mark.parametrize("name", ["xor", "moons", "circles", "spirals", "blobs", "sine"])
+@pytest.mark.parametrize("n_samples", [4, 7, 33])
+@pytest.mark.parametrize("split", [0.05, 0.2, 0.9])
+def test_validation_rows_of_a_generated_set_without_generating_it(name, n_samples, split):
+    from services.trainer.data import validation_rows
+    from services.trainer.spec import parse_dataset
+
+    spec = {"name": name, "n_samples": n_samples, "validation_split": split}
+    options = parse_dataset(spec).options
+    try:
+        expected = len(load_dataset(spec).X_val)
+    except SpecError:  # the split leaves no training row
+        return
+    assert validation_rows(name, options, split) == expected

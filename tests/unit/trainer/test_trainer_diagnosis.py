@@ -106,6 +106,10 @@ def test_overfitting_needs_a_sustained_rise_above_a_falling_training_loss():
     plateau_train = [1.0, 0.6, 0.4, 0.3, 0.2, 0.12, 0.09, 0.08, 0.077, 0.076]
     plateau_val = [0.9, 0.6, 1.0, 1.4, 1.55, 1.587, 1.5867, 1.5853, 1.5844, 1.5837]
     assert _overfit_codes(plateau_train, plateau_val) == ["overfitting"]
+    # a loss spike (an Adam instability) recovering at the end: not overfitting
+    spike_train = [1.0, 0.5, 0.2, 0.05, 0.02, 0.0095, 0.0095, 0.113, 0.05, 0.01]
+    spike_val = [0.9, 0.4, 0.2, 0.1, 0.09, 0.085, 0.086, 0.241, 0.148, 0.094]
+    assert _overfit_codes(spike_train, spike_val) == []
     # validation below the training loss, wobbling (dropout, noise): not overfitting
     assert _overfit_codes([0.29] * 8, [0.19, 0.2, 0.21, 0.19, 0.22, 0.2, 0.21, 0.213]) == []
     # one noisy last epoch after a flat stretch

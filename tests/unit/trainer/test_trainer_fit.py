@@ -540,10 +540,10 @@ def test_no_validation_split():
 def test_more_classes_than_the_network_has_outputs_is_named():
     spec = make_spec(dataset={"name": "iris"}, hyperparameters={"epochs": 1})
     net = fit(spec).network  # 3 outputs
-    X = np.zeros((8, 4))
-    assert fit(spec, data=dataset_from_arrays(X, np.array([0, 2] * 4)), network=net)
+    X = np.zeros((10, 4))
+    assert fit(spec, data=dataset_from_arrays(X, np.array([0, 2] * 5)), network=net)
     with pytest.raises(ValueError, match="5 classes but the network 3 outputs"):
-        fit(spec, data=dataset_from_arrays(X, np.array([0, 4] * 4)), network=net)
+        fit(spec, data=dataset_from_arrays(X, np.arange(10) % 5), network=net)
 
 
 def test_early_stopping_on_a_validation_metric_needs_validation_rows():
