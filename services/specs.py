@@ -513,8 +513,10 @@ def validate_sweep(data: Any, limits: Limits | None = None) -> SweepCreate:
     base_problem = _objective_problem(sweep.objective.metric, normalized)
     # the base has the problem and no swept field can change it: no trial could be ranked
     if base_problem and not set(base_problem[0]) & set(sweep.parameters):
+        regression = dataset_task(normalized["dataset"]["name"], normalized["dataset"])[0] \
+            != CLASSIFICATION  # fmt: skip
         other = "val_loss or train_loss" if base_problem[0] is _DECIDE_TASK else (
-            "train_loss or train_accuracy")  # fmt: skip
+            "train_loss" if regression else "train_loss or train_accuracy")  # fmt: skip
         raise SpecValidationError(
             "invalid sweep spec",
             [{"loc": "objective.metric",
@@ -550,8 +552,7 @@ def validate_sweep(data: Any, limits: Limits | None = None) -> SweepCreate:
 
 def has_validation(spec: dict[str, Any]) -> bool:
     """Whether a job of normalized ``spec`` has validation rows, as the trainer
-    splits its data (exact for inline and generated sets, from their labels or
-    options; a bundled set has hundreds of rows)."""
+    splits its data (exact: from inline labels, or a named set's options)."""
     ds = spec.get("dataset") or {}
     split = ds.get("validation_split", 0.2)
     if not split:

@@ -207,11 +207,25 @@ def _modulo_counts(n: int, k: int) -> list[int]:
     return [n // k + (1 if r < n % k else 0) for r in range(k)]
 
 
+#: The class sizes of scikit-learn's bundled sets (one group: regression).
+_BUNDLED_GROUPS = {
+    "iris": [50, 50, 50],
+    "wine": [59, 71, 48],
+    "breast_cancer": [212, 357],
+    "digits": [178, 182, 177, 183, 181, 182, 181, 179, 174, 180],
+    "diabetes": [442],
+}
+
+
 def generated_group_sizes(name: str, options: dict) -> list[int] | None:
-    """The sizes of the groups a generated set's split is stratified by (its
-    classes; one group for regression), from its options alone; None for a
-    bundled or inline dataset."""
-    n = options.get("n_samples", _SYNTH_N["n_samples"])
+    """The sizes of the groups a named set's split is stratified by (its
+    classes; one group for regression), from its options alone; None for
+    inline data."""
+    if name in _BUNDLED_GROUPS:
+        return _BUNDLED_GROUPS[name]
+    if name not in DATASETS or DATASETS[name].make is None:
+        return None
+    n = int(options.get("n_samples", DATASETS[name].options["n_samples"]))
     if name == "xor":  # corners 0..3 of arange(n) % 4; labels 0, 1, 1, 0
         c = _modulo_counts(n, 4)
         return [c[0] + c[3], c[1] + c[2]]
@@ -227,7 +241,7 @@ def generated_group_sizes(name: str, options: dict) -> list[int] | None:
 
 
 def validation_rows(name: str, options: dict, validation_split: float) -> int | None:
-    """How many validation rows the split of a generated set gives (None: not generated)."""
+    """How many validation rows the split of a named set gives (None: inline data)."""
     sizes = generated_group_sizes(name, options)
     if sizes is None:
         return None

@@ -35,6 +35,7 @@ once per epoch (a non-finite weight makes the next batch's loss non-finite).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -259,6 +260,17 @@ class _BestTracker:
         self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
 
 
+def _as_indices_of(data: Dataset, width: int) -> Dataset:
+    """``data`` whose encoded labels are integer class indices of a network with
+    ``width`` classes, decoded back to them (``dataset_from_arrays`` encodes a
+    subset such as {1, 2} as {0, 1}); any other ``data`` as it is."""
+    classes = np.asarray(data.classes)
+    if classes.dtype.kind not in "iu" or classes.min() < 0 or classes.max() >= width:
+        return data
+    return dataclasses.replace(data, y_train=classes[data.y_train], y_val=classes[data.y_val],
+                               n_classes=width, classes=None)  # fmt: skip
+
+
 def _as_dataset(data) -> Dataset:
     if isinstance(data, Dataset):
         return data
@@ -332,6 +344,8 @@ def fit(
     dtype = net.dtype
     classification = data.task == CLASSIFICATION
     n_out = net.layers[-1].n_out
+    if network is not None and classification and data.classes:
+        data = _as_indices_of(data, max(n_out, 2))
     if classification and data.n_classes is not None and data.n_classes > max(n_out, 2):
         raise ValueError(f"the data has {data.n_classes} classes but the network {n_out} outputs")
 

@@ -186,3 +186,12 @@ def test_validation_rows_of_a_generated_set_without_generating_it(name, n_sample
     except SpecError:  # the split leaves no training row
         return
     assert validation_rows(name, options, split) == expected
+
+
+@pytest.mark.parametrize("name", ["iris", "wine", "breast_cancer", "digits", "diabetes"])
+def test_validation_rows_of_a_bundled_set(name):
+    from services.trainer.data import validation_rows
+
+    for split in (0.001, 0.006, 0.2):
+        expected = len(load_dataset({"name": name, "validation_split": split}).X_val)
+        assert validation_rows(name, {}, split) == expected, split

@@ -546,6 +546,25 @@ def test_more_classes_than_the_network_has_outputs_is_named():
         fit(spec, data=dataset_from_arrays(X, np.arange(10) % 5), network=net)
 
 
+def test_an_existing_network_trains_on_a_subset_of_its_classes():
+    """{1, 2} of iris's three classes: encoded {0, 1} by dataset_from_arrays, and
+    decoded back to the network's own indices by fit."""
+    spec = make_spec(dataset={"name": "iris"}, hyperparameters={"epochs": 30, "optimizer": "adam",
+                                                                "learning_rate": 0.05})  # fmt: skip
+    first = fit(spec)
+    data = first.data
+    assert data is not None
+    keep_train, keep_val = data.y_train > 0, data.y_val > 0
+    subset = dataset_from_arrays(data.X_train[keep_train], data.y_train[keep_train],
+                                 data.X_val[keep_val], data.y_val[keep_val])  # fmt: skip
+    assert subset.classes == [1, 2]
+    before = first.network.evaluate(subset.X_val, data.y_val[keep_val],
+                                    data.y_val[keep_val])[1]  # fmt: skip
+    more = fit({**spec, "hyperparameters": {**spec["hyperparameters"], "epochs": 1}},
+               data=subset, network=first.network)  # fmt: skip
+    assert more.history[0]["val_accuracy"] >= before - 0.1 > 0.5
+
+
 def test_early_stopping_on_a_validation_metric_needs_validation_rows():
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, 2))
