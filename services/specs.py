@@ -13,7 +13,6 @@ import itertools
 import math
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,8 +29,6 @@ from services.trainer import SpecError, parse_spec
 from services.trainer.data import (
     CLASSIFICATION,
     dataset_task,
-    infer_task,
-    split_sizes,
     validation_rows,
 )
 
@@ -554,14 +551,7 @@ def has_validation(spec: dict[str, Any]) -> bool:
     """Whether a job of normalized ``spec`` has validation rows, as the trainer
     splits its data (exact: from inline labels, or a named set's options)."""
     ds = spec.get("dataset") or {}
-    split = ds.get("validation_split", 0.2)
-    if not split:
-        return False
-    if ds.get("name") == "arrays" and ds.get("y") is not None:
-        y = np.asarray(ds["y"])
-        task = ds.get("task") or infer_task(y)
-        return split_sizes(y, split, task == CLASSIFICATION)[1] > 0
-    rows = validation_rows(ds.get("name", ""), ds, split)
+    rows = validation_rows(ds.get("name", ""), ds, ds.get("validation_split", 0.2))
     return rows is None or rows > 0
 
 

@@ -241,11 +241,18 @@ def generated_group_sizes(name: str, options: dict) -> list[int] | None:
 
 
 def validation_rows(name: str, options: dict, validation_split: float) -> int | None:
-    """How many validation rows the split of a named set gives (None: inline data)."""
+    """How many validation rows the split of a dataset gives, from its spec alone
+    (``options``: a named set's, or inline ``y`` and ``task``); None if unknown."""
+    if validation_split <= 0:
+        return 0
+    if name == "arrays" and options.get("y") is not None:
+        y = np.asarray(options["y"])
+        task = options.get("task") or infer_task(y)
+        return split_sizes(y, validation_split, task == CLASSIFICATION)[1]
     sizes = generated_group_sizes(name, options)
     if sizes is None:
         return None
-    return sum(_n_val(size, validation_split) for size in sizes) if validation_split > 0 else 0
+    return sum(_n_val(size, validation_split) for size in sizes)
 
 
 def split_sizes(y: np.ndarray, validation_split: float, stratify: bool) -> tuple[int, int]:

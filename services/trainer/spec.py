@@ -563,12 +563,7 @@ def parse_spec(d: Any) -> Spec:
     arch.output_activation, hp.loss = resolve_head(task, n_classes, arch.output_activation, hp.loss)
     es = hp.early_stopping
     if es is not None:
-        no_val = dataset.validation_split == 0
-        if dataset.name == "arrays":
-            no_val = split_sizes(dataset.options["y"], dataset.validation_split,
-                                 task == CLASSIFICATION)[1] == 0  # fmt: skip
-        elif not no_val:  # a generated set this small may have no validation row
-            no_val = validation_rows(dataset.name, dataset.options, dataset.validation_split) == 0
+        no_val = validation_rows(dataset.name, dataset.options, dataset.validation_split) == 0
         if es.metric.startswith("val_") and no_val:
             raise SpecError(
                 "hyperparameters.early_stopping.metric",
