@@ -1,4 +1,8 @@
-"""The training pass against a plain, allocation-happy reference implementation."""
+"""The training pass against a plain, allocation-happy reference implementation.
+
+The two compute the same sums in other orders: they are compared to rounding
+(tests/numerics.py), never bit for bit.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import pytest
 from services.trainer.layers import Dense
 from services.trainer.losses import get_loss
 from services.trainer.network import Network
+from tests.numerics import assert_close, network_reduction, rounding_rtol
 
 
 def _network(acts, dropout, loss, seed=0):
@@ -66,16 +71,23 @@ def test_training_pass_equals_the_reference(acts, dropout, loss):
     Y = net.encode_targets(rng.integers(0, 3, 9)) if loss == "cross_entropy" else \
         rng.standard_normal((9, 3))
     O_ref, loss_ref, grads_ref = _reference(net, X, Y, np.random.default_rng(7))
+    # Another order of the same sums (the bias folded into the first product, outputs
+    # taken transposed): equal to float64 rounding over the longest chain of sums,
+    # forward through every fan-in, the loss over the outputs and the 9 rows, and
+    # back through every fan-out.
+    forward = network_reduction(net.sizes)
+    chain = forward + sum(net.sizes[1:]) + len(X)
     for _ in range(2):  # the second step reuses every buffer
         O = net.forward(X, training=True, rng=np.random.default_rng(7))
         assert O.flags.f_contiguous  # the output layer's product is taken transposed
-        np.testing.assert_allclose(O, O_ref, rtol=1e-13, atol=1e-13)
+        assert_close(O, O_ref, np.float64, forward)
         dO = np.empty_like(O)
-        assert net.loss.forward_backward(O, Y, dO) == pytest.approx(loss_ref, rel=1e-13)
+        loss = net.loss.forward_backward(O, Y, dO)
+        assert loss == pytest.approx(loss_ref, rel=rounding_rtol(np.float64, chain))
         net.backward(dO)
         for layer, (gW, gb) in zip(net.layers, grads_ref, strict=True):
-            np.testing.assert_allclose(layer.grads["W"], gW, rtol=1e-12, atol=1e-12)
-            np.testing.assert_allclose(layer.grads["b"], gb, rtol=1e-12, atol=1e-12)
+            assert_close(layer.grads["W"], gW, np.float64, chain)
+            assert_close(layer.grads["b"], gb, np.float64, chain)
 
 
 def test_first_layer_block_is_W_over_b_in_the_flat_vector():
