@@ -59,11 +59,37 @@ def test_job_runs_and_reports(client, app, dispatcher):
 
 
 def test_cancel_queued_and_running(client, app, dispatcher):
+    # queued: cancelled at once, nothing to stop
     job_id = post_job(client).get_json()["id"]
     response = client.post(f"{API}/jobs/{job_id}/cancel")
     assert response.status_code == 202 and response.get_json()["status"] == "cancelled"
     assert client.post(f"{API}/jobs/{job_id}/cancel").status_code == 409
     assert client.post(f"{API}/jobs/nope/cancel").status_code == 404
+    assert job_id not in dispatcher.cancelled  # no worker had to be told
+
+    # running: a worker claimed it (its lease already expired, so that the run below
+    # may take it over); the cancel flags it, tells the workers, and the run stops
+    # at its next check (before or at its first epoch boundary), not after 20 epochs.
+    from services.jobs import claim_job
+
+    spec = copy.deepcopy(XOR_JOB)
+    spec["hyperparameters"]["epochs"] = 20
+    job_id = post_job(client, spec).get_json()["id"]
+    svc = app.extensions["sweeplab"]
+    with svc.sessions() as session:
+        assert claim_job(session, job_id=job_id, worker="elsewhere:1", lease_seconds=-1)
+        session.commit()
+    response = client.post(f"{API}/jobs/{job_id}/cancel")
+    assert response.status_code == 202
+    flagged = response.get_json()
+    assert flagged["status"] == "running" and flagged["cancel_requested"] is True
+    assert job_id in dispatcher.cancelled
+    status = execute_job(settings=svc.settings, session_factory=svc.sessions,
+                         dispatcher=dispatcher, job_id=job_id)  # fmt: skip
+    assert status == "cancelled"
+    job = client.get(f"{API}/jobs/{job_id}").get_json()
+    assert job["status"] == "cancelled" and job["progress"]["epoch"] <= 1
+    assert client.post(f"{API}/jobs/{job_id}/cancel").status_code == 409
 
 
 def test_list_jobs_with_filters_and_cursor(client):

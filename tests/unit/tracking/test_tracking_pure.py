@@ -7,6 +7,7 @@ import struct
 import types
 import urllib.parse
 
+import numpy as np
 import pytest
 
 from services import plots, tracking
@@ -158,11 +159,35 @@ def test_links_for_job_uses_the_ui_url_and_needs_a_run():
     assert tracking.links_for_job(_settings(uri=None), unsynced) is None
 
 
-def test_hooks_are_no_ops_when_mirroring_is_off():
-    settings = _settings(uri=None)
-    tracking.job_progressed(settings, "x")
-    tracking.job_finished(settings, "x")
-    assert tracking.mirror_job(settings, "x") is True
+class _Untouchable:
+    """Settings with mirroring off and nothing else: reading any other field (the
+    database, Redis, the Celery queue) fails the test."""
+
+    mlflow_tracking_uri = None
+    mlflow_ui_url = None
+
+    def __getattr__(self, name):
+        raise AssertionError(f"a hook read settings.{name} with mirroring off")
+
+
+@pytest.mark.parametrize(
+    ("hook", "expected"),
+    [
+        ("job_progressed", None),
+        ("job_finished", None),
+        ("mirror_job", True),  # nothing left to do
+        ("mirror_pending", {"done": 0, "busy": 0, "failed": 0, "left": 0}),
+    ],
+)
+def test_each_hook_is_a_no_op_when_mirroring_is_off(hook, expected):
+    import threading
+
+    threads = set(threading.enumerate())
+    background = tracking._mirrorer
+    args = (_Untouchable(),) if hook == "mirror_pending" else (_Untouchable(), "job-x")
+    assert getattr(tracking, hook)(*args) == expected
+    assert tracking._mirrorer is background  # no mirror thread was started
+    assert set(threading.enumerate()) <= threads
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -180,16 +205,37 @@ def test_learning_curve_png_draws_loss_and_accuracy():
     assert width > height > 100
 
 
+def _pixels_of(png: bytes, colour: str) -> np.ndarray:
+    """A boolean mask of the pixels drawn in ``colour`` (a matplotlib colour name)."""
+    import io
+
+    from matplotlib import colors, image
+
+    rgb = image.imread(io.BytesIO(png), format="png")[..., :3]
+    return np.all(np.abs(rgb - np.array(colors.to_rgb(colour))) < 0.02, axis=-1)
+
+
 def test_lr_sweep_png_marks_diverged_trials():
-    trials = [
+    finished = [
         {"learning_rate": 1e-4, "objective": 2.0, "diverged": False},
         {"learning_rate": 1e-2, "objective": 0.3, "diverged": False},
-        {"learning_rate": 10.0, "objective": None, "diverged": True},
     ]
-    width, height = _png_size(plots.lr_sweep_png(trials, "val_loss"))
+    diverged = {"learning_rate": 10.0, "objective": None, "diverged": True}
+    without = plots.lr_sweep_png(finished, "val_loss")
+    width, height = _png_size(without)
     assert width > 100 and height > 100
-    only_diverged = [{"learning_rate": 10.0, "objective": None, "diverged": True}]
-    _png_size(plots.lr_sweep_png(only_diverged, "val_loss"))
+    assert not _pixels_of(without, "tab:red").any()  # nothing red without a diverged trial
+    marked = _pixels_of(plots.lr_sweep_png([*finished, diverged], "val_loss"), "tab:red")
+    # the cross: red pixels in the plot's right part (lr 10 is the largest rate), and
+    # in the legend's "diverged" entry
+    assert marked.sum() > 50
+    cols = np.flatnonzero(marked.any(axis=0))
+    assert cols.max() > width * 0.8
+    # a sweep whose every trial diverged still draws its crosses: two, more red than one
+    both = [diverged, {**diverged, "learning_rate": 1.0}]
+    assert _pixels_of(plots.lr_sweep_png(both, "val_loss"), "tab:red").sum() > marked.sum()
+    # ... and the points say so
+    assert plots.lr_sweep_points([*finished, diverged])[2] == [10.0]
 
 
 def test_lr_sweep_points_draw_a_line_per_combination_of_the_other_parameters():
