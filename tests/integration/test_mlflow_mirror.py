@@ -6,6 +6,8 @@ Everything is read back through MLflow's REST API, as any client would.
 from __future__ import annotations
 
 import io
+import json
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +32,10 @@ from tests.integration.harness import Stack, require_postgres, wait_for
 pytestmark = pytest.mark.integration
 
 TRACKING_MODE = "workflowType=machine_learning"  # links open the UI's "Model training" mode
+DEFAULT_EXPERIMENT = "sweeplab"  # where single jobs land (README, "MLflow")
+# The README's mapping of job statuses to MLflow run statuses.
+RUN_STATUS = {"succeeded": "FINISHED", "diverged": "FAILED", "failed": "FAILED",
+              "cancelled": "KILLED", "pruned": "KILLED"}  # fmt: skip
 LRS = [0.01, 0.1, 10.0]  # 10.0 diverges on digits in the first epoch
 
 
@@ -77,6 +83,34 @@ def stack(
         s.close()
 
 
+# Expectations are written from the stored spec and history and the documented naming
+# rules, never with the mirror's own helpers (tracking.flatten_spec, epoch_metrics,
+# run_name): a bug in those must fail here.
+
+
+def expected_params(spec: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """One param per leaf of the spec, by dotted path, layers by index; numbers as
+    Python writes them, None and booleans by name, a list of plain values as JSON."""
+    out: dict[str, str] = {}
+    for key, value in spec.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(expected_params(value, f"{path}."))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for i, item in enumerate(value):
+                out.update(expected_params(item, f"{path}.{i}."))
+        elif isinstance(value, list | dict):
+            out[path] = json.dumps(value, separators=(",", ":"))
+        else:
+            out[path] = value if isinstance(value, str) else repr(value)
+    return out
+
+
+def expected_run_name(lr: float, batch_size: int = 32) -> str:
+    """``lr=<rate> bs=<batch size>``, the rate to 4 significant digits."""
+    return f"lr={lr:.4g} bs={batch_size}"
+
+
 def db_rows(stack: Stack, job_id: str) -> list[JobMetric]:
     with stack.sessions() as session:
         return list(
@@ -93,14 +127,23 @@ def assert_run_mirrors_job(
 ):
     """Params, every metric point once, tags, status and artifacts of one job's run."""
     run_id = run["info"]["run_id"]
-    assert params(run) == tracking.flatten_spec(job.spec)
-    assert "architecture.layers.0.units" in params(run)
+    logged = params(run)
+    assert logged == expected_params(job.spec)
+    hp = job.spec["hyperparameters"]
+    assert logged["dataset.name"] == job.spec["dataset"]["name"]
+    assert logged["architecture.layers.0.activation"] == "relu"
+    assert logged["hyperparameters.learning_rate"] == repr(hp["learning_rate"])
+    assert logged["hyperparameters.batch_size"] == "32"
+    assert logged["hyperparameters.epochs"] == str(hp["epochs"])
     rows = db_rows(stack, job.id)
     assert [r.epoch for r in rows] == list(range(1, job.epochs_done + 1))
+    # every finite number the database holds for an epoch (per-layer ones as
+    # grad_norm.layer_0, ...), at that epoch's step
     expected: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
-        for key, value in tracking.epoch_metrics(row.metrics).items():
-            expected.setdefault(key, []).append((row.epoch, value))
+        for key, value in row.metrics.items():
+            if key != "epoch" and isinstance(value, int | float) and math.isfinite(value):
+                expected.setdefault(key, []).append((row.epoch, value))
     if job.status != "diverged":  # a diverged epoch has no finite losses or norms
         assert "grad_norm.layer_0" in expected and "val_loss" in expected
     for key, points in expected.items():
@@ -120,10 +163,10 @@ def assert_run_mirrors_job(
     assert t["sweeplab.job_id"] == job.id
     assert t["sweeplab.status"] == job.status
     assert t["sweeplab.architecture"] == architecture
-    assert t["mlflow.runName"] == tracking.run_name(job.spec, job.params)
+    assert t["mlflow.runName"] == expected_run_name(hp["learning_rate"])
     codes = [d["code"] for d in job.diagnosis or []]
     assert t["sweeplab.diagnosis"] == (",".join(codes) or "healthy")
-    assert run["info"]["status"] == tracking.RUN_STATUS[job.status]
+    assert run["info"]["status"] == RUN_STATUS[job.status]
     files = mlflow.artifacts(run_id)
     for name in ("spec.json", "history.csv", "learning_curve.png", "diagnosis.json"):
         assert name in files, files
@@ -195,7 +238,7 @@ def test_single_job_is_a_run_in_the_default_experiment(stack: Stack, mlflow: Mlf
     job = stack.post("/jobs", trial_spec(epochs=4, learning_rate=0.05))
     stack.wait_job(job["id"])
     done = wait_job_mirrored(stack, job["id"])
-    exp_id = mlflow.experiment_id(tracking.DEFAULT_EXPERIMENT)
+    exp_id = mlflow.experiment_id(DEFAULT_EXPERIMENT)
     runs = mlflow.runs(exp_id, f"tags.`sweeplab.job_id` = '{job['id']}'")
     assert len(runs) == 1
     assert "mlflow.parentRunId" not in tags(runs[0])
@@ -282,7 +325,7 @@ def test_catch_up_mirrors_jobs_finished_while_mirroring_was_off(
 
     counts = wait_for(caught_up, 30, "the catch-up to find the job's lock free", interval=0.5)
     assert counts["failed"] == 0 and counts["left"] == 0, counts
-    exp_id = mlflow.experiment_id(tracking.DEFAULT_EXPERIMENT)
+    exp_id = mlflow.experiment_id(DEFAULT_EXPERIMENT)
     runs = mlflow.runs(exp_id, f"tags.`sweeplab.job_id` = '{job['id']}'")
     assert len(runs) == 1
     assert_run_mirrors_job(mlflow, runs[0], stack.job(job["id"]), stack)
@@ -301,7 +344,7 @@ def test_workers_catch_up_by_themselves_when_a_hook_was_lost(stack: Stack, mlflo
         session.commit()
     mirrored = wait_job_mirrored(stack, job["id"], timeout=30)
     assert mirrored.mlflow_synced_epoch == 3
-    exp_id = mlflow.experiment_id(tracking.DEFAULT_EXPERIMENT)
+    exp_id = mlflow.experiment_id(DEFAULT_EXPERIMENT)
     runs = mlflow.runs(exp_id, f"tags.`sweeplab.job_id` = '{job['id']}'")
     assert len(runs) == 1
     assert_run_mirrors_job(mlflow, runs[0], stack.job(job["id"]), stack)
