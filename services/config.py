@@ -1,16 +1,33 @@
-"""Settings from the environment, built at each entry point (never at import time)."""
+"""Settings from the environment (pydantic-settings), built at each entry point, never on import.
+
+``Settings.from_env()`` reads ``os.environ``; ``Settings.from_env(mapping)``
+reads a given mapping the same way (tests, the environment of a child
+process). An empty variable counts as unset, except ``MLFLOW_TRACKING_URI``,
+where empty means "no mirroring".
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
+
+LIMIT_PREFIX = "SWEEPLAB_"  # a limit ``max_<name>`` is read from SWEEPLAB_MAX_<NAME>
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(BaseModel):
     """What one job or sweep may ask for; each is overridable by ``SWEEPLAB_MAX_<NAME>``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_layers: int = 20
     max_units: int = 4096
@@ -23,69 +40,107 @@ class Limits:
     max_body_bytes: int = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Settings:
-    database_url: str
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    mlflow_tracking_uri: str | None = "http://127.0.0.1:5000"
-    mlflow_ui_url: str | None = None
-    celery_queue: str = "sweeplab"
+class Environ(EnvSettingsSource):
+    """The environment (``os.environ``, or ``environ`` when given), as pydantic-settings reads it.
+
+    Adds the ``SWEEPLAB_MAX_<NAME>`` variables as ``limits`` and drops empty values.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None = None):
+        super().__init__(settings_cls)
+        if environ is not None:
+            self.env_vars = parse_env_vars(
+                environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+            )
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        tracking_off = data.get("MLFLOW_TRACKING_URI") == ""
+        data = {key: value for key, value in data.items() if value != ""}
+        if tracking_off:
+            data["MLFLOW_TRACKING_URI"] = None
+        limits = {
+            name: value
+            for name in Limits.model_fields
+            if (value := self.env_vars.get(f"{LIMIT_PREFIX}{name}".lower()))
+        }
+        if limits:
+            data["limits"] = limits
+        return data
+
+
+class Settings(BaseSettings):
+    """Where the stores are and how the workers pace themselves; each field names its variable."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    # Where var/ lives (the default database, the stack's state).
+    home: Path | None = Field(None, validation_alias="SWEEPLAB_HOME")
+    # Default: sqlite under $SWEEPLAB_HOME/var (or ./var).
+    database_url: str = Field(validation_alias="DATABASE_URL")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    mlflow_tracking_uri: str | None = Field(
+        "http://127.0.0.1:5000", validation_alias="MLFLOW_TRACKING_URI"
+    )
+    # Default: the tracking URI (the base of the links the API hands out).
+    mlflow_ui_url: str | None = Field(None, validation_alias="MLFLOW_UI_URL")
+    celery_queue: str = Field("sweeplab", validation_alias="SWEEPLAB_QUEUE")
     # Above the longest job: Redis redelivers an unacknowledged message after this.
-    visibility_timeout: int = 12 * 3600
+    visibility_timeout: int = Field(12 * 3600, validation_alias="SWEEPLAB_VISIBILITY_TIMEOUT")
     # A running job's owner renews its lease at each flush; another worker may
     # take over (and resume from the latest checkpoint) once it has expired.
-    lease_seconds: float = 60.0
+    lease_seconds: float = Field(60.0, validation_alias="SWEEPLAB_LEASE_SECONDS")
     # A worker that dies mid-job (out of memory, killed) costs an attempt; a job that
     # has used this many is failed instead of being handed to the next worker.
-    max_attempts: int = 5
+    max_attempts: int = Field(5, validation_alias="SWEEPLAB_MAX_ATTEMPTS")
     # A job still queued after this long may have lost its message (the sender
     # died between commit and send, or Redis lost it): the recover task sends it again.
-    requeue_seconds: float = 300.0
+    requeue_seconds: float = Field(300.0, validation_alias="SWEEPLAB_REQUEUE_SECONDS")
     # How often each worker asks for a recover pass (at most one runs per period).
-    recover_seconds: float = 30.0
+    recover_seconds: float = Field(30.0, validation_alias="SWEEPLAB_RECOVER_SECONDS")
     # How often each worker asks for an MLflow catch-up pass (at most one per period).
-    mirror_catch_up_seconds: float = 60.0
-    checkpoint_every: int = 10
-    flush_seconds: float = 0.5
-    blas_threads: int = 1
-    limits: Limits = field(default_factory=Limits)
+    mirror_catch_up_seconds: float = Field(
+        60.0, validation_alias="SWEEPLAB_MIRROR_CATCH_UP_SECONDS"
+    )
+    checkpoint_every: int = Field(10, validation_alias="SWEEPLAB_CHECKPOINT_EVERY")
+    flush_seconds: float = Field(0.5, validation_alias="SWEEPLAB_FLUSH_SECONDS")
+    blas_threads: int = Field(1, validation_alias="SWEEPLAB_BLAS_THREADS")
+    limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if not (data.get("DATABASE_URL") or data.get("database_url")):
+            home = Path(data.get("SWEEPLAB_HOME") or data.get("home") or Path.cwd())
+            data["DATABASE_URL"] = f"sqlite:///{home / 'var' / 'sweeplab.db'}"
+        if not (data.get("MLFLOW_UI_URL") or data.get("mlflow_ui_url")):
+            tracking = data.get("MLFLOW_TRACKING_URI", data.get("mlflow_tracking_uri", ...))
+            data["MLFLOW_UI_URL"] = (
+                cls.model_fields["mlflow_tracking_uri"].default if tracking is ... else tracking
+            )
+        return data
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, Environ(settings_cls)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read the settings from ``environ`` (default ``os.environ``)."""
-        env = os.environ if environ is None else environ
-        home = Path(env.get("SWEEPLAB_HOME") or Path.cwd())
-        database_url = env.get("DATABASE_URL") or f"sqlite:///{home / 'var' / 'sweeplab.db'}"
-        tracking = env.get("MLFLOW_TRACKING_URI", cls.mlflow_tracking_uri) or None
-        limits = Limits(
-            **{
-                f.name: int(env[f"SWEEPLAB_{f.name.upper()}"])
-                for f in fields(Limits)
-                if env.get(f"SWEEPLAB_{f.name.upper()}")
-            }
-        )
-        return cls(
-            database_url=database_url,
-            redis_url=env.get("REDIS_URL") or cls.redis_url,
-            mlflow_tracking_uri=tracking,
-            mlflow_ui_url=env.get("MLFLOW_UI_URL") or tracking,
-            celery_queue=env.get("SWEEPLAB_QUEUE") or cls.celery_queue,
-            visibility_timeout=int(
-                env.get("SWEEPLAB_VISIBILITY_TIMEOUT") or cls.visibility_timeout
-            ),
-            lease_seconds=float(env.get("SWEEPLAB_LEASE_SECONDS") or cls.lease_seconds),
-            max_attempts=int(env.get("SWEEPLAB_MAX_ATTEMPTS") or cls.max_attempts),
-            requeue_seconds=float(env.get("SWEEPLAB_REQUEUE_SECONDS") or cls.requeue_seconds),
-            recover_seconds=float(env.get("SWEEPLAB_RECOVER_SECONDS") or cls.recover_seconds),
-            mirror_catch_up_seconds=float(
-                env.get("SWEEPLAB_MIRROR_CATCH_UP_SECONDS") or cls.mirror_catch_up_seconds
-            ),
-            checkpoint_every=int(env.get("SWEEPLAB_CHECKPOINT_EVERY") or cls.checkpoint_every),
-            flush_seconds=float(env.get("SWEEPLAB_FLUSH_SECONDS") or cls.flush_seconds),
-            blas_threads=int(env.get("SWEEPLAB_BLAS_THREADS") or cls.blas_threads),
-            limits=limits,
-        )
+        if environ is None:
+            return cls()  # type: ignore[call-arg]  # fields come from the sources
+        return cls(_build_sources=((Environ(cls, environ),), {}))  # type: ignore[call-arg]
 
     def replace(self, **changes: object) -> Settings:
         """Return a copy with ``changes`` applied (handy in tests)."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return self.model_copy(update=changes)

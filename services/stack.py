@@ -29,6 +29,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+import redis
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 API_HOST = "127.0.0.1"
 API_PORT = int(os.environ.get("SWEEPLAB_API_PORT") or 8000)  # where `up` serves the API
@@ -77,19 +79,14 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def redis_ping(url: str, timeout: float = 1.0) -> bool:
-    """Return True when a Redis server answers PING at ``url``."""
-    parts = urllib.parse.urlsplit(url)
+    """Return True when a Redis server answers PING at ``url`` (ACL users and rediss:// too)."""
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
-        with socket.create_connection(
-            (parts.hostname or "127.0.0.1", parts.port or 6379), timeout=timeout
-        ) as sock:
-            if parts.password:
-                sock.sendall(f"AUTH {parts.password}\r\n".encode())
-                sock.recv(64)
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
         return False
+    finally:
+        client.close()
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
