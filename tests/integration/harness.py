@@ -1,8 +1,10 @@
 """A real stack for integration tests: Redis, a database, Celery worker processes, the API.
 
 Each :class:`Stack` gets a fresh database (a SQLite file, or a PostgreSQL
-database created for it), its own Celery queue and Redis database number, so
-parallel runs on one machine do not collide.
+database created for it), its own Celery queue and a Redis database number
+that it claims for itself (:func:`claim_redis_db`), so that two suites running
+at once on one machine (or one Redis) never share keys: the recover and
+catch-up locks, Celery's unacknowledged-message hash, cancel flags.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +47,60 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+REDIS_DB_CLAIM = "sweeplab-tests:db:{n}"  # in database 0: who uses database n
+REDIS_DB_CLAIM_TTL = 6 * 3600  # a suite that died without releasing frees it after this
+
+
+def _owner_alive(owner: bytes | None) -> bool:
+    """Whether the claim's owner (``host:pid``) still runs; an owner elsewhere counts as alive."""
+    if not owner:
+        return False
+    host, _, pid = owner.decode().rpartition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+def claim_redis_db(redis_base: str) -> tuple[str, Callable[[], None]]:
+    """Claim a Redis database (1-15) no other running suite uses; return its URL and a release.
+
+    The claim is a key in database 0, set only if absent (``SET NX``), that names
+    this process; a claim whose process has died is taken over. The claimed
+    database is emptied first (a dead suite may have left keys in it).
+    """
+    base = redis_base.rsplit("/", 1)[0]
+    me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    admin = redis.Redis.from_url(f"{base}/0")
+    try:
+        for n in random.sample(range(1, 16), 15):
+            key = REDIS_DB_CLAIM.format(n=n)
+            owner = admin.get(key)
+            if owner is not None and not _owner_alive(owner.rsplit(b":", 1)[0]):
+                admin.delete(key)  # its suite died without releasing it
+            if admin.set(key, me, nx=True, ex=REDIS_DB_CLAIM_TTL):
+                break
+        else:
+            raise RuntimeError("every Redis database 1-15 is claimed by another running suite")
+    finally:
+        admin.close()
+    url = f"{base}/{n}"
+    with redis.Redis.from_url(url) as r:
+        r.flushdb()
+
+    def release() -> None:
+        with suppress(redis.RedisError), redis.Redis.from_url(f"{base}/0") as r:
+            if r.get(key) == me.encode():
+                r.delete(key)
+
+    return url, release
 
 
 def redis_ok(url: str) -> bool:
@@ -106,7 +163,7 @@ class Stack:
         else:
             self.database_url = create_pg_database()
         upgrade(self.database_url)
-        self.redis_url = f"{redis_base.rsplit('/', 1)[0]}/{random.randint(1, 15)}"
+        self.redis_url, self._release_redis = claim_redis_db(redis_base)
         self.queue = f"sweeplab-it-{uuid.uuid4().hex[:8]}"
         self.env = {
             **os.environ,
@@ -162,8 +219,9 @@ class Stack:
                 proc.wait(timeout=10)
         with suppress(redis.RedisError):
             r = redis.Redis.from_url(self.redis_url)
-            r.delete(self.queue)
+            r.flushdb()  # the database is ours alone (claim_redis_db)
             r.close()
+        self._release_redis()
         self.app.extensions["sweeplab"].dispatcher.close()
         self.app.extensions["sweeplab"].engine.dispose()
         self.engine.dispose()

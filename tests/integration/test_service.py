@@ -43,9 +43,9 @@ def cancel_spec(epochs: int, **changes: Any) -> dict[str, Any]:
                     **changes)  # fmt: skip
 
 
-# What a cancel may take beyond the epoch in flight: the HTTP request, the Redis flag,
-# the final flush and commit (measured 0.02-0.1 s).
-CANCEL_SLACK = 0.3
+# Epochs a cancelled job may still record after the cancel: the one in flight, and one
+# that had ended but was not yet flushed when the test read the count.
+MAX_EPOCHS_AFTER_CANCEL = 2
 
 
 def reference_fit(spec: dict[str, Any]):
@@ -192,18 +192,22 @@ def _epoch_seconds(stack: Stack, job_id: str) -> float:
 def test_cancel_stops_a_running_job_within_an_epoch(stack: Stack):
     job = stack.post("/jobs", cancel_spec(500))
     wait_for(lambda: stack.job(job["id"]).epochs_done >= 3, 60, "three epochs")
+    recorded = stack.job(job["id"]).epochs_done
     cancelled_at = time.time()
     response = stack.client.post(f"/api/v1/jobs/{job['id']}/cancel")
     assert response.status_code == 202
-    done = stack.wait_job(job["id"], timeout=30)
+    done = stack.wait_job(job["id"], timeout=60)
     assert done.status == "cancelled" and done.epochs_done < 500
     assert_every_epoch_once(stack, job["id"])
+    # Counted in epochs, not seconds (a loaded machine stretches both alike): the
+    # epoch in flight when the cancel came, at most one recorded but not yet flushed.
+    assert done.epochs_done <= recorded + MAX_EPOCHS_AFTER_CANCEL
     latency, epoch = (
         _cancel_latency(stack, job["id"], cancelled_at),
         _epoch_seconds(stack, job["id"]),
     )
-    print(f"[{stack.backend}] cancel took {latency:.3f}s; slowest epoch {epoch:.3f}s")
-    assert latency < epoch + CANCEL_SLACK
+    print(f"[{stack.backend}] cancel took {latency:.3f}s, {done.epochs_done - recorded} "
+          f"epochs; slowest epoch {epoch:.3f}s")  # fmt: skip
     assert stack.client.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 409
 
 
@@ -214,17 +218,24 @@ def test_cancel_sweep_stops_running_and_never_starts_queued(stack: Stack):
     })  # fmt: skip
     wait_for(lambda: sum(j.epochs_done >= 2 for j in stack.sweep_jobs(sweep["id"])) == 2, 60,
              "two running trials")  # fmt: skip
-    cancelled_at = time.time()
+    recorded = {j.id: j.epochs_done for j in stack.sweep_jobs(sweep["id"])}
     stack.client.post(f"/api/v1/sweeps/{sweep['id']}/cancel")
-    done = stack.wait_sweep(sweep["id"], timeout=30)
+    done = stack.wait_sweep(sweep["id"], timeout=60)
     assert done["status"] == "cancelled"
     jobs = stack.sweep_jobs(sweep["id"])
     assert len(jobs) == 2 and {j.status for j in jobs} == {"cancelled"}
     for job in jobs:
-        assert job.epochs_done < 500
-        latency = _cancel_latency(stack, job.id, cancelled_at)
-        assert latency < _epoch_seconds(stack, job.id) + CANCEL_SLACK
-    time.sleep(1.0)
+        assert job.epochs_done <= recorded[job.id] + MAX_EPOCHS_AFTER_CANCEL
+    # Whatever would start a trial (the recover pass advances every running sweep)
+    # starts none for a cancelled sweep: run it now rather than sleep and hope.
+    from services.celery_app import Dispatcher
+    from services.sweeps import recover
+
+    dispatcher = Dispatcher(stack.settings)
+    try:
+        recover(settings=stack.settings, session_factory=stack.sessions, dispatcher=dispatcher)
+    finally:
+        dispatcher.close()
     assert len(stack.sweep_jobs(sweep["id"])) == 2  # nothing new was started
 
 
@@ -261,8 +272,13 @@ def test_a_queued_job_whose_message_was_lost_is_sent_again(stack: Stack):
     with stack.sessions() as session:
         job_id = create_job(session, spec=validate_job(job_spec(epochs=6))).id
         session.commit()
-    time.sleep(1.0)
-    assert stack.job(job_id).status == "queued"  # nobody knows about it
+    # nobody knows about it: no message waits in the queue (and the workers, which
+    # take a message at once, have none)
+    import redis
+
+    with redis.Redis.from_url(stack.redis_url) as r:
+        assert r.llen(stack.queue) == 0
+    assert stack.job(job_id).status == "queued"
     with stack.sessions() as session:
         stale = utcnow() - timedelta(seconds=stack.settings.requeue_seconds + 1)
         session.execute(update(Job).where(Job.id == job_id).values(updated_at=stale))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import io
-import time
 from datetime import timedelta
 
 import numpy as np
@@ -15,6 +14,7 @@ from services import jobs
 from services.db.models import Job, JobCheckpoint, JobMetric, JobWeights, utcnow
 from services.specs import validate_job
 from tests.conftest import XOR_JOB
+from tests.integration.harness import wait_for
 
 
 def make_job(sessions, dataset: str | None = None, **changes) -> str:
@@ -197,13 +197,21 @@ def test_lease_outlives_a_slow_epoch(settings, sessions, dispatcher, monkeypatch
     """An epoch longer than the lease must not let another worker take the job over."""
     import services.trainer
 
-    settings = settings.replace(lease_seconds=0.6, flush_seconds=0.0)
+    settings = settings.replace(lease_seconds=1.5, flush_seconds=0.0)
     job_id = make_job(sessions)
     stolen: list[object] = []
 
+    def lease_expiry():
+        with sessions() as session:
+            return session.get(Job, job_id).lease_expires_at
+
     def slow_fit(spec, *, on_epoch, **_kwargs):
         for epoch in (1, 2):
-            time.sleep(1.5)  # 2.5 leases
+            # The epoch lasts until the lease it started under has run out (however
+            # slowly this machine runs today): only a renewal keeps the job.
+            ends = lease_expiry() + timedelta(seconds=0.1)
+            wait_for(lambda ends=ends: utcnow() > ends, 30,
+                     "the epoch's first lease to run out", interval=0.05)  # fmt: skip
             with sessions() as session:
                 stolen.append(jobs.claim_job(session, job_id=job_id, worker="thief",
                                              lease_seconds=60))  # fmt: skip
@@ -225,12 +233,21 @@ def test_a_lost_lease_stops_the_run(settings, sessions, dispatcher, monkeypatch)
     settings = settings.replace(lease_seconds=0.3, flush_seconds=60.0)
     job_id = make_job(sessions)
     asked_to_stop: list[bool] = []
+    keepers: list[jobs.LeaseKeeper] = []
+
+    class Recorded(jobs.LeaseKeeper):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            keepers.append(self)
+
+    monkeypatch.setattr(jobs, "LeaseKeeper", Recorded)
 
     def fit(spec, *, on_epoch, **_kwargs):
         with sessions() as session:  # an operator (or a bug) hands the job to someone else
             session.execute(update(Job).where(Job.id == job_id).values(attempts=Job.attempts + 1))
             session.commit()
-        time.sleep(0.5)
+        # the epoch goes on until the lease keeper has noticed (an event, not a sleep)
+        wait_for(lambda: keepers and keepers[0].lost.is_set(), 30, "the lease keeper to notice")
         asked_to_stop.append(bool(on_epoch({"epoch": 1, "train_loss": 1.0, "val_loss": 1.0})))
         return FakeResult(status="stopped")
 
