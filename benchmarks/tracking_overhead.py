@@ -1,6 +1,6 @@
 """What does the MLflow mirror cost? The demo sweep with mirroring off, then on.
 
-Starts its own Redis, MLflow server (services.mlflow_server), SQLite database
+Starts its own Redis, MLflow server (services.mirror.server), SQLite database
 and Celery worker (2 processes) under a temporary directory, then runs the
 demo sweep (examples/lr_sweep.json) ``--rounds`` times in each mode,
 alternating off/on so that machine noise hits both alike. Prints, per mode,
@@ -33,13 +33,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services import mlflow_server  # noqa: E402
+from services.mirror import server as mlflow_server  # noqa: E402
 from services.celery_app import Dispatcher  # noqa: E402
 from services.config import Settings  # noqa: E402
 from services.db import Job, Sweep, make_engine, make_session_factory, upgrade  # noqa: E402
 from services.specs import validate_sweep  # noqa: E402
 from services.stack import start_redis  # noqa: E402
-from services.sweeps import create_sweep  # noqa: E402
+from services.sweeps.scheduler import create_sweep  # noqa: E402
 
 
 def free_port() -> int:

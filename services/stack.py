@@ -287,7 +287,7 @@ def release_jobs_of(pids: Sequence[int], env: dict[str, str]) -> int:
     from services.config import Settings
     from services.db import make_engine, make_session_factory
     from services.db.models import Job, utcnow
-    from services.jobs import worker_name
+    from services.jobs.lease import worker_name
 
     host = worker_name().rsplit(":", 1)[0]
     names = [f"{host}:{pid}" for pid in pids]
@@ -418,7 +418,7 @@ def _up_mlflow(env: dict[str, str], var: Path) -> None:
     ):
         print(f"mlflow: already running on {host}:{port}")
         return
-    from services import mlflow_server  # noqa: PLC0415  (needs the server extra only here)
+    from services.mirror import server as mlflow_server  # late: needs the server extra only here
 
     argv, mlflow_env = mlflow_server.server_command(host, port, var)
     proc = _spawn(argv, var / "log" / "mlflow.log", dict(env, **mlflow_env))

@@ -1,4 +1,4 @@
-"""Celery tasks that mirror jobs and sweeps to MLflow (thin: ids in, services.tracking does it).
+"""Celery tasks that mirror jobs and sweeps to MLflow (thin: ids in, services.mirror does it).
 
 Registered with ``shared_task`` so that whichever Celery app the worker builds
 picks them up once it imports this module (``include=["worker.mirror_tasks"]``).
@@ -15,14 +15,18 @@ from typing import Any
 
 from celery import shared_task, signals
 
-from services import tracking
+from services.mirror.catch_up import mirror_pending
+from services.mirror.names import enabled
+from services.mirror.plumbing import LOW_PRIORITY, MIRROR_JOB_TASK, MIRROR_PENDING_TASK, MIRROR_SWEEP_TASK, MirrorBusy, send_task, warm_up
+from services.mirror.snapshots import job_sweep_id, sweep_mirror_final
+from services.mirror.sync import mirror_job, mirror_sweep
 from services.config import Settings
 
 log = logging.getLogger(__name__)
 
 RETRY_CAP_S = 300  # back off up to 5 minutes between attempts while MLflow is down
 PENDING_GUARD = "sweeplab:mirror_pending:scheduled"
-LOW = tracking.LOW_PRIORITY
+LOW = LOW_PRIORITY
 
 
 def _backoff(retries: int) -> float:
@@ -33,57 +37,57 @@ def _mirror_or_retry(task: Any, mirror: Callable[[], object], what: str) -> None
     """Run ``mirror``; on failure retry the task later (soon while another holds the lock)."""
     try:
         mirror()
-    except tracking.MirrorBusy as exc:
+    except MirrorBusy as exc:
         raise task.retry(exc=exc, countdown=1.0 + random.random(), priority=LOW) from None
     except Exception as exc:
         log.warning("mirror of %s failed (%s); retry %d", what, exc, task.request.retries)
         raise task.retry(exc=exc, countdown=_backoff(task.request.retries), priority=LOW) from None
 
 
-@shared_task(name=tracking.MIRROR_JOB_TASK, bind=True, max_retries=200, acks_late=True)
+@shared_task(name=MIRROR_JOB_TASK, bind=True, max_retries=200, acks_late=True)
 def mirror_job(self, job_id: str) -> str:
     """Mirror one job to MLflow (epochs, tags, artifacts, status), retrying until it lands."""
     settings = Settings.from_env()
     _mirror_or_retry(
-        self, lambda: tracking.mirror_job(settings, job_id, finalize=True), f"job {job_id}"
+        self, lambda: mirror_job(settings, job_id, finalize=True), f"job {job_id}"
     )
     _follow_sweep(settings, job_id)
     return "mirrored"
 
 
-@shared_task(name=tracking.MIRROR_SWEEP_TASK, bind=True, max_retries=200, acks_late=True)
+@shared_task(name=MIRROR_SWEEP_TASK, bind=True, max_retries=200, acks_late=True)
 def mirror_sweep(self, sweep_id: str) -> str:
     """Close a finished sweep's parent run once every trial is mirrored."""
     settings = Settings.from_env()
     _mirror_or_retry(
-        self, lambda: tracking.mirror_sweep(settings, sweep_id, finalize=True), f"sweep {sweep_id}"
+        self, lambda: mirror_sweep(settings, sweep_id, finalize=True), f"sweep {sweep_id}"
     )
-    state = tracking.sweep_mirror_final(settings, sweep_id)
+    state = sweep_mirror_final(settings, sweep_id)
     if state is False:  # ended (or ending) but not closed yet: look again shortly
         raise self.retry(countdown=2.0 + random.random(), priority=LOW)
     return "closed" if state else "running"
 
 
-@shared_task(name=tracking.MIRROR_PENDING_TASK, bind=True, acks_late=True)
+@shared_task(name=MIRROR_PENDING_TASK, bind=True, acks_late=True)
 def mirror_pending(self) -> dict[str, int]:
     """Mirror every job and sweep whose mirror lags (each worker's ticker sends it)."""
-    return tracking.mirror_pending(Settings.from_env())
+    return mirror_pending(Settings.from_env())
 
 
 def _follow_sweep(settings: Settings, job_id: str) -> None:
-    sweep_id = tracking.job_sweep_id(settings, job_id)
-    if sweep_id and tracking.sweep_mirror_final(settings, sweep_id) is False:
+    sweep_id = job_sweep_id(settings, job_id)
+    if sweep_id and sweep_mirror_final(settings, sweep_id) is False:
         # The sweep is marked done right after its last trial's job_finished:
         # close its parent run in a moment.
-        tracking.send_task(settings, tracking.MIRROR_SWEEP_TASK, [sweep_id], countdown=2)
+        send_task(settings, MIRROR_SWEEP_TASK, [sweep_id], countdown=2)
 
 
 @signals.worker_process_init.connect
 def _warm_up(**_kwargs) -> None:
     """Import the MLflow client in the background, so that the first mirror is quick."""
-    if tracking.enabled(Settings.from_env()):
+    if enabled(Settings.from_env()):
         threading.Thread(
-            target=tracking.warm_up, name="sweeplab-mlflow-warm-up", daemon=True
+            target=warm_up, name="sweeplab-mlflow-warm-up", daemon=True
         ).start()
 
 
@@ -95,10 +99,10 @@ def _catch_up_at_start(sender=None, **_kwargs) -> None:
     from worker.tasks import Ticker, start_ticker
 
     settings = Settings.from_env()
-    if not tracking.enabled(settings):
+    if not enabled(settings):
         return
     start_ticker(Ticker(
         settings, "mirror-catch-up",
-        lambda: tracking.send_task(settings, tracking.MIRROR_PENDING_TASK, []),
+        lambda: send_task(settings, MIRROR_PENDING_TASK, []),
         settings.mirror_catch_up_seconds, PENDING_GUARD,
     ))  # fmt: skip

@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.celery_app import RUN_JOB, Dispatcher
 from services.config import Settings
 from services.db import make_engine, make_session_factory
-from services.jobs import LeaseHeldError, execute_job
-from services.sweeps import recover
+from services.jobs.lease import LeaseHeldError
+from services.jobs.recovery import recover
+from services.jobs.run import execute_job
 
 log = logging.getLogger(__name__)
 

@@ -82,3 +82,15 @@ def load_checkpoint(blob: bytes) -> Checkpoint:
     if missing:
         raise ValueError(f"not a sweeplab checkpoint: its metadata lacks {', '.join(missing)}")
     return Checkpoint(meta, params, opt, best)
+
+
+def checkpoint_network(blob: bytes):
+    """The network a checkpoint holds: its architecture with the checkpoint's weights
+    (no optimizer state), e.g. to hand out the weights of a job that stopped mid-way."""
+    from .network import _from_architecture  # late: network imports much; loading needs none
+
+    ckpt = load_checkpoint(blob)
+    arch = ckpt.meta["architecture"]
+    net = _from_architecture(arch, arch["dtype"])
+    net.set_canonical(ckpt.params)
+    return net

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from services import mlflow_server
+from services.mirror import server as mlflow_server
 from services.config import Settings
 from services.db import Job, Sweep
 from tests.integration.harness import Stack, wait_for
@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """A local MLflow server (services.mlflow_server) that a test may stop and start again."""
+    """A local MLflow server (services.mirror.server) that a test may stop and start again."""
 
     def __init__(self, var_dir: Path, port: int | None = None):
         self.var_dir = var_dir

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services import tracking
+from services.mirror import sync
+from services.mirror.catch_up import mirror_pending
 from services.db import Job, JobMetric
 from tests.e2e.mlflow_support import (
     MlflowServer,
@@ -84,7 +85,7 @@ def stack(
 
 
 # Expectations are written from the stored spec and history and the documented naming
-# rules, never with the mirror's own helpers (tracking.flatten_spec, epoch_metrics,
+# rules, never with the mirror's own helpers (names.flatten_spec, epoch_metrics,
 # run_name): a bug in those must fail here.
 
 
@@ -315,12 +316,12 @@ def test_catch_up_mirrors_jobs_finished_while_mirroring_was_off(
         row.mlflow_run_id = row.mlflow_experiment_id = row.mlflow_synced_status = None
         row.mlflow_synced_epoch = 0
         session.commit()
-    tracking._confirmed.clear()
+    sync._confirmed.clear()
 
     def caught_up() -> dict | None:
         # "busy": a mirror task of the worker still holds the job's lock (the
         # periodic ticker retries then too); anything else must be final
-        counts = tracking.mirror_pending(stack.settings)
+        counts = mirror_pending(stack.settings)
         return None if counts["busy"] else counts
 
     counts = wait_for(caught_up, 30, "the catch-up to find the job's lock free", interval=0.5)

@@ -229,7 +229,7 @@ def test_cancel_sweep_stops_running_and_never_starts_queued(stack: Stack):
     # Whatever would start a trial (the recover pass advances every running sweep)
     # starts none for a cancelled sweep: run it now rather than sleep and hope.
     from services.celery_app import Dispatcher
-    from services.sweeps import recover
+    from services.jobs.recovery import recover
 
     dispatcher = Dispatcher(stack.settings)
     try:
@@ -265,9 +265,9 @@ def test_a_queued_job_whose_message_was_lost_is_sent_again(stack: Stack):
 
     from services.celery_app import Dispatcher
     from services.db.models import Job, utcnow
-    from services.jobs import create_job
+    from services.jobs.rows import create_job
     from services.specs import validate_job
-    from services.sweeps import recover
+    from services.jobs.recovery import recover
 
     with stack.sessions() as session:
         job_id = create_job(session, spec=validate_job(job_spec(epochs=6))).id

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from services.jobs import execute_job
+from services.jobs.run import execute_job
 from tests.conftest import XOR_JOB
 
 API = "/api/v1"
@@ -70,7 +70,7 @@ def test_cancel_queued_and_running(client, app, dispatcher):
     # running: a worker claimed it (its lease already expired, so that the run below
     # may take it over); the cancel flags it, tells the workers, and the run stops
     # at its next check (before or at its first epoch boundary), not after 20 epochs.
-    from services.jobs import claim_job
+    from services.jobs.lease import claim_job
 
     spec = copy.deepcopy(XOR_JOB)
     spec["hyperparameters"]["epochs"] = 20

@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 from sqlalchemy import select, update
 
-from services import jobs
+from services.db.pages import BadCursorError, decode_cursor
+from services.jobs.lease import LeaseHeldError, LeaseKeeper, claim_job, expired_leases, fail_exhausted, worker_name
+from services.jobs.records import jsonable, record_epochs
+from services.jobs.rows import JobFinishedError, create_job, list_jobs, request_cancel
+from services.jobs.run import execute_job
+from services.ranking import Objective, Tracker
 from services.db.models import Job, JobCheckpoint, JobMetric, JobWeights, utcnow
-from services.specs import validate_job
+from services.specs import has_validation, validate_job
 from tests.conftest import XOR_JOB
 from tests.integration.harness import wait_for
 
@@ -24,13 +29,13 @@ def make_job(sessions, dataset: str | None = None, **changes) -> str:
     for key, value in changes.items():
         spec["hyperparameters"][key] = value
     with sessions() as session:
-        job = jobs.create_job(session, spec=validate_job(spec))
+        job = create_job(session, spec=validate_job(spec))
         session.commit()
         return job.id
 
 
 def run(settings, sessions, dispatcher, job_id: str) -> str:
-    return jobs.execute_job(
+    return execute_job(
         settings=settings, session_factory=sessions, dispatcher=dispatcher, job_id=job_id
     )
 
@@ -44,18 +49,18 @@ def epochs_of(sessions, job_id: str) -> list[int]:
 def test_claim_is_compare_and_set(sessions):
     job_id = make_job(sessions)
     with sessions() as session:
-        first = jobs.claim_job(session, job_id=job_id, worker="a", lease_seconds=60)
-        second = jobs.claim_job(session, job_id=job_id, worker="b", lease_seconds=60)
+        first = claim_job(session, job_id=job_id, worker="a", lease_seconds=60)
+        second = claim_job(session, job_id=job_id, worker="b", lease_seconds=60)
         session.commit()
     assert first is not None and first.worker == "a" and first.attempts == 1
     assert second is None
     with sessions() as session:  # an expired lease can be taken over
         session.execute(update(Job).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
-        third = jobs.claim_job(session, job_id=job_id, worker="b", lease_seconds=60)
+        third = claim_job(session, job_id=job_id, worker="b", lease_seconds=60)
         session.commit()
     assert third is not None and third.worker == "b" and third.attempts == 2
     with sessions() as session:  # the first owner is fenced off
-        result = jobs.record_epochs(
+        result = record_epochs(
             session, job_id=job_id, attempt=1, rows=[], progress={}, lease_seconds=60
         )
     assert not result.owned
@@ -119,17 +124,17 @@ def test_cancel_flag_stops_within_an_epoch(settings, sessions, dispatcher):
 def test_request_cancel(sessions):
     queued = make_job(sessions)
     with sessions() as session:
-        assert jobs.request_cancel(session, queued).status == "cancelled"
+        assert request_cancel(session, queued).status == "cancelled"
         session.commit()
-    with sessions() as session, pytest.raises(jobs.JobFinishedError):
-        jobs.request_cancel(session, queued)
+    with sessions() as session, pytest.raises(JobFinishedError):
+        request_cancel(session, queued)
     running = make_job(sessions)
     with sessions() as session:
-        jobs.claim_job(session, job_id=running, worker="w", lease_seconds=60)
-        job = jobs.request_cancel(session, running)
+        claim_job(session, job_id=running, worker="w", lease_seconds=60)
+        job = request_cancel(session, running)
         assert job.status == "running" and job.cancel_requested
     with sessions() as session, pytest.raises(LookupError):
-        jobs.request_cancel(session, "nope")
+        request_cancel(session, "nope")
 
 
 def test_resume_from_checkpoint_replays_identical_epochs(settings, sessions, dispatcher):
@@ -172,9 +177,9 @@ def test_resume_from_checkpoint_replays_identical_epochs(settings, sessions, dis
 def test_live_lease_means_retry_later(settings, sessions, dispatcher):
     job_id = make_job(sessions)
     with sessions() as session:
-        jobs.claim_job(session, job_id=job_id, worker="elsewhere", lease_seconds=30)
+        claim_job(session, job_id=job_id, worker="elsewhere", lease_seconds=30)
         session.commit()
-    with pytest.raises(jobs.LeaseHeldError) as info:
+    with pytest.raises(LeaseHeldError) as info:
         run(settings, sessions, dispatcher, job_id)
     assert 25 < info.value.retry_in <= 31
 
@@ -213,7 +218,7 @@ def test_lease_outlives_a_slow_epoch(settings, sessions, dispatcher, monkeypatch
             wait_for(lambda ends=ends: utcnow() > ends, 30,
                      "the epoch's first lease to run out", interval=0.05)  # fmt: skip
             with sessions() as session:
-                stolen.append(jobs.claim_job(session, job_id=job_id, worker="thief",
+                stolen.append(claim_job(session, job_id=job_id, worker="thief",
                                              lease_seconds=60))  # fmt: skip
                 session.commit()
             on_epoch({"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 1.0 / epoch})
@@ -233,9 +238,9 @@ def test_a_lost_lease_stops_the_run(settings, sessions, dispatcher, monkeypatch)
     settings = settings.replace(lease_seconds=0.3, flush_seconds=60.0)
     job_id = make_job(sessions)
     asked_to_stop: list[bool] = []
-    keepers: list[jobs.LeaseKeeper] = []
+    keepers: list[LeaseKeeper] = []
 
-    class Recorded(jobs.LeaseKeeper):
+    class Recorded(LeaseKeeper):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             keepers.append(self)
@@ -262,20 +267,20 @@ def test_cursor_roundtrip_and_pagination(sessions):
     cursor = None
     with sessions() as session:
         while True:
-            rows, cursor = jobs.list_jobs(session, cursor=cursor, limit=2)
+            rows, cursor = list_jobs(session, cursor=cursor, limit=2)
             seen += [r.id for r in rows]
             if cursor is None:
                 break
     assert sorted(seen) == sorted(ids) and len(seen) == 5
-    with pytest.raises(jobs.BadCursorError):
-        jobs.decode_cursor("!!!")
+    with pytest.raises(BadCursorError):
+        decode_cursor("!!!")
 
 
 def test_jsonable():
     import numpy as np
 
     raw = {"a": np.float32(1.5), "b": [np.int64(2), float("nan")], "c": np.bool_(True)}
-    assert jobs.jsonable(raw) == {"a": 1.5, "b": [2, None], "c": True}
+    assert jsonable(raw) == {"a": 1.5, "b": [2, None], "c": True}
 
 
 def test_down_releases_the_jobs_its_workers_held(settings, sessions):
@@ -283,31 +288,31 @@ def test_down_releases_the_jobs_its_workers_held(settings, sessions):
     finds them at once; jobs of other processes keep theirs."""
     from services import stack
 
-    host = jobs.worker_name().rsplit(":", 1)[0]
+    host = worker_name().rsplit(":", 1)[0]
     with sessions() as session:
-        ids = [jobs.create_job(session, spec=validate_job(copy.deepcopy(XOR_JOB))).id
+        ids = [create_job(session, spec=validate_job(copy.deepcopy(XOR_JOB))).id
                for _ in range(3)]  # fmt: skip
         session.commit()
         for job_id, pid in zip(ids, (101, 102, 999), strict=True):
-            assert jobs.claim_job(session, job_id=job_id, worker=f"{host}:{pid}",
+            assert claim_job(session, job_id=job_id, worker=f"{host}:{pid}",
                                   lease_seconds=600)  # fmt: skip
         session.commit()
-        assert jobs.expired_leases(session) == []
+        assert expired_leases(session) == []
     env = {"DATABASE_URL": settings.database_url}
     assert stack.release_jobs_of([101, 102, 7], env) == 2
     with sessions() as session:
-        assert sorted(jobs.expired_leases(session)) == sorted(ids[:2])
+        assert sorted(expired_leases(session)) == sorted(ids[:2])
     # a clean stop is not a lost worker: stopped again and again, the job goes on
     for _ in range(3):
         with sessions() as session:
-            taken = jobs.claim_job(session, job_id=ids[0], worker=f"{host}:101",
+            taken = claim_job(session, job_id=ids[0], worker=f"{host}:101",
                                    lease_seconds=600, max_attempts=2)  # fmt: skip
             session.commit()
             assert taken is not None
         assert stack.release_jobs_of([101], env) == 1
         with sessions() as session:
-            assert jobs.fail_exhausted(session, max_attempts=2) == []
-            assert ids[0] in jobs.expired_leases(session, max_attempts=2)
+            assert fail_exhausted(session, max_attempts=2) == []
+            assert ids[0] in expired_leases(session, max_attempts=2)
             session.commit()
     with sessions() as session:
         job = session.get(Job, ids[0])
@@ -316,7 +321,7 @@ def test_down_releases_the_jobs_its_workers_held(settings, sessions):
 
 def _submit(sessions, spec: dict) -> str:
     with sessions() as session:
-        job = jobs.create_job(session, spec=validate_job(spec))
+        job = create_job(session, spec=validate_job(spec))
         session.commit()
         return job.id
 
@@ -362,15 +367,15 @@ def test_a_diverged_epoch_is_never_the_best(settings, sessions, dispatcher):
 def test_tracker_falls_back_to_the_training_loss_only_without_a_validation_set():
     finite = {"train_loss": 0.5, "weight_norm.layer_0": 1.0, "weight_norm.layer_1": 2.0}
     diverged = {"train_loss": 0.4, "weight_norm.layer_0": 1.0}  # a weight norm not finite
-    without = jobs.Tracker(jobs.Objective(fallback=True), n_layers=2, has_validation=False)
+    without = Tracker(Objective(fallback=True), n_layers=2, has_validation=False)
     without.update(1, finite)
     without.update(2, diverged)
     assert (without.best_epoch, without.best_value) == (1, 0.5)
     # a sweep ranks by its metric alone: a trial without validation rows has no value
-    trial = jobs.Tracker(jobs.Objective(), n_layers=2, has_validation=False)
+    trial = Tracker(Objective(), n_layers=2, has_validation=False)
     trial.update(1, finite)
     assert trial.best_epoch is None and trial.best_value is None
-    with_val = jobs.Tracker(jobs.Objective(), n_layers=2, has_validation=True)
+    with_val = Tracker(Objective(), n_layers=2, has_validation=True)
     with_val.update(1, finite)  # val_loss not finite: the epoch that diverged
     assert with_val.best_epoch is None and with_val.running_best == {1: None}
     with_val.update(2, {**finite, "val_loss": 0.7})
@@ -379,18 +384,18 @@ def test_tracker_falls_back_to_the_training_loss_only_without_a_validation_set()
 
 def test_has_validation_follows_the_split_the_trainer_makes():
     spec = copy.deepcopy(XOR_JOB)
-    assert jobs.has_validation(spec)
+    assert has_validation(spec)
     spec["dataset"]["validation_split"] = 0
-    assert not jobs.has_validation(spec)
+    assert not has_validation(spec)
     arrays = {"name": "arrays", "X": [[0], [1], [2], [3]], "y": [0, 1, 0, 1]}
-    assert not jobs.has_validation({"dataset": {**arrays, "validation_split": 0.1}})
-    assert jobs.has_validation({"dataset": {**arrays, "validation_split": 0.5}})
+    assert not has_validation({"dataset": {**arrays, "validation_split": 0.1}})
+    assert has_validation({"dataset": {**arrays, "validation_split": 0.5}})
     # generated sets so small (or so many classes) that 0.2 rounds to no row per class
     for dataset in ({"name": "xor", "n_samples": 4}, {"name": "blobs", "n_samples": 2000,
                                                        "centers": 1000}):  # fmt: skip
         spec = validate_job({"dataset": dataset, "architecture": {"layers": []},
                              "hyperparameters": {"learning_rate": 0.1}})  # fmt: skip
-        assert not jobs.has_validation(spec), dataset
-    assert jobs.has_validation(validate_job({"dataset": {"name": "moons", "n_samples": 40},
+        assert not has_validation(spec), dataset
+    assert has_validation(validate_job({"dataset": {"name": "moons", "n_samples": 40},
                                              "architecture": {"layers": []},
                                              "hyperparameters": {"learning_rate": 0.1}}))

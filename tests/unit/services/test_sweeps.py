@@ -10,9 +10,12 @@ from typing import Any
 
 from sqlalchemy import update
 
-from services import sweeps
+from services.ranking import best_trial, leaderboard
+from services.sweeps.pruning import asha_rule, asha_rungs, median_rule
+from services.sweeps.scheduler import advance_sweep, cancel_sweep, create_sweep, sweep_trials
+from services.sweeps.space import grid_point, random_point
 from services.db.models import Job, JobMetric, Sweep, utcnow
-from services.jobs import Objective
+from services.ranking import Objective
 from services.specs import EarlyStoppingPolicy, ParameterSpec, validate_sweep
 from tests.conftest import XOR_JOB
 
@@ -34,7 +37,7 @@ def sweep_spec(**changes: Any) -> dict[str, Any]:
 
 def create(sessions, **changes: Any) -> tuple[str, list[str]]:
     with sessions() as session:
-        sweep, ids = sweeps.create_sweep(session, sweep=validate_sweep(sweep_spec(**changes)))
+        sweep, ids = create_sweep(session, sweep=validate_sweep(sweep_spec(**changes)))
         session.commit()
         return sweep.id, ids
 
@@ -45,7 +48,7 @@ def finish(sessions, job_id: str, status: str = "succeeded", objective: float = 
             update(Job).where(Job.id == job_id).values(status=status, objective=objective)
         )
         sweep_id = session.get(Job, job_id).sweep_id
-        new = sweeps.advance_sweep(session, sweep_id)
+        new = advance_sweep(session, sweep_id)
         session.commit()
         return new
 
@@ -54,7 +57,7 @@ def test_grid_point_matches_itertools_product():
     params = {"a": ParameterSpec(values=[1, 2, 3]), "b": ParameterSpec(values=["x", "y"])}
     expected = [dict(zip(params, combo, strict=True))
                 for combo in itertools.product([1, 2, 3], ["x", "y"])]  # fmt: skip
-    assert [sweeps.grid_point(params, i) for i in range(6)] == expected
+    assert [grid_point(params, i) for i in range(6)] == expected
 
 
 def test_random_point_is_reproducible_and_in_range():
@@ -64,8 +67,8 @@ def test_random_point_is_reproducible_and_in_range():
         "n": ParameterSpec(distribution="int_uniform", min=2, max=4),
         "c": ParameterSpec(distribution="choice", values=["a", "b"]),
     }
-    points = [sweeps.random_point(params, seed=7, index=i) for i in range(200)]
-    assert points == [sweeps.random_point(params, seed=7, index=i) for i in range(200)]
+    points = [random_point(params, seed=7, index=i) for i in range(200)]
+    assert points == [random_point(params, seed=7, index=i) for i in range(200)]
     assert all(1e-4 <= p["lr"] <= 1 and -1 <= p["u"] <= 1 for p in points)
     assert {p["n"] for p in points} == {2, 3, 4} and {p["c"] for p in points} == {"a", "b"}
     logs = [math.log10(p["lr"]) for p in points]
@@ -77,7 +80,7 @@ def test_advance_keeps_max_concurrency_and_finishes(sessions):
     assert len(first) == 2
     assert finish(sessions, first[0]) and len(finish(sessions, first[1])) == 1
     with sessions() as session:
-        trials = sweeps.sweep_trials(session, sweep_id)
+        trials = sweep_trials(session, sweep_id)
         assert [t.params for t in trials][:3] == [
             {"hyperparameters.learning_rate": 0.01, "architecture.layers.0.units": 2},
             {"hyperparameters.learning_rate": 0.01, "architecture.layers.0.units": 4},
@@ -92,7 +95,7 @@ def test_advance_keeps_max_concurrency_and_finishes(sessions):
     with sessions() as session:
         sweep = session.get(Sweep, sweep_id)
         assert sweep.status == "done" and sweep.n_created == 6
-        board = sweeps.leaderboard(sweep, sweeps.sweep_trials(session, sweep_id))
+        board = leaderboard(sweep, sweep_trials(session, sweep_id))
         assert [t.objective for t in board] == sorted(t.objective for t in board)
 
 
@@ -100,13 +103,13 @@ def test_cancel_sweep(sessions):
     sweep_id, first = create(sessions)
     with sessions() as session:
         session.execute(update(Job).where(Job.id == first[0]).values(status="running"))
-        sweep, running = sweeps.cancel_sweep(session, sweep_id)
+        sweep, running = cancel_sweep(session, sweep_id)
         session.commit()
     assert running == [first[0]] and sweep.status == "cancelled"
     with sessions() as session:
         assert session.get(Job, first[1]).status == "cancelled"
         assert session.get(Job, first[0]).cancel_requested
-        assert sweeps.advance_sweep(session, sweep_id) == []
+        assert advance_sweep(session, sweep_id) == []
 
 
 def _curves(sessions, sweep_id: str, curves: dict[str, list[float]]) -> None:
@@ -127,7 +130,7 @@ def test_median_rule(sessions):
     with sessions() as session:
 
         def rule(epoch: int, value: float) -> str | None:
-            return sweeps.median_rule(session, sweep_id=sweep_id, job_id=me,
+            return median_rule(session, sweep_id=sweep_id, job_id=me,
                                       objective=objective, policy=policy, epoch=epoch,
                                       value=value)  # fmt: skip
 
@@ -143,12 +146,12 @@ def test_asha_rule(sessions):
     _curves(sessions, sweep_id, {ids[0]: [0.1], ids[1]: [0.2], ids[2]: [0.3], ids[3]: [0.4],
                                  ids[4]: [0.5]})  # fmt: skip
     policy = EarlyStoppingPolicy(policy="asha", min_epochs=1, reduction_factor=3)
-    assert sweeps.asha_rungs(policy, 30) == [1, 3, 9, 27]
+    assert asha_rungs(policy, 30) == [1, 3, 9, 27]
     objective = Objective("val_loss", "minimize")
     with sessions() as session:
 
         def rule(value: float) -> str | None:
-            return sweeps.asha_rule(session, sweep_id=sweep_id, job_id=ids[5],
+            return asha_rule(session, sweep_id=sweep_id, job_id=ids[5],
                                     objective=objective, policy=policy, rung=1,
                                     value=value)  # fmt: skip
 
@@ -163,7 +166,7 @@ def test_tpe_proposes_from_optuna_and_concentrates(sessions):
                     {"distribution": "log_uniform", "min": 1e-4, "max": 1.0}},
     )  # fmt: skip
     with sessions() as session:
-        sweep, ids = sweeps.create_sweep(session, sweep=validate_sweep(spec))
+        sweep, ids = create_sweep(session, sweep=validate_sweep(spec))
         session.commit()
     proposals = []
     pending = ids
@@ -188,12 +191,12 @@ def test_recover_resends_expired_and_advances_stalled_sweeps(settings, sessions,
             status="running", lease_expires_at=utcnow() - timedelta(seconds=1)))  # fmt: skip
         session.execute(update(Job).where(Job.id == first[1]).values(status="succeeded"))
         session.commit()
-    done = sweeps.recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
+    done = recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
     assert done.expired == [first[0]] and done.created == []  # one active trial: not stalled
     with sessions() as session:
         session.execute(update(Job).where(Job.id == first[0]).values(status="failed"))
         session.commit()
-    done = sweeps.recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
+    done = recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
     assert done.expired == [] and len(done.created) == 2
     assert dispatcher.enqueued == [first[0], *done.created]
 
@@ -203,16 +206,16 @@ def test_recover_resends_a_trial_whose_message_was_lost(settings, sessions, disp
     sweep_id, first = create(sessions)
     dispatcher.enqueued.clear()
     settings = settings.replace(requeue_seconds=60)
-    assert not any(sweeps.recover(settings=settings, session_factory=sessions,
+    assert not any(recover(settings=settings, session_factory=sessions,
                                   dispatcher=dispatcher))  # fmt: skip
     with sessions() as session:  # ... and a minute has gone by
         session.execute(update(Job).where(Job.id == first[0]).values(
             updated_at=utcnow() - timedelta(seconds=61)))  # fmt: skip
         session.commit()
-    done = sweeps.recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
+    done = recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
     assert done.requeued == [first[0]] and dispatcher.enqueued == [first[0]]
     # Sent once per period, not at every pass.
-    done = sweeps.recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
+    done = recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
     assert done.requeued == [] and dispatcher.enqueued == [first[0]]
 
 
@@ -224,7 +227,7 @@ def test_recover_fails_a_job_that_keeps_killing_its_worker(settings, sessions, d
             status="running", attempts=settings.max_attempts,
             lease_expires_at=utcnow() - timedelta(seconds=1)))  # fmt: skip
         session.commit()
-    done = sweeps.recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
+    done = recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
     assert done.failed == [first[0]] and done.expired == []
     with sessions() as session:
         job = session.get(Job, first[0])
@@ -239,7 +242,7 @@ def test_leaderboard_lists_every_trial_unranked_last():
         Job(id="c", trial_index=2, objective=0.9, status="succeeded"),
         Job(id="d", trial_index=3, objective=0.7, status="diverged"),
     ]
-    board = sweeps.leaderboard(sweep, trials)
+    board = leaderboard(sweep, trials)
     assert [t.id for t in board] == ["c", "d", "a", "b"]
-    assert sweeps.best_trial(sweep, board).id == "c"
-    assert sweeps.best_trial(sweep, [trials[1]]) is None
+    assert best_trial(sweep, board).id == "c"
+    assert best_trial(sweep, [trials[1]]) is None

@@ -10,7 +10,10 @@ import urllib.parse
 import numpy as np
 import pytest
 
-from services import plots, tracking
+from services import plots
+from services.mirror import catch_up
+from services.mirror.links import links_for_job
+from services.mirror.names import MAX_PARAM_VALUE, architecture_string, epoch_metrics, flatten_spec, history_csv, n_outputs, run_name, ui_links
 
 SPEC = {
     "name": "digits-64-relu",
@@ -33,7 +36,7 @@ SPEC = {
 
 
 def test_flatten_spec_uses_dotted_keys_and_indexes_layers():
-    params = tracking.flatten_spec(SPEC)
+    params = flatten_spec(SPEC)
     assert params["hyperparameters.learning_rate"] == "0.01"
     assert params["architecture.layers.0.units"] == "64"
     assert params["architecture.layers.1.activation"] == "tanh"
@@ -46,9 +49,9 @@ def test_flatten_spec_uses_dotted_keys_and_indexes_layers():
 
 def test_flatten_spec_cuts_long_values_to_mlflow_limit():
     spec = {"dataset": {"name": "arrays", "X": [[float(i)] * 10 for i in range(2000)]}}
-    params = tracking.flatten_spec(spec)
+    params = flatten_spec(spec)
     assert len(params) == 2  # one value for the whole array, not thousands of params
-    assert len(params["dataset.X"]) <= tracking.MAX_PARAM_VALUE
+    assert len(params["dataset.X"]) <= MAX_PARAM_VALUE
     assert params["dataset.X"].endswith("[truncated]")
 
 
@@ -63,7 +66,7 @@ def test_epoch_metrics_flattens_per_layer_lists_and_drops_non_finite():
         "seconds": 0.02,
         "weird": float("nan"),
     }
-    metrics = tracking.epoch_metrics(record)
+    metrics = epoch_metrics(record)
     assert metrics == {
         "train_loss": 0.5,
         "learning_rate": 0.01,
@@ -76,7 +79,7 @@ def test_epoch_metrics_flattens_per_layer_lists_and_drops_non_finite():
 
 def test_epoch_metrics_accepts_already_flat_rows():
     flat = {"train_loss": 1.0, "grad_norm.layer_0": 3.0, "epoch": 1}
-    assert tracking.epoch_metrics(flat) == {"train_loss": 1.0, "grad_norm.layer_0": 3.0}
+    assert epoch_metrics(flat) == {"train_loss": 1.0, "grad_norm.layer_0": 3.0}
 
 
 @pytest.mark.parametrize(
@@ -96,25 +99,25 @@ def test_epoch_metrics_accepts_already_flat_rows():
     ],
 )
 def test_run_name(params, expected):
-    assert tracking.run_name(SPEC, params) == expected
+    assert run_name(SPEC, params) == expected
 
 
 def test_architecture_string():
-    assert tracking.architecture_string(SPEC, 10) == "64-relu > 32-tanh > 10-softmax"
-    assert tracking.architecture_string(SPEC) == "64-relu > 32-tanh > softmax"
+    assert architecture_string(SPEC, 10) == "64-relu > 32-tanh > 10-softmax"
+    assert architecture_string(SPEC) == "64-relu > 32-tanh > softmax"
     spec = {"architecture": {"layers": [{"units": 8, "activation": "relu"}]}}
-    assert tracking.architecture_string(spec, 1) == "8-relu > 1-auto"
+    assert architecture_string(spec, 1) == "8-relu > 1-auto"
 
 
 def test_n_outputs_from_the_trainer_result():
     snap = types.SimpleNamespace(result={"architecture": {"sizes": [64, 32, 10]}}, spec={})
-    assert tracking._n_outputs(snap) == 10
+    assert n_outputs(snap) == 10
     digits = {"dataset": {"task": "classification", "n_classes": 10}}
-    assert tracking._n_outputs(types.SimpleNamespace(result=digits, spec=SPEC)) == 10
+    assert n_outputs(types.SimpleNamespace(result=digits, spec=SPEC)) == 10
     moons = {"dataset": {"task": "classification", "n_classes": 2}}
     binary = {"architecture": {"output_activation": "sigmoid"}}
-    assert tracking._n_outputs(types.SimpleNamespace(result=moons, spec=binary)) == 1
-    assert tracking._n_outputs(types.SimpleNamespace(result=None, spec={})) is None
+    assert n_outputs(types.SimpleNamespace(result=moons, spec=binary)) == 1
+    assert n_outputs(types.SimpleNamespace(result=None, spec={})) is None
 
 
 def test_history_csv_has_one_row_per_epoch():
@@ -122,13 +125,13 @@ def test_history_csv_has_one_row_per_epoch():
         {"epoch": 1, "train_loss": 1.0, "grad_norm": [0.5]},
         {"epoch": 2, "train_loss": 0.5, "val_loss": 0.7, "grad_norm": [0.4]},
     ]
-    lines = tracking.history_csv(history).splitlines()
+    lines = history_csv(history).splitlines()
     assert lines[0] == "epoch,grad_norm.layer_0,train_loss,val_loss"
     assert lines[1:] == ["1,0.5,1.0,", "2,0.4,0.5,0.7"]
 
 
 def test_ui_links_point_at_runs_and_compare_views():
-    links = tracking.ui_links("http://127.0.0.1:5000/", "7", "abc", ["abc", "def"])
+    links = ui_links("http://127.0.0.1:5000/", "7", "abc", ["abc", "def"])
     mode = "workflowType=machine_learning"  # the UI's "Model training" mode, not GenAI
     assert links["run_url"] == f"http://127.0.0.1:5000/#/experiments/7/runs/abc?{mode}"
     assert links["experiment_url"] == f"http://127.0.0.1:5000/#/experiments/7/runs?{mode}"
@@ -149,14 +152,14 @@ def test_links_for_job_uses_the_ui_url_and_needs_a_run():
     job = types.SimpleNamespace(
         mlflow_run_id="r1", mlflow_experiment_id="3", status="running", mlflow_synced_status=None
     )
-    links = tracking.links_for_job(_settings(ui="http://mlflow.example"), job)
+    links = links_for_job(_settings(ui="http://mlflow.example"), job)
     assert links["run_url"] == "http://mlflow.example/#/experiments/3/runs/r1?workflowType=machine_learning"
     assert links["mirrored"] is False
-    assert tracking.links_for_job(_settings(uri=None), job) is None
+    assert links_for_job(_settings(uri=None), job) is None
     unsynced = types.SimpleNamespace(mlflow_run_id=None, mlflow_experiment_id=None)
-    pending = tracking.links_for_job(_settings(), unsynced)  # on, but no run yet
+    pending = links_for_job(_settings(), unsynced)  # on, but no run yet
     assert pending == {**dict.fromkeys(pending, None), "mirrored": False}
-    assert tracking.links_for_job(_settings(uri=None), unsynced) is None
+    assert links_for_job(_settings(uri=None), unsynced) is None
 
 
 class _Untouchable:
@@ -183,10 +186,10 @@ def test_each_hook_is_a_no_op_when_mirroring_is_off(hook, expected):
     import threading
 
     threads = set(threading.enumerate())
-    background = tracking._mirrorer
+    background = catch_up._mirrorer
     args = (_Untouchable(),) if hook == "mirror_pending" else (_Untouchable(), "job-x")
     assert getattr(tracking, hook)(*args) == expected
-    assert tracking._mirrorer is background  # no mirror thread was started
+    assert catch_up._mirrorer is background  # no mirror thread was started
     assert set(threading.enumerate()) <= threads
 
 

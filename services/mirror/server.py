@@ -7,7 +7,7 @@ milliseconds from a ~0.5 GiB process. The SQLite backend and the artifacts live
 under the project's ``var/`` directory; artifacts are proxied by the server so
 workers on other hosts need no shared filesystem.
 
-Used by ``make up`` / ``make demo`` (through ``python -m services.mlflow_server``)
+Used by ``make up`` / ``make demo`` (through ``services.stack``)
 and by the test fixtures.
 """
 

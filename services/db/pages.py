@@ -1,0 +1,48 @@
+"""Keyset pagination, newest first, on (created_at, id): the cursors the API hands out."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import and_, or_
+from sqlalchemy.orm import Session
+
+
+class BadCursorError(ValueError):
+    pass
+
+
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), row_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, row_id = json.loads(raw)
+        if not isinstance(stamp, str) or not isinstance(row_id, str):
+            raise TypeError("a cursor holds a timestamp and an id")
+        created_at = datetime.fromisoformat(stamp)
+    except (ValueError, TypeError) as err:
+        raise BadCursorError("cursor is not one this API handed out") from err
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=timezone.utc)
+    return created_at, row_id
+
+
+def paginate(session: Session, model: Any, stmt: Any, *, cursor: str | None, limit: int):
+    """Newest first, keyset pagination on (created_at, id); returns (rows, next_cursor)."""
+    if cursor:
+        stamp, row_id = decode_cursor(cursor)
+        stmt = stmt.where(
+            or_(model.created_at < stamp, and_(model.created_at == stamp, model.id < row_id))
+        )
+    stmt = stmt.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(stmt))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None)

@@ -1,0 +1,176 @@
+"""Who runs a job: the claim (compare-and-set), the lease its owner renews, the
+takeover of an expired lease, and the jobs whose workers died too often."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.db.models import (
+    Job,
+    utcnow,
+)
+from services.jobs.rows import rowcount
+
+log = logging.getLogger(__name__)
+
+
+class LeaseHeldError(Exception):
+    """Another worker runs this job under a live lease; try again after ``retry_in`` s."""
+
+    def __init__(self, retry_in: float):
+        super().__init__(f"job is running elsewhere; lease ends in {retry_in:.1f}s")
+        self.retry_in = retry_in
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim_job(
+    session: Session, *, job_id: str, worker: str, lease_seconds: float,
+    max_attempts: int | None = None,
+) -> Job | None:  # fmt: skip
+    """Take a queued job, or a running one whose lease expired; None if neither.
+
+    A job whose workers died ``max_attempts`` times is not taken again
+    (:func:`fail_exhausted` ends it); attempts that a clean stop released
+    (``Job.released``) do not count.
+    """
+    now = utcnow()
+    takeover = and_(Job.status == "running", Job.lease_expires_at < now)
+    if max_attempts is not None:
+        takeover = and_(takeover, _lost() < max_attempts)
+    claimed = rowcount(
+        session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                or_(Job.status == "queued", takeover),
+            )
+            .values(
+                status="running",
+                worker=worker,
+                attempts=Job.attempts + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                started_at=func.coalesce(Job.started_at, now),
+                updated_at=now,
+            )
+        )
+    )
+    if not claimed:
+        return None
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def _lost() -> Any:
+    """How many of a job's attempts ended with their worker lost (SQL expression)."""
+    return Job.attempts - Job.released
+
+
+def renew_lease(session: Session, *, job_id: str, attempt: int, lease_seconds: float) -> bool:
+    """Push this attempt's lease forward; False if the job is no longer its own."""
+    return bool(
+        rowcount(
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+            )
+        )
+    )
+
+
+def expired_leases(session: Session, *, max_attempts: int | None = None) -> list[str]:
+    """Ids of running jobs whose worker stopped renewing its lease (and may retry)."""
+    stmt = select(Job.id).where(Job.status == "running", Job.lease_expires_at < utcnow())
+    if max_attempts is not None:
+        stmt = stmt.where(_lost() < max_attempts)
+    return list(session.scalars(stmt))
+
+
+def fail_exhausted(session: Session, *, max_attempts: int) -> list[tuple[str, str | None]]:
+    """Fail running jobs whose lease expired after ``max_attempts`` attempts.
+
+    Returns (job id, sweep id) of each: a job that kills its worker every time
+    (say, out of memory) must end, not travel from worker to worker forever.
+    """
+    now = utcnow()
+    stmt = select(Job.id, Job.sweep_id).where(
+        Job.status == "running", Job.lease_expires_at < now, _lost() >= max_attempts
+    )
+    rows = [(job_id, sweep_id) for job_id, sweep_id in session.execute(stmt)]
+    ended = []
+    for job_id, sweep_id in rows:
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
+            .values(status="failed", finished_at=now, updated_at=now, lease_expires_at=None,
+                    error=f"the worker running it was lost {max_attempts} times; giving up")
+        )  # fmt: skip
+        if rowcount(done):
+            ended.append((job_id, sweep_id))
+    return ended
+
+
+def stale_queued(session: Session, *, older_than: float) -> list[str]:
+    """Ids of jobs queued for ``older_than`` seconds, their clock reset so that each
+    is picked at most once per period. Sending their message again is harmless:
+    the claim is a compare-and-set, so a duplicate finds nothing to do.
+    """
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    ids = list(
+        session.scalars(select(Job.id).where(Job.status == "queued", Job.updated_at < cutoff))
+    )
+    if ids:
+        session.execute(
+            update(Job).where(Job.id.in_(ids), Job.status == "queued").values(updated_at=utcnow())
+        )
+    return ids
+
+
+class LeaseKeeper:
+    """Renew a job's lease from a background thread while the trainer works.
+
+    The lease is also renewed at each flush, but one epoch can outlast it (a big
+    dataset, a slow machine); without this, another worker would take over a
+    live job. The thread wakes every third of the lease, so it costs one small
+    UPDATE every ~20 s and nothing on the training path.
+    """
+
+    def __init__(self, *, sessions: sessionmaker[Session], job_id: str, attempt: int,
+                 lease_seconds: float):  # fmt: skip
+        self.sessions, self.job_id, self.attempt = sessions, job_id, attempt
+        self.lease_seconds = lease_seconds
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.lease_seconds)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            try:
+                with self.sessions() as session:
+                    owned = renew_lease(session, job_id=self.job_id, attempt=self.attempt,
+                                        lease_seconds=self.lease_seconds)  # fmt: skip
+                    session.commit()
+            except Exception:  # the database is busy or away: try again next tick
+                log.warning("could not renew the lease of job %s", self.job_id, exc_info=True)
+                continue
+            if not owned:
+                self.lost.set()
+                return

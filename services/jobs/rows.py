@@ -1,0 +1,131 @@
+"""Job rows: create, read, list, and the transitions a request makes (cancel).
+
+Helpers flush but never commit: the caller (a route or a task) owns the
+transaction. Every status change is a compare-and-set UPDATE, so a message
+delivered twice, or a worker that lost its lease, cannot overwrite a result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from services.db.models import (
+    TERMINAL_STATUSES,
+    Job,
+    JobMetric,
+    utcnow,
+)
+from services.db.pages import paginate
+
+
+class JobFinishedError(Exception):
+    """The job is already in a final state (cancel is then a 409)."""
+
+
+def rowcount(result: Any) -> int:
+    """Rows matched by an UPDATE (a ``CursorResult``)."""
+    return int(result.rowcount)
+
+
+def create_job(
+    session: Session,
+    *,
+    spec: dict[str, Any],
+    name: str | None = None,
+    sweep_id: str | None = None,
+    trial_index: int | None = None,
+    params: dict[str, Any] | None = None,
+    proposal: dict[str, Any] | None = None,
+    status: str = "queued",
+    error: str | None = None,
+) -> Job:
+    """Insert a job (``queued`` unless told otherwise) and flush it."""
+    hp = spec.get("hyperparameters") or {}
+    now = utcnow()
+    job = Job(
+        name=name or spec.get("name"),
+        status=status,
+        sweep_id=sweep_id,
+        trial_index=trial_index,
+        params=params,
+        proposal=proposal,
+        spec=spec,
+        epochs_total=int(hp.get("epochs") or 0),
+        epochs_done=0,
+        error=error,
+        cancel_requested=False,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+        finished_at=now if status in TERMINAL_STATUSES else None,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def list_jobs(
+    session: Session,
+    *,
+    statuses: list[str] | None = None,
+    sweep_id: str | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Job], str | None]:
+    stmt = select(Job)
+    if statuses:
+        stmt = stmt.where(Job.status.in_(statuses))
+    if sweep_id:
+        stmt = stmt.where(Job.sweep_id == sweep_id)
+    return paginate(session, Job, stmt, cursor=cursor, limit=limit)
+
+
+def job_metrics(session: Session, job_id: str) -> list[JobMetric]:
+    stmt = select(JobMetric).where(JobMetric.job_id == job_id).order_by(JobMetric.epoch)
+    return list(session.scalars(stmt))
+
+
+def request_cancel(session: Session, job_id: str) -> Job:
+    """Cancel a queued job at once, or flag a running one to stop at its next epoch.
+
+    Raises :class:`JobFinishedError` when the job is already final and
+    ``LookupError`` when there is no such job.
+    """
+    now = utcnow()
+    done = rowcount(
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now)
+        )
+    )
+    if not done:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running")
+            .values(cancel_requested=True, updated_at=now)
+        )
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise LookupError(job_id)
+    if not done and job.status in TERMINAL_STATUSES:
+        raise JobFinishedError(job.status)
+    return job
+
+
+def fail_unqueued(session: Session, job_ids: list[str], err: Exception) -> None:
+    """Mark jobs whose message could not be sent as failed (if nobody took them)."""
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status.in_(("queued", "cancelled")))
+        .values(status="failed", error=f"could not be queued: {err}", finished_at=now,
+                updated_at=now)
+    )  # fmt: skip

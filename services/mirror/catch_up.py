@@ -1,0 +1,161 @@
+"""Never in the way of training: the hooks a training process calls (they
+return at once), the background thread that mirrors progress, and the
+catch-up pass that mirrors whatever lags."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import urllib.request
+from typing import Any
+
+from services.mirror.names import enabled
+from services.mirror.plumbing import (
+    LONG_JOB_S,
+    LOW_PRIORITY,
+    MIRROR_JOB_TASK,
+    MirrorBusy,
+    send_task,
+)
+from services.mirror.snapshots import lagging
+from services.mirror.sync import mirror_job, mirror_sweep
+
+log = logging.getLogger(__name__)
+
+
+MIRROR_INTERVAL = 2.0  # seconds between two background passes in a training process
+
+
+DOWN_BACKOFF = (5.0, 60.0)  # background backoff while MLflow does not answer: start, cap
+
+
+def mirror_pending(settings: Any, limit: int = 500) -> dict[str, int]:
+    """Mirror every job and sweep that lags; return counts (done, busy, failed, left)."""
+    counts = {"done": 0, "busy": 0, "failed": 0, "left": 0}
+    if not enabled(settings):
+        return counts
+    job_ids, sweep_ids = lagging(settings, limit)
+    work = [("job", j) for j in job_ids] + [("sweep", s) for s in sweep_ids]
+    for kind, item in work:
+        try:
+            if kind == "job":
+                mirror_job(settings, item, finalize=True)
+            else:
+                mirror_sweep(settings, item, finalize=True)
+            counts["done"] += 1
+        except MirrorBusy:
+            counts["busy"] += 1
+        except Exception:
+            counts["failed"] += 1
+            log.warning("mirror of %s %s failed", kind, item, exc_info=True)
+            if not is_up(settings):
+                break  # MLflow is down: do not spend a timeout on every item
+    job_ids, sweep_ids = lagging(settings, limit)
+    counts["left"] = len(job_ids) + len(sweep_ids)
+    return counts
+
+
+def is_up(settings: Any, timeout: float = 2.0) -> bool:
+    """Return True when the MLflow server answers its health check."""
+    try:
+        url = settings.mlflow_tracking_uri.rstrip("/") + "/health"
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+class _Mirrorer:
+    """A daemon thread in a training process that mirrors dirty jobs in the background."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.dirty: dict[str, Any] = {}
+        self.first_seen: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.backoff = 0.0
+        self.thread = threading.Thread(target=self._run, name="sweeplab-mlflow-mirror", daemon=True)
+        self.thread.start()
+
+    def note(self, settings: Any, job_id: str) -> None:
+        with self.lock:
+            self.dirty[job_id] = settings
+            self.first_seen.setdefault(job_id, time.monotonic())
+        self.wake.set()
+
+    def forget(self, job_id: str) -> float:
+        """Drop the job; return how long ago its first progress was noted."""
+        with self.lock:
+            self.dirty.pop(job_id, None)
+            since = self.first_seen.pop(job_id, None)
+        return 0.0 if since is None else time.monotonic() - since
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait()
+            # Wait one interval before a pass: it batches the notes of several
+            # flushes, and a job that ends meanwhile is left to mirror_job (a
+            # short job then costs its training process nothing at all).
+            time.sleep(MIRROR_INTERVAL)
+            self.wake.clear()
+            with self.lock:
+                work, self.dirty = self.dirty, {}
+            failed = False
+            for job_id, settings in work.items():
+                try:
+                    mirror_job(settings, job_id, finalize=False)
+                except MirrorBusy:
+                    pass  # someone else is on it; a later note brings us back
+                except Exception as exc:
+                    failed = True
+                    log.info("MLflow mirror of job %s deferred: %s", job_id, exc)
+                    with self.lock:
+                        self.dirty.setdefault(job_id, settings)
+            if failed:
+                self.backoff = min(max(self.backoff * 2, DOWN_BACKOFF[0]), DOWN_BACKOFF[1])
+                time.sleep(self.backoff * (0.75 + 0.5 * random.random()))
+                self.wake.set()
+            else:
+                self.backoff = 0.0
+
+
+_mirrorer: _Mirrorer | None = None
+_background_lock = threading.Lock()
+
+
+def _background() -> _Mirrorer:
+    global _mirrorer
+    if _mirrorer is None or _mirrorer.pid != os.getpid():  # a forked child starts its own
+        with _background_lock:
+            if _mirrorer is None or _mirrorer.pid != os.getpid():
+                _mirrorer = _Mirrorer()
+    return _mirrorer
+
+
+def job_progressed(settings: Any, job_id: str) -> None:
+    """Note that a job has new committed epochs; returns at once (a thread mirrors)."""
+    if enabled(settings):
+        _background().note(settings, job_id)
+
+
+def job_finished(settings: Any, job_id: str) -> None:
+    """Hand the finished job to the ``sweeplab.mirror_job`` task; returns at once.
+
+    Sending the message needs Redis only; a failure to send is logged, and the
+    periodic ``sweeplab.mirror_pending`` task picks the job up later.
+    """
+    if not enabled(settings):
+        return
+    ran = 0.0
+    if _mirrorer is not None and _mirrorer.pid == os.getpid():
+        ran = _mirrorer.forget(job_id)
+    try:
+        send_task(
+            settings, MIRROR_JOB_TASK, [job_id], priority=0 if ran >= LONG_JOB_S else LOW_PRIORITY
+        )
+    except Exception:
+        log.warning("could not enqueue the MLflow mirror of job %s", job_id, exc_info=True)
