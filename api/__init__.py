@@ -1,22 +1,32 @@
-"""The HTTP API: ``create_app(settings=None)`` builds a Flask app (one per process)."""
+"""The HTTP API: ``create_app(settings=None)`` builds a Flask app (one per process).
+
+Routes are declared with flask-openapi3: a view's ``body``, ``query`` and
+``path`` arguments are pydantic models that the framework validates and that
+the OpenAPI document (``/api/v1/openapi.json``) is generated from.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app, g, request
+from flask import current_app, g, request
+from flask.json.provider import DefaultJSONProvider
+from flask.wrappers import Request
+from flask_openapi3 import Info
+from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import APIError, register_error_handlers
+from api.errors import APIError, register_error_handlers, validation_failed
+from api.openapi import API_PREFIX, SweeplabAPI
 from services import tracking
 from services.celery_app import Dispatcher
 from services.config import Settings
 from services.db import make_engine, make_session_factory
+from services.specs import LIMITS_IN_FORCE, ErrorResponse, MlflowLinks
 
 
 @dataclass
@@ -27,47 +37,6 @@ class Services:
     engine: Engine
     sessions: sessionmaker[Session]
     dispatcher: Dispatcher
-
-
-def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | None = None) -> Flask:
-    """Build the API app from ``settings`` (default: the environment)."""
-    settings = settings or Settings.from_env()
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    engine = make_engine(settings.database_url)
-    app.extensions["sweeplab"] = Services(
-        settings=settings,
-        engine=engine,
-        sessions=make_session_factory(engine),
-        dispatcher=dispatcher or Dispatcher(settings),
-    )
-
-    @app.teardown_appcontext
-    def _close_session(_exc: BaseException | None) -> None:
-        session = g.pop("db_session", None)
-        if session is not None:
-            session.close()
-
-    register_error_handlers(app)
-    from api import health, jobs, openapi, sweeps
-
-    app.register_blueprint(health.bp)
-    app.register_blueprint(jobs.bp, url_prefix="/api/v1")
-    app.register_blueprint(sweeps.bp, url_prefix="/api/v1")
-    app.register_blueprint(openapi.bp, url_prefix="/api/v1")
-    return app
-
-
-def services() -> Services:
-    return current_app.extensions["sweeplab"]
-
-
-def db() -> Session:
-    """The request's session (closed at teardown; views commit)."""
-    if "db_session" not in g:
-        g.db_session = services().sessions()
-    return g.db_session
 
 
 def _reject_constant(name: str) -> Any:
@@ -81,8 +50,98 @@ def _finite_float(text: str) -> float:
     return value
 
 
+class StrictJSON(DefaultJSONProvider):
+    """Request bodies are JSON as RFC 8259 has it: no NaN, no Infinity, no 1e400."""
+
+    sort_keys = False
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return json.loads(s, parse_constant=_reject_constant, parse_float=_finite_float)
+        except RecursionError as err:
+            raise ValueError("nested too deeply") from err
+
+
+class APIRequest(Request):
+    def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        if e is None:
+            raise APIError(415, "send the body as application/json")
+        raise APIError(400, f"malformed JSON: {e}", code="malformed_json") from e
+
+
+def create_app(
+    settings: Settings | None = None, *, dispatcher: Dispatcher | None = None
+) -> SweeplabAPI:
+    """Build the API app from ``settings`` (default: the environment)."""
+    settings = settings or Settings.from_env()
+    app = SweeplabAPI(
+        __name__,
+        info=Info(title="sweeplab", version="1", description=(
+            "Train feed-forward networks with sweeplab's NumPy trainer: jobs and sweeps.")),
+        validation_error_status=422,
+        validation_error_model=ErrorResponse,
+        validation_error_callback=validation_failed,
+        doc_ui=False,  # api.openapi serves the document and the reference page
+        static_folder=None,
+    )  # fmt: skip
+    app.request_class = APIRequest
+    app.json = StrictJSON(app)
+    app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
+    engine = make_engine(settings.database_url)
+    app.extensions["sweeplab"] = Services(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        dispatcher=dispatcher or Dispatcher(settings),
+    )
+    app.before_request(_before_request)
+    app.teardown_request(_teardown_request)
+
+    @app.teardown_appcontext
+    def _close_session(_exc: BaseException | None) -> None:
+        session = g.pop("db_session", None)
+        if session is not None:
+            session.close()
+
+    register_error_handlers(app)
+    from api import health, jobs, openapi, sweeps
+
+    app.register_api(health.bp)
+    app.register_api(jobs.bp, url_prefix=API_PREFIX)
+    app.register_api(sweeps.bp, url_prefix=API_PREFIX)
+    app.register_api(openapi.bp, url_prefix=API_PREFIX)
+    return app
+
+
+def _before_request() -> None:
+    # Bodies are validated by flask-openapi3 before the view runs, without a
+    # pydantic context: the app's limits reach the spec models this way.
+    g.limits_token = LIMITS_IN_FORCE.set(services().settings.limits)
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is not None and "body" in getattr(view, "__annotations__", {}):
+        json_body()
+
+
+def _teardown_request(_exc: BaseException | None) -> None:
+    token = g.pop("limits_token", None)
+    if token is not None:
+        LIMITS_IN_FORCE.reset(token)
+
+
+def services() -> Services:
+    return current_app.extensions["sweeplab"]
+
+
+def db() -> Session:
+    """The request's session (closed at teardown; views commit)."""
+    if "db_session" not in g:
+        g.db_session = services().sessions()
+    return g.db_session
+
+
 def json_body() -> Any:
-    """The request's JSON: 415 if not JSON, 413 if too big, 400 if malformed or NaN."""
+    """The request's JSON: 415 if not JSON, 413 if too big, 400 if malformed or NaN,
+    422 if not an object. Parsed once: the framework's validation reads the cache."""
     if not request.is_json:
         raise APIError(415, "send the body as application/json")
     raw = request.get_data(cache=True)
@@ -92,28 +151,27 @@ def json_body() -> Any:
     chunked = request.content_length is None
     if limit is not None and (len(raw) >= limit if chunked else len(raw) > limit):
         raise APIError(413, f"request body larger than {limit} bytes")
-    try:
-        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError) as err:
-        raise APIError(400, f"malformed JSON: {err}", code="malformed_json") from err
+    data = request.get_json()
+    if not isinstance(data, dict):
+        raise APIError(422, "the body must be a JSON object",
+                       details=[{"loc": "", "msg": "expected a JSON object"}])  # fmt: skip
+    return data
 
 
-def page_args() -> tuple[str | None, int]:
-    """``cursor`` and ``limit`` (1..200, default 50) from the query string."""
-    raw = request.args.get("limit", "50")
-    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= 200:
-        raise APIError(400, "limit must be an integer from 1 to 200",
-                       details=[{"loc": "limit", "msg": "integer from 1 to 200"}])  # fmt: skip
-    return request.args.get("cursor") or None, int(raw)
+def reply(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Any:
+    """A response serialized by its model (which refuses undeclared fields)."""
+    return model.model_dump(mode="json"), status, headers or {}
 
 
-def mlflow_links(kind: str, row: Any) -> Any:
-    """``services.tracking.links_for_<kind>(settings, row)``; None when mirroring is off."""
+def mlflow_links(kind: str, row: Any) -> MlflowLinks | None:
+    """The row's MLflow links; None when mirroring is off (or the mirror is broken)."""
     settings = services().settings
     if not settings.mlflow_tracking_uri:
         return None
+    find = tracking.links_for_job if kind == "job" else tracking.links_for_sweep
     try:
-        return getattr(tracking, f"links_for_{kind}")(settings, row)
+        links = find(settings, row)
     except Exception:  # a broken mirror must not break the API
         current_app.logger.exception("links_for_%s failed", kind)
         return None
+    return None if links is None else MlflowLinks.model_validate(links)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import Flask, Response, jsonify, request
+from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from services.specs import SpecValidationError
+from services.specs import SpecValidationError, validation_error
+from services.submit import QueueUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +43,19 @@ class APIError(Exception):
         self.details = details or []
 
 
-def queue_unavailable(err: Exception) -> APIError:
-    """The 503 for a submission whose message the broker did not take."""
-    return APIError(
-        503,
-        f"the job queue is unavailable ({type(err).__name__}); try again",
-        code="queue_unavailable",
-    )
+def validation_failed(err: ValidationError) -> NoReturn:
+    """flask-openapi3's callback for a request that fails its model.
+
+    A body (JobCreate, SweepCreate) is a 422 whose details name the fields by
+    dotted path; a query argument (models named ``...Query``) is a 400 naming it.
+    """
+    if not err.title.endswith("Query"):
+        raise validation_error(err)
+    details = [
+        {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"].removeprefix("Value error, ")}
+        for e in err.errors(include_url=False)
+    ]
+    raise APIError(400, details[0]["msg"], details=details)
 
 
 def error_response(
@@ -97,6 +105,10 @@ def register_error_handlers(app: Flask) -> None:
         if err.status == 413:
             drain_refused_body()
         return error_response(err.status, err.message, code=err.code, details=err.details)
+
+    @app.errorhandler(QueueUnavailable)
+    def _queue_unavailable(err: QueueUnavailable):
+        return error_response(503, str(err), code="queue_unavailable")
 
     @app.errorhandler(SpecValidationError)
     def _spec_error(err: SpecValidationError):

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import text
 
-from api import services
+from api import reply, services
+from api.params import Health, Readiness
 
-bp = Blueprint("health", __name__)
+bp = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
 
 
-@bp.get("/healthz")
+@bp.get("/healthz", operation_id="healthz", summary="Liveness", responses={200: Health})
 def healthz():
     """Answer while the process is up (and say whose process it is)."""
-    return {"status": "ok", "service": "sweeplab"}
+    return reply(Health(status="ok", service="sweeplab"))
 
 
-@bp.get("/readyz")
+@bp.get("/readyz", operation_id="readyz", summary="Readiness: the database and Redis answer",
+        responses={200: Readiness, 503: Readiness})  # fmt: skip
 def readyz():
     """Check the database and Redis; 503 when either is unreachable."""
     svc = services()
@@ -34,4 +36,5 @@ def readyz():
         svc.dispatcher.close()
         checks["redis"] = f"error: {type(err).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+    status = "ready" if ready else "unavailable"
+    return reply(Readiness(status=status, checks=checks), 200 if ready else 503)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from contextvars import ContextVar
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -69,8 +70,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
+#: The limits in force where a model is validated without a ``limits`` context (the
+#: API validates request bodies inside its framework, which passes no context).
+LIMITS_IN_FORCE: ContextVar[Limits | None] = ContextVar("sweeplab_limits", default=None)
+
+
 def _limits(info: ValidationInfo) -> Limits:
-    return (info.context or {}).get("limits") or Limits()
+    return (info.context or {}).get("limits") or LIMITS_IN_FORCE.get() or Limits()
 
 
 def _error_at(loc: str, message: str) -> PydanticCustomError:
@@ -359,33 +365,73 @@ class SweepCreate(Strict):
         return self.n_trials
 
 
-# --- responses (for the OpenAPI document) ---------------------------------------
+# --- responses (what the API sends; extra fields are refused, so none goes undeclared) -------
 
 
-class ErrorDetail(BaseModel):
-    loc: str
+class Public(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(Public):
+    loc: str = Field(description="the field, as a dotted path (hyperparameters.learning_rate)")
     msg: str
 
 
-class ErrorBody(BaseModel):
-    code: str
+class ErrorBody(Public):
+    code: str = Field(description="validation_error, not_found, queue_unavailable, ...")
     message: str
     details: list[ErrorDetail] = []
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(Public):
     error: ErrorBody
 
 
-class JobPublic(BaseModel):
+JOB_STATUS = Literal["queued", "running", "succeeded", "failed", "diverged", "cancelled", "pruned"]
+
+
+class Progress(Public):
+    epoch: int
+    epochs: int | None
+    fraction: float | None
+
+
+class JobTimings(Public):
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    queued_seconds: float | None
+    run_seconds: float | None
+    train_seconds: float | None
+
+
+class JobLinks(Public):
+    self: str
+    metrics: str
+    cancel: str
+    sweep: str | None = None
+
+
+class MlflowLinks(Public):
+    """Ids and UI links of the MLflow run; all null (mirrored false) until the first mirror."""
+
+    experiment_id: str | None
+    run_id: str | None
+    run_url: str | None
+    experiment_url: str | None
+    compare_url: str | None
+    mirrored: bool
+
+
+class JobPublic(Public):
     id: str
     name: str | None
-    status: Literal["queued", "running", "succeeded", "failed", "diverged", "cancelled", "pruned"]
+    status: JOB_STATUS
     sweep_id: str | None
     trial_index: int | None
-    params: dict[str, Any] | None
-    spec: dict[str, Any]
-    progress: dict[str, Any]
+    params: dict[str, Any] | None = Field(description="the swept values, by dotted path")
+    spec: dict[str, Any] = Field(description="the normalized job spec (JobCreate)")
+    progress: Progress
     latest_metrics: dict[str, Any] | None
     best_metrics: dict[str, Any] | None
     best_epoch: int | None
@@ -395,58 +441,82 @@ class JobPublic(BaseModel):
     error: str | None
     prune_reason: str | None
     cancel_requested: bool
-    timings: dict[str, Any]
+    timings: JobTimings
     attempts: int
     worker: str | None
-    links: dict[str, str]
-    mlflow: dict[str, Any] | None
+    links: JobLinks
+    mlflow: MlflowLinks | None = Field(description="null when mirroring is off")
 
 
-class JobPage(BaseModel):
+class JobPage(Public):
     items: list[JobPublic]
     next_cursor: str | None
 
 
-class MetricRow(BaseModel):
+class MetricRow(Public):
     epoch: int
     metrics: dict[str, Any]
 
 
-class MetricsPublic(BaseModel):
+class MetricsPublic(Public):
+    # flask-openapi3 adds this content to the response: the same rows as CSV (?format=csv).
+    model_config = ConfigDict(
+        extra="forbid",
+        openapi_extra={"content": {"text/csv": {"schema": {"type": "string"}}}},  # type: ignore[typeddict-unknown-key]
+    )
+
     job_id: str
     epochs: list[MetricRow]
 
 
-class LeaderboardRow(BaseModel):
-    rank: int | None
+class LeaderboardRow(Public):
+    rank: int | None = Field(description="null while the trial has no objective value")
     job_id: str
-    status: str
+    trial_index: int | None
+    status: JOB_STATUS
     objective: float | None
     params: dict[str, Any] | None
     best_epoch: int | None
     epochs_done: int
+    prune_reason: str | None
 
 
-class SweepPublic(BaseModel):
+class SweepObjective(Public):
+    metric: str
+    goal: str
+
+
+class SweepTimings(Public):
+    created_at: str | None
+    finished_at: str | None
+
+
+class SweepLinks(Public):
+    self: str
+    trials: str
+    cancel: str
+
+
+class SweepPublic(Public):
     id: str
     name: str | None
     experiment: str | None
     status: Literal["running", "done", "cancelled"]
     method: str
-    objective: dict[str, str]
+    objective: SweepObjective
     max_concurrency: int
     n_trials: int
     n_created: int
-    counts: dict[str, int]
+    counts: dict[str, int] = Field(description="trials by status")
     best_trial: LeaderboardRow | None
-    leaderboard: list[LeaderboardRow]
+    leaderboard: list[LeaderboardRow] = Field(description="empty in lists of sweeps")
     spec: dict[str, Any]
-    timings: dict[str, Any]
-    links: dict[str, str]
-    mlflow: dict[str, Any] | None
+    timings: SweepTimings
+    links: SweepLinks
+    mlflow: MlflowLinks | None = Field(description="null when mirroring is off")
 
 
-class SweepPage(BaseModel):
+class SweepPage(Public):
     items: list[SweepPublic]
     next_cursor: str | None
 
@@ -493,7 +563,18 @@ def validate_job(data: Any, limits: Limits | None = None) -> dict[str, Any]:
         model = JobCreate.model_validate(data, context={"limits": limits or Limits()})
     except ValidationError as err:
         raise SpecValidationError("invalid job spec", _pydantic_details(err)) from err
+    return normalize_job(model)
+
+
+def normalize_job(model: JobCreate) -> dict[str, Any]:
+    """Run the trainer's checks on a validated job spec; return its normalized spec."""
     return _trainer_normalize(model.model_dump(exclude_unset=True))
+
+
+def validation_error(err: ValidationError) -> SpecValidationError:
+    """The 422 for a request body that failed its model (``err.title`` names the model)."""
+    kind = {"JobCreate": "job", "SweepCreate": "sweep"}.get(err.title, "request")
+    return SpecValidationError(f"invalid {kind} spec", _pydantic_details(err))
 
 
 def validate_sweep(data: Any, limits: Limits | None = None) -> SweepCreate:
@@ -505,6 +586,12 @@ def validate_sweep(data: Any, limits: Limits | None = None) -> SweepCreate:
         sweep = SweepCreate.model_validate(data, context={"limits": limits})
     except ValidationError as err:
         raise SpecValidationError("invalid sweep spec", _pydantic_details(err)) from err
+    return check_sweep(sweep, limits)
+
+
+def check_sweep(sweep: SweepCreate, limits: Limits | None = None) -> SweepCreate:
+    """Check a validated sweep: the base and every parameter value applied to it."""
+    limits = limits or Limits()
     base = sweep.base.model_dump(exclude_unset=True)
     normalized = _trainer_normalize(base, prefix="base")
     base_problem = _objective_problem(sweep.objective.metric, normalized)

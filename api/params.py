@@ -1,0 +1,103 @@
+"""Path and query parameters of the routes, and the health answers, as pydantic models.
+
+flask-openapi3 validates a route's ``path`` and ``query`` arguments with these
+and documents them. A query model's name ends in ``Query``: its failures are a
+400 naming the argument (a body's are a 422, see ``api.errors``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.db.models import JOB_STATUSES, SWEEP_STATUSES
+
+
+class JobPath(BaseModel):
+    job_id: str
+
+
+class SweepPath(BaseModel):
+    sweep_id: str
+
+
+def _statuses(raw: str | None, known: tuple[str, ...] | list[str]) -> str | None:
+    statuses = [s.strip() for s in (raw or "").split(",") if s.strip()]
+    unknown = sorted(set(statuses) - set(known))
+    if unknown:
+        raise ValueError(f"unknown status {', '.join(unknown)}; known: {', '.join(known)}")
+    return ",".join(statuses) or None
+
+
+class PageQuery(BaseModel):
+    """A page of a list, newest first: ``limit`` rows after ``cursor``."""
+
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+
+    @field_validator("cursor", mode="before")
+    @classmethod
+    def _empty_cursor(cls, value: Any) -> Any:
+        return value or None
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _limit(cls, value: Any) -> Any:
+        # ASCII digits only: int() would also take "٣" or " 5".
+        if isinstance(value, str) and not (
+            re.fullmatch(r"[0-9]{1,4}", value) and 1 <= int(value) <= 200
+        ):
+            raise ValueError("limit must be an integer from 1 to 200")
+        return value
+
+    def statuses(self) -> list[str] | None:
+        raw: str | None = getattr(self, "status", None)
+        return raw.split(",") if raw else None
+
+
+class JobListQuery(PageQuery):
+    status: str | None = Field(None, description="comma-separated job statuses")
+    sweep: str | None = Field(None, description="only the trials of this sweep")
+
+    @field_validator("status")
+    @classmethod
+    def _known(cls, value: str | None) -> str | None:
+        return _statuses(value, JOB_STATUSES)
+
+
+class TrialListQuery(PageQuery):
+    status: str | None = Field(None, description="comma-separated job statuses")
+
+    @field_validator("status")
+    @classmethod
+    def _known(cls, value: str | None) -> str | None:
+        return _statuses(value, JOB_STATUSES)
+
+
+class SweepListQuery(PageQuery):
+    status: str | None = Field(None, description="comma-separated sweep statuses")
+
+    @field_validator("status")
+    @classmethod
+    def _known(cls, value: str | None) -> str | None:
+        return _statuses(value, SWEEP_STATUSES)
+
+
+class MetricsQuery(BaseModel):
+    format: Literal["json", "csv"] = "json"
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["ok"]
+    service: Literal["sweeplab"]
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str] = Field(description='"ok" or "error: <kind>", by dependency')
