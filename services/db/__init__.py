@@ -38,7 +38,7 @@ __all__ = [
 
 def alembic_config(database_url: str):  # -> alembic.config.Config
     """An Alembic config for ``database_url`` using the repository's migrations."""
-    from alembic.config import Config
+    from alembic.config import Config  # late: only `upgrade` callers (not the API or workers)
 
     cfg = Config(str(REPO_ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(REPO_ROOT / "migrations"))
@@ -49,6 +49,6 @@ def alembic_config(database_url: str):  # -> alembic.config.Config
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Run ``alembic upgrade`` on ``database_url``."""
-    from alembic import command
+    from alembic import command  # late: only `upgrade` callers (not the API or workers)
 
     command.upgrade(alembic_config(database_url), revision)

@@ -14,9 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from services.mirror import server as mlflow_server
 from services.config import Settings
 from services.db import Job, Sweep
+from services.mirror import server as mlflow_server
 from tests.integration.harness import Stack, wait_for
 
 

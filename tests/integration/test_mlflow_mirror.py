@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from services.db import Job, JobMetric
 from services.mirror import sync
 from services.mirror.catch_up import mirror_pending
-from services.db import Job, JobMetric
 from tests.e2e.mlflow_support import (
     MlflowServer,
     mirroring_stack,

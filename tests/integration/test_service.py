@@ -265,9 +265,9 @@ def test_a_queued_job_whose_message_was_lost_is_sent_again(stack: Stack):
 
     from services.celery_app import Dispatcher
     from services.db.models import Job, utcnow
+    from services.jobs.recovery import recover
     from services.jobs.rows import create_job
     from services.specs import validate_job
-    from services.jobs.recovery import recover
 
     with stack.sessions() as session:
         job_id = create_job(session, spec=validate_job(job_spec(epochs=6))).id

@@ -10,13 +10,21 @@ import numpy as np
 import pytest
 from sqlalchemy import select, update
 
+from services.db.models import Job, JobCheckpoint, JobMetric, JobWeights, utcnow
 from services.db.pages import BadCursorError, decode_cursor
-from services.jobs.lease import LeaseHeldError, LeaseKeeper, claim_job, expired_leases, fail_exhausted, worker_name
+from services.jobs import run as job_run
+from services.jobs.lease import (
+    LeaseHeldError,
+    LeaseKeeper,
+    claim_job,
+    expired_leases,
+    fail_exhausted,
+    worker_name,
+)
 from services.jobs.records import jsonable, record_epochs
 from services.jobs.rows import JobFinishedError, create_job, list_jobs, request_cancel
 from services.jobs.run import execute_job
 from services.ranking import Objective, Tracker
-from services.db.models import Job, JobCheckpoint, JobMetric, JobWeights, utcnow
 from services.specs import has_validation, validate_job
 from tests.conftest import XOR_JOB
 from tests.integration.harness import wait_for
@@ -245,7 +253,7 @@ def test_a_lost_lease_stops_the_run(settings, sessions, dispatcher, monkeypatch)
             super().__init__(**kwargs)
             keepers.append(self)
 
-    monkeypatch.setattr(jobs, "LeaseKeeper", Recorded)
+    monkeypatch.setattr(job_run, "LeaseKeeper", Recorded)
 
     def fit(spec, *, on_epoch, **_kwargs):
         with sessions() as session:  # an operator (or a bug) hands the job to someone else

@@ -10,13 +10,13 @@ from typing import Any
 
 from sqlalchemy import update
 
-from services.ranking import best_trial, leaderboard
+from services.db.models import Job, JobMetric, Sweep, utcnow
+from services.jobs.recovery import recover
+from services.ranking import Objective, best_trial, leaderboard
+from services.specs import EarlyStoppingPolicy, ParameterSpec, validate_sweep
 from services.sweeps.pruning import asha_rule, asha_rungs, median_rule
 from services.sweeps.scheduler import advance_sweep, cancel_sweep, create_sweep, sweep_trials
 from services.sweeps.space import grid_point, random_point
-from services.db.models import Job, JobMetric, Sweep, utcnow
-from services.ranking import Objective
-from services.specs import EarlyStoppingPolicy, ParameterSpec, validate_sweep
 from tests.conftest import XOR_JOB
 
 

@@ -11,9 +11,18 @@ import numpy as np
 import pytest
 
 from services import plots
-from services.mirror import catch_up
+from services.mirror import catch_up, sync
 from services.mirror.links import links_for_job
-from services.mirror.names import MAX_PARAM_VALUE, architecture_string, epoch_metrics, flatten_spec, history_csv, n_outputs, run_name, ui_links
+from services.mirror.names import (
+    MAX_PARAM_VALUE,
+    architecture_string,
+    epoch_metrics,
+    flatten_spec,
+    history_csv,
+    n_outputs,
+    run_name,
+    ui_links,
+)
 
 SPEC = {
     "name": "digits-64-relu",
@@ -176,19 +185,20 @@ class _Untouchable:
 @pytest.mark.parametrize(
     ("hook", "expected"),
     [
-        ("job_progressed", None),
-        ("job_finished", None),
-        ("mirror_job", True),  # nothing left to do
-        ("mirror_pending", {"done": 0, "busy": 0, "failed": 0, "left": 0}),
+        (catch_up.job_progressed, None),
+        (catch_up.job_finished, None),
+        (sync.mirror_job, True),  # nothing left to do
+        (catch_up.mirror_pending, {"done": 0, "busy": 0, "failed": 0, "left": 0}),
     ],
+    ids=["job_progressed", "job_finished", "mirror_job", "mirror_pending"],
 )
 def test_each_hook_is_a_no_op_when_mirroring_is_off(hook, expected):
     import threading
 
     threads = set(threading.enumerate())
     background = catch_up._mirrorer
-    args = (_Untouchable(),) if hook == "mirror_pending" else (_Untouchable(), "job-x")
-    assert getattr(tracking, hook)(*args) == expected
+    args = (_Untouchable(),) if hook is catch_up.mirror_pending else (_Untouchable(), "job-x")
+    assert hook(*args) == expected
     assert catch_up._mirrorer is background  # no mirror thread was started
     assert set(threading.enumerate()) <= threads
 
