@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import APIError, register_error_handlers, validation_failed
 from api.openapi import API_PREFIX, SweeplabAPI
-from services import tracking
 from services.celery_app import Dispatcher
 from services.config import Settings
 from services.db import make_engine, make_session_factory
+from services.mirror.links import links_for_job, links_for_sweep
 from services.specs import LIMITS_IN_FORCE, ErrorResponse, MlflowLinks
 
 
@@ -168,7 +168,7 @@ def mlflow_links(kind: str, row: Any) -> MlflowLinks | None:
     settings = services().settings
     if not settings.mlflow_tracking_uri:
         return None
-    find = tracking.links_for_job if kind == "job" else tracking.links_for_sweep
+    find = links_for_job if kind == "job" else links_for_sweep
     try:
         links = find(settings, row)
     except Exception:  # a broken mirror must not break the API

@@ -13,9 +13,11 @@ from flask_openapi3.types import ResponseDict
 from api import db, mlflow_links, reply, services
 from api.errors import APIError
 from api.params import JobListQuery, JobPath, MetricsQuery
-from services import jobs as job_service
 from services import submit
 from services.db.models import Job
+from services.db.pages import BadCursorError
+from services.jobs import rows as job_rows
+from services.jobs.rows import JobFinishedError, job_metrics
 from services.specs import (
     ErrorResponse,
     JobCreate,
@@ -79,7 +81,7 @@ def job_page(rows: list[Job], next_cursor: str | None) -> JobPage:
 
 
 def _job_or_404(job_id: str) -> Job:
-    job = job_service.get_job(db(), job_id)
+    job = job_rows.get_job(db(), job_id)
     if job is None:
         raise APIError(404, f"no job {job_id}")
     return job
@@ -103,11 +105,11 @@ def create_job(body: JobCreate):
 def list_jobs(query: JobListQuery):
     """List jobs, newest first, filtered by ``status`` and ``sweep``."""
     try:
-        rows, next_cursor = job_service.list_jobs(
+        rows, next_cursor = job_rows.list_jobs(
             db(), statuses=query.statuses(), sweep_id=query.sweep or None,
             cursor=query.cursor, limit=query.limit,
         )  # fmt: skip
-    except job_service.BadCursorError as err:
+    except BadCursorError as err:
         raise bad_cursor(err) from err
     return reply(job_page(rows, next_cursor))
 
@@ -125,7 +127,7 @@ def get_job(path: JobPath):
 def get_metrics(path: JobPath, query: MetricsQuery):
     """Show the learning curve, one row per epoch (JSON, or CSV with ?format=csv)."""
     _job_or_404(path.job_id)
-    rows = job_service.job_metrics(db(), path.job_id)
+    rows = job_metrics(db(), path.job_id)
     if query.format == "csv":
         columns = sorted({k for r in rows for k in r.metrics} - {"epoch"})
         out = io.StringIO()
@@ -151,6 +153,6 @@ def cancel_job(path: JobPath):
         )
     except LookupError as err:
         raise APIError(404, f"no job {path.job_id}") from err
-    except job_service.JobFinishedError as err:
+    except JobFinishedError as err:
         raise APIError(409, f"job {path.job_id} already finished ({err})") from err
     return reply(job_public(job), 202)

@@ -9,10 +9,11 @@ from api import db, mlflow_links, reply, services
 from api.errors import APIError
 from api.jobs import _iso, bad_cursor, errors, job_page
 from api.params import SweepListQuery, SweepPath, TrialListQuery
-from services import jobs as job_service
 from services import submit
-from services import sweeps as sweep_service
 from services.db.models import Job, Sweep
+from services.db.pages import BadCursorError
+from services.jobs.rows import list_jobs
+from services.ranking import best_trial, leaderboard
 from services.specs import (
     JobPage,
     LeaderboardRow,
@@ -24,6 +25,8 @@ from services.specs import (
     SweepTimings,
     check_sweep,
 )
+from services.sweeps import scheduler
+from services.sweeps.scheduler import SweepFinishedError, status_counts, sweep_trials
 
 bp = APIBlueprint("sweeps", __name__, abp_tags=[Tag(name="sweeps")])
 
@@ -40,15 +43,15 @@ def _row(rank: int, job: Job) -> LeaderboardRow:
 def sweep_public(sweep: Sweep, *, full: bool = True) -> SweepPublic:
     """The sweep as the API shows it (the leaderboard only when ``full``)."""
     session = db()
-    trials = sweep_service.sweep_trials(session, sweep.id)
-    board = sweep_service.leaderboard(sweep, trials)
-    best = sweep_service.best_trial(sweep, board)
+    trials = sweep_trials(session, sweep.id)
+    board = leaderboard(sweep, trials)
+    best = best_trial(sweep, board)
     return SweepPublic(
         id=sweep.id, name=sweep.name, experiment=sweep.experiment,
         status=sweep.status, method=sweep.method,  # type: ignore[arg-type]
         objective=SweepObjective(metric=sweep.objective_metric, goal=sweep.objective_goal),
         max_concurrency=sweep.max_concurrency, n_trials=sweep.n_trials,
-        n_created=sweep.n_created, counts=sweep_service.status_counts(session, sweep.id),
+        n_created=sweep.n_created, counts=status_counts(session, sweep.id),
         best_trial=_row(board.index(best) + 1, best) if best is not None else None,
         leaderboard=[_row(i + 1, t) for i, t in enumerate(board)] if full else [],
         spec=sweep.spec,
@@ -85,10 +88,10 @@ def create_sweep(body: SweepCreate):
 def list_sweeps(query: SweepListQuery):
     """List sweeps, newest first (``status`` filter); leaderboards are left out."""
     try:
-        rows, next_cursor = sweep_service.list_sweeps(
+        rows, next_cursor = scheduler.list_sweeps(
             db(), statuses=query.statuses(), cursor=query.cursor, limit=query.limit
         )
-    except job_service.BadCursorError as err:
+    except BadCursorError as err:
         raise bad_cursor(err) from err
     items = [sweep_public(s, full=False) for s in rows]
     return reply(SweepPage(items=items, next_cursor=next_cursor))
@@ -108,11 +111,11 @@ def list_trials(path: SweepPath, query: TrialListQuery):
     """List a sweep's trials (jobs), newest first."""
     _sweep_or_404(path.sweep_id)
     try:
-        rows, next_cursor = job_service.list_jobs(
+        rows, next_cursor = list_jobs(
             db(), statuses=query.statuses(), sweep_id=path.sweep_id, cursor=query.cursor,
             limit=query.limit,
         )  # fmt: skip
-    except job_service.BadCursorError as err:
+    except BadCursorError as err:
         raise bad_cursor(err) from err
     return reply(job_page(rows, next_cursor))
 
@@ -125,6 +128,6 @@ def cancel_sweep(path: SweepPath):
         sweep = submit.cancel_sweep(db(), sweep_id=path.sweep_id, dispatcher=services().dispatcher)
     except LookupError as err:
         raise APIError(404, f"no sweep {path.sweep_id}") from err
-    except sweep_service.SweepFinishedError as err:
+    except SweepFinishedError as err:
         raise APIError(409, f"sweep {path.sweep_id} already finished ({err})") from err
     return reply(sweep_public(sweep), 202)

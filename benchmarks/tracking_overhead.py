@@ -33,10 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.mirror import server as mlflow_server  # noqa: E402
 from services.celery_app import Dispatcher  # noqa: E402
 from services.config import Settings  # noqa: E402
 from services.db import Job, Sweep, make_engine, make_session_factory, upgrade  # noqa: E402
+from services.mirror import server as mlflow_server  # noqa: E402
 from services.specs import validate_sweep  # noqa: E402
 from services.stack import start_redis  # noqa: E402
 from services.sweeps.scheduler import create_sweep  # noqa: E402
