@@ -27,8 +27,12 @@ def test_every_route_is_documented_and_every_documented_operation_is_served(app,
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
     assert served == contract.documented()
-    assert {("/healthz", "get"), ("/readyz", "get"), (f"{API}/openapi.json", "get"),
-            (f"{API}/docs", "get")} <= served  # fmt: skip
+    assert {
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        (f"{API}/openapi.json", "get"),
+        (f"{API}/docs", "get"),
+    } <= served
 
 
 def test_the_client_checks_every_answer(client):
@@ -36,8 +40,11 @@ def test_the_client_checks_every_answer(client):
 
 
 def sweep_answer(client) -> dict:
-    body = {"base": copy.deepcopy(XOR_JOB), "method": "grid",
-            "parameters": {"hyperparameters.learning_rate": {"values": [0.1, 0.5]}}}  # fmt: skip
+    body = {
+        "base": copy.deepcopy(XOR_JOB),
+        "method": "grid",
+        "parameters": {"hyperparameters.learning_rate": {"values": [0.1, 0.5]}},
+    }
     response = client.post(f"{API}/sweeps", json=body)
     assert response.status_code == 201
     return response.get_json()
@@ -48,14 +55,18 @@ def test_an_undeclared_field_fails_the_check(client):
     sweep = sweep_answer(client)
     contract.check("GET", f"{API}/sweeps/{sweep['id']}", 200, "application/json", sweep)
     assert sweep["leaderboard"] and {"trial_index", "prune_reason"} <= set(sweep["leaderboard"][0])
-    places = (lambda b: b, lambda b: b["leaderboard"][0], lambda b: b["timings"],
-              lambda b: b["links"], lambda b: b["objective"])  # fmt: skip
+    places = (
+        lambda b: b,
+        lambda b: b["leaderboard"][0],
+        lambda b: b["timings"],
+        lambda b: b["links"],
+        lambda b: b["objective"],
+    )
     for place in places:
         tampered = copy.deepcopy(sweep)
         place(tampered)["surprise"] = 1
         with pytest.raises(AssertionError, match="surprise"):
-            contract.check("GET", f"{API}/sweeps/{sweep['id']}", 200, "application/json",
-                           tampered)  # fmt: skip
+            contract.check("GET", f"{API}/sweeps/{sweep['id']}", 200, "application/json", tampered)
 
 
 def test_an_undeclared_status_or_content_type_fails_the_check(client):
@@ -72,8 +83,18 @@ def test_an_undeclared_status_or_content_type_fails_the_check(client):
 def test_responses_declare_closed_objects(client):
     """The document itself says no undeclared field comes back (pydantic extra='forbid')."""
     schemas = client.contract.document["components"]["schemas"]
-    names = ("JobPublic", "JobPage", "SweepPublic", "SweepPage", "LeaderboardRow",
-             "MetricsPublic", "ErrorResponse", "ErrorBody", "MlflowLinks", "Progress")
+    names = (
+        "JobPublic",
+        "JobPage",
+        "SweepPublic",
+        "SweepPage",
+        "LeaderboardRow",
+        "MetricsPublic",
+        "ErrorResponse",
+        "ErrorBody",
+        "MlflowLinks",
+        "Progress",
+    )
     for name in names:
         assert schemas[name]["additionalProperties"] is False, name
     row = schemas["LeaderboardRow"]["properties"]
