@@ -76,14 +76,19 @@ def create_app(
     settings = settings or Settings.from_env()
     app = SweeplabAPI(
         __name__,
-        info=Info(title="sweeplab", version="1", description=(
-            "Train feed-forward networks with sweeplab's NumPy trainer: jobs and sweeps.")),
+        info=Info(
+            title="sweeplab",
+            version="1",
+            description=(
+                "Train feed-forward networks with sweeplab's NumPy trainer: jobs and sweeps."
+            ),
+        ),
         validation_error_status=422,
         validation_error_model=ErrorResponse,
         validation_error_callback=validation_failed,
         doc_ui=False,  # api.openapi serves the document and the reference page
         static_folder=None,
-    )  # fmt: skip
+    )
     app.request_class = APIRequest
     app.json = StrictJSON(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
@@ -153,8 +158,11 @@ def json_body() -> Any:
         raise APIError(413, f"request body larger than {limit} bytes")
     data = request.get_json()
     if not isinstance(data, dict):
-        raise APIError(422, "the body must be a JSON object",
-                       details=[{"loc": "", "msg": "expected a JSON object"}])  # fmt: skip
+        raise APIError(
+            422,
+            "the body must be a JSON object",
+            details=[{"loc": "", "msg": "expected a JSON object"}],
+        )
     return data
 
 

@@ -34,9 +34,13 @@ class APIError(Exception):
     """Raise from a view to answer ``status`` with the error JSON."""
 
     def __init__(
-        self, status: int, message: str, *, code: str | None = None,
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
         details: list[dict[str, str]] | None = None,
-    ):  # fmt: skip
+    ):
         super().__init__(message)
         self.status, self.message = status, message
         self.code = code or CODES.get(status, "error")

@@ -17,8 +17,12 @@ def healthz():
     return reply(Health(status="ok", service="sweeplab"))
 
 
-@bp.get("/readyz", operation_id="readyz", summary="Readiness: the database and Redis answer",
-        responses={200: Readiness, 503: Readiness})  # fmt: skip
+@bp.get(
+    "/readyz",
+    operation_id="readyz",
+    summary="Readiness: the database and Redis answer",
+    responses={200: Readiness, 503: Readiness},
+)
 def readyz():
     """Check the database and Redis; 503 when either is unreachable."""
     svc = services()

@@ -33,6 +33,7 @@ from services.specs import (
 
 bp = APIBlueprint("jobs", __name__, abp_tags=[Tag(name="jobs")])
 
+
 def errors(*codes: int) -> ResponseDict:
     """The error answers a route can give (all in the ErrorResponse format)."""
     return dict.fromkeys(codes, ErrorResponse)
@@ -50,22 +51,37 @@ def job_public(job: Job) -> JobPublic:
     """The job as the API shows it."""
     total = job.epochs_total
     return JobPublic(
-        id=job.id, name=job.name, status=job.status, sweep_id=job.sweep_id,  # type: ignore[arg-type]
-        trial_index=job.trial_index, params=job.params, spec=job.spec,
-        progress=Progress(epoch=job.epochs_done, epochs=total,
-                          fraction=round(job.epochs_done / total, 4) if total else None),
-        latest_metrics=job.latest_metrics, best_metrics=job.best_metrics,
-        best_epoch=job.best_epoch, objective=job.objective, result=job.result,
-        diagnosis=job.diagnosis, error=job.error, prune_reason=job.prune_reason,
+        id=job.id,
+        name=job.name,
+        status=job.status,  # type: ignore[arg-type]  # a str column holding a JOB_STATUS
+        sweep_id=job.sweep_id,
+        trial_index=job.trial_index,
+        params=job.params,
+        spec=job.spec,
+        progress=Progress(
+            epoch=job.epochs_done,
+            epochs=total,
+            fraction=round(job.epochs_done / total, 4) if total else None,
+        ),
+        latest_metrics=job.latest_metrics,
+        best_metrics=job.best_metrics,
+        best_epoch=job.best_epoch,
+        objective=job.objective,
+        result=job.result,
+        diagnosis=job.diagnosis,
+        error=job.error,
+        prune_reason=job.prune_reason,
         cancel_requested=job.cancel_requested,
         timings=JobTimings(
-            created_at=_iso(job.created_at), started_at=_iso(job.started_at),
+            created_at=_iso(job.created_at),
+            started_at=_iso(job.started_at),
             finished_at=_iso(job.finished_at),
             queued_seconds=_seconds(job.created_at, job.started_at),
             run_seconds=_seconds(job.started_at, job.finished_at),
             train_seconds=job.train_seconds,
         ),
-        attempts=job.attempts, worker=job.worker,
+        attempts=job.attempts,
+        worker=job.worker,
         links=JobLinks(
             self=url_for("jobs.get_job", job_id=job.id),
             metrics=url_for("jobs.get_metrics", job_id=job.id),
@@ -73,7 +89,7 @@ def job_public(job: Job) -> JobPublic:
             sweep=url_for("sweeps.get_sweep", sweep_id=job.sweep_id) if job.sweep_id else None,
         ),
         mlflow=mlflow_links("job", job),
-    )  # fmt: skip
+    )
 
 
 def job_page(rows: list[Job], next_cursor: str | None) -> JobPage:
@@ -91,8 +107,12 @@ def bad_cursor(err: Exception) -> APIError:
     return APIError(400, str(err), details=[{"loc": "cursor", "msg": str(err)}])
 
 
-@bp.post("/jobs", operation_id="createJob", summary="Submit a job",
-         responses={201: JobPublic, **errors(400, 413, 415, 422, 503)})  # fmt: skip
+@bp.post(
+    "/jobs",
+    operation_id="createJob",
+    summary="Submit a job",
+    responses={201: JobPublic, **errors(400, 413, 415, 422, 503)},
+)
 def create_job(body: JobCreate):
     """Validate a job spec, store the job and queue it."""
     svc = services()
@@ -100,30 +120,44 @@ def create_job(body: JobCreate):
     return reply(job_public(job), 201, {"Location": url_for("jobs.get_job", job_id=job.id)})
 
 
-@bp.get("/jobs", operation_id="listJobs", summary="List jobs (newest first)",
-        responses={200: JobPage, **errors(400)})  # fmt: skip
+@bp.get(
+    "/jobs",
+    operation_id="listJobs",
+    summary="List jobs (newest first)",
+    responses={200: JobPage, **errors(400)},
+)
 def list_jobs(query: JobListQuery):
     """List jobs, newest first, filtered by ``status`` and ``sweep``."""
     try:
         rows, next_cursor = job_rows.list_jobs(
-            db(), statuses=query.statuses(), sweep_id=query.sweep or None,
-            cursor=query.cursor, limit=query.limit,
-        )  # fmt: skip
+            db(),
+            statuses=query.statuses(),
+            sweep_id=query.sweep or None,
+            cursor=query.cursor,
+            limit=query.limit,
+        )
     except BadCursorError as err:
         raise bad_cursor(err) from err
     return reply(job_page(rows, next_cursor))
 
 
-@bp.get("/jobs/<job_id>", operation_id="getJob", summary="Show a job",
-        responses={200: JobPublic, **errors(404)})  # fmt: skip
+@bp.get(
+    "/jobs/<job_id>",
+    operation_id="getJob",
+    summary="Show a job",
+    responses={200: JobPublic, **errors(404)},
+)
 def get_job(path: JobPath):
     """Show one job."""
     return reply(job_public(_job_or_404(path.job_id)))
 
 
-@bp.get("/jobs/<job_id>/metrics", operation_id="getJobMetrics",
-        summary="Learning curve, one row per epoch (JSON, or CSV with ?format=csv)",
-        responses={200: MetricsPublic, **errors(400, 404)})  # fmt: skip
+@bp.get(
+    "/jobs/<job_id>/metrics",
+    operation_id="getJobMetrics",
+    summary="Learning curve, one row per epoch (JSON, or CSV with ?format=csv)",
+    responses={200: MetricsPublic, **errors(400, 404)},
+)
 def get_metrics(path: JobPath, query: MetricsQuery):
     """Show the learning curve, one row per epoch (JSON, or CSV with ?format=csv)."""
     _job_or_404(path.job_id)
@@ -134,21 +168,29 @@ def get_metrics(path: JobPath, query: MetricsQuery):
         writer = csv.writer(out)
         writer.writerow(["epoch", *columns])
         for r in rows:
-            writer.writerow([r.epoch, *("" if r.metrics.get(c) is None else r.metrics[c]
-                                        for c in columns)])  # fmt: skip
+            writer.writerow(
+                [r.epoch, *("" if r.metrics.get(c) is None else r.metrics[c] for c in columns)]
+            )
         return Response(out.getvalue(), mimetype="text/csv")
     epochs = [MetricRow(epoch=r.epoch, metrics=r.metrics) for r in rows]
     return reply(MetricsPublic(job_id=path.job_id, epochs=epochs))
 
 
-@bp.post("/jobs/<job_id>/cancel", operation_id="cancelJob", summary="Cancel a job",
-         responses={202: JobPublic, **errors(404, 409)})  # fmt: skip
+@bp.post(
+    "/jobs/<job_id>/cancel",
+    operation_id="cancelJob",
+    summary="Cancel a job",
+    responses={202: JobPublic, **errors(404, 409)},
+)
 def cancel_job(path: JobPath):
     """Cancel a queued job, or ask a running one to stop at its next epoch."""
     svc = services()
     try:
         job = submit.cancel_job(
-            db(), job_id=path.job_id, settings=svc.settings, session_factory=svc.sessions,
+            db(),
+            job_id=path.job_id,
+            settings=svc.settings,
+            session_factory=svc.sessions,
             dispatcher=svc.dispatcher,
         )
     except LookupError as err:

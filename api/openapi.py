@@ -50,28 +50,37 @@ class SweeplabAPI(OpenAPI):
 
 
 bp = APIBlueprint(
-    "docs", __name__, abp_tags=[Tag(name="docs")],
-    static_folder=str(SWAGGER_ASSETS), static_url_path="/swagger",
-)  # fmt: skip
+    "docs",
+    __name__,
+    abp_tags=[Tag(name="docs")],
+    static_folder=str(SWAGGER_ASSETS),
+    static_url_path="/swagger",
+)
 
 
 @bp.get(
-    "/openapi.json", operation_id="getOpenAPI", summary="This OpenAPI document",
+    "/openapi.json",
+    operation_id="getOpenAPI",
+    summary="This OpenAPI document",
     responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}},
-)  # fmt: skip
+)
 def openapi_json():
     """Serve the OpenAPI document."""
     return current_app.api_doc  # type: ignore[attr-defined]
 
 
 @bp.get(
-    "/docs", operation_id="getDocs", summary="The API reference (Swagger UI)",
+    "/docs",
+    operation_id="getDocs",
+    summary="The API reference (Swagger UI)",
     responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
-)  # fmt: skip
+)
 def docs():
     """Serve the API reference page; its scripts and styles come from this server."""
     # Relative URLs: swagger/... is the blueprint's static folder, openapi.json the document.
     return render_template_string(
-        swagger_html_string, doc_url="openapi.json", swagger_config=SWAGGER_CONFIG,
+        swagger_html_string,
+        doc_url="openapi.json",
+        swagger_config=SWAGGER_CONFIG,
         oauth_config=None,
-    )  # fmt: skip
+    )

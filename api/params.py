@@ -8,7 +8,7 @@ and documents them. A query model's name ends in ``Query``: its failures are a
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -23,19 +23,14 @@ class SweepPath(BaseModel):
     sweep_id: str
 
 
-def _statuses(raw: str | None, known: tuple[str, ...] | list[str]) -> str | None:
-    statuses = [s.strip() for s in (raw or "").split(",") if s.strip()]
-    unknown = sorted(set(statuses) - set(known))
-    if unknown:
-        raise ValueError(f"unknown status {', '.join(unknown)}; known: {', '.join(known)}")
-    return ",".join(statuses) or None
-
-
 class PageQuery(BaseModel):
-    """A page of a list, newest first: ``limit`` rows after ``cursor``."""
+    """A page of a list, newest first: ``limit`` rows after ``cursor``, of some ``status``."""
+
+    KNOWN_STATUSES: ClassVar[tuple[str, ...]] = JOB_STATUSES
 
     cursor: str | None = Field(None, description="next_cursor of the previous page")
     limit: Annotated[int, Field(ge=1, le=200)] = 50
+    status: str | None = Field(None, description="comma-separated statuses")
 
     @field_validator("cursor", mode="before")
     @classmethod
@@ -52,37 +47,30 @@ class PageQuery(BaseModel):
             raise ValueError("limit must be an integer from 1 to 200")
         return value
 
+    @field_validator("status")
+    @classmethod
+    def _known(cls, value: str | None) -> str | None:
+        statuses = [s.strip() for s in (value or "").split(",") if s.strip()]
+        known = cls.KNOWN_STATUSES
+        unknown = sorted(set(statuses) - set(known))
+        if unknown:
+            raise ValueError(f"unknown status {', '.join(unknown)}; known: {', '.join(known)}")
+        return ",".join(statuses) or None
+
     def statuses(self) -> list[str] | None:
-        raw: str | None = getattr(self, "status", None)
-        return raw.split(",") if raw else None
+        return self.status.split(",") if self.status else None
 
 
 class JobListQuery(PageQuery):
-    status: str | None = Field(None, description="comma-separated job statuses")
     sweep: str | None = Field(None, description="only the trials of this sweep")
-
-    @field_validator("status")
-    @classmethod
-    def _known(cls, value: str | None) -> str | None:
-        return _statuses(value, JOB_STATUSES)
 
 
 class TrialListQuery(PageQuery):
-    status: str | None = Field(None, description="comma-separated job statuses")
-
-    @field_validator("status")
-    @classmethod
-    def _known(cls, value: str | None) -> str | None:
-        return _statuses(value, JOB_STATUSES)
+    pass
 
 
 class SweepListQuery(PageQuery):
-    status: str | None = Field(None, description="comma-separated sweep statuses")
-
-    @field_validator("status")
-    @classmethod
-    def _known(cls, value: str | None) -> str | None:
-        return _statuses(value, SWEEP_STATUSES)
+    KNOWN_STATUSES: ClassVar[tuple[str, ...]] = SWEEP_STATUSES
 
 
 class MetricsQuery(BaseModel):

@@ -30,14 +30,20 @@ from services.sweeps.scheduler import SweepFinishedError, status_counts, sweep_t
 
 bp = APIBlueprint("sweeps", __name__, abp_tags=[Tag(name="sweeps")])
 
+
 def _row(rank: int, job: Job) -> LeaderboardRow:
     return LeaderboardRow(
         # Trials without an objective value (yet) are listed unranked, last.
         rank=rank if job.objective is not None else None,
-        job_id=job.id, trial_index=job.trial_index, status=job.status,  # type: ignore[arg-type]
-        objective=job.objective, params=job.params, best_epoch=job.best_epoch,
-        epochs_done=job.epochs_done, prune_reason=job.prune_reason,
-    )  # fmt: skip
+        job_id=job.id,
+        trial_index=job.trial_index,
+        status=job.status,  # type: ignore[arg-type]
+        objective=job.objective,
+        params=job.params,
+        best_epoch=job.best_epoch,
+        epochs_done=job.epochs_done,
+        prune_reason=job.prune_reason,
+    )
 
 
 def sweep_public(sweep: Sweep, *, full: bool = True) -> SweepPublic:
@@ -47,23 +53,29 @@ def sweep_public(sweep: Sweep, *, full: bool = True) -> SweepPublic:
     board = leaderboard(sweep, trials)
     best = best_trial(sweep, board)
     return SweepPublic(
-        id=sweep.id, name=sweep.name, experiment=sweep.experiment,
-        status=sweep.status, method=sweep.method,  # type: ignore[arg-type]
+        id=sweep.id,
+        name=sweep.name,
+        experiment=sweep.experiment,
+        status=sweep.status,  # type: ignore[arg-type]  # a str column holding a sweep status
+        method=sweep.method,
         objective=SweepObjective(metric=sweep.objective_metric, goal=sweep.objective_goal),
-        max_concurrency=sweep.max_concurrency, n_trials=sweep.n_trials,
-        n_created=sweep.n_created, counts=status_counts(session, sweep.id),
+        max_concurrency=sweep.max_concurrency,
+        n_trials=sweep.n_trials,
+        n_created=sweep.n_created,
+        counts=status_counts(session, sweep.id),
         best_trial=_row(board.index(best) + 1, best) if best is not None else None,
         leaderboard=[_row(i + 1, t) for i, t in enumerate(board)] if full else [],
         spec=sweep.spec,
-        timings=SweepTimings(created_at=_iso(sweep.created_at),
-                             finished_at=_iso(sweep.finished_at)),
+        timings=SweepTimings(
+            created_at=_iso(sweep.created_at), finished_at=_iso(sweep.finished_at)
+        ),
         links=SweepLinks(
             self=url_for("sweeps.get_sweep", sweep_id=sweep.id),
             trials=url_for("sweeps.list_trials", sweep_id=sweep.id),
             cancel=url_for("sweeps.cancel_sweep", sweep_id=sweep.id),
         ),
         mlflow=mlflow_links("sweep", sweep),
-    )  # fmt: skip
+    )
 
 
 def _sweep_or_404(sweep_id: str) -> Sweep:
@@ -73,8 +85,12 @@ def _sweep_or_404(sweep_id: str) -> Sweep:
     return sweep
 
 
-@bp.post("/sweeps", operation_id="createSweep", summary="Submit a sweep",
-         responses={201: SweepPublic, **errors(400, 413, 415, 422, 503)})  # fmt: skip
+@bp.post(
+    "/sweeps",
+    operation_id="createSweep",
+    summary="Submit a sweep",
+    responses={201: SweepPublic, **errors(400, 413, 415, 422, 503)},
+)
 def create_sweep(body: SweepCreate):
     """Validate a sweep spec, store it and queue its first trials."""
     svc = services()
@@ -83,8 +99,12 @@ def create_sweep(body: SweepCreate):
     return reply(sweep_public(row), 201, {"Location": url_for("sweeps.get_sweep", sweep_id=row.id)})
 
 
-@bp.get("/sweeps", operation_id="listSweeps", summary="List sweeps (newest first)",
-        responses={200: SweepPage, **errors(400)})  # fmt: skip
+@bp.get(
+    "/sweeps",
+    operation_id="listSweeps",
+    summary="List sweeps (newest first)",
+    responses={200: SweepPage, **errors(400)},
+)
 def list_sweeps(query: SweepListQuery):
     """List sweeps, newest first (``status`` filter); leaderboards are left out."""
     try:
@@ -97,31 +117,45 @@ def list_sweeps(query: SweepListQuery):
     return reply(SweepPage(items=items, next_cursor=next_cursor))
 
 
-@bp.get("/sweeps/<sweep_id>", operation_id="getSweep",
-        summary="Show a sweep with its leaderboard",
-        responses={200: SweepPublic, **errors(404)})  # fmt: skip
+@bp.get(
+    "/sweeps/<sweep_id>",
+    operation_id="getSweep",
+    summary="Show a sweep with its leaderboard",
+    responses={200: SweepPublic, **errors(404)},
+)
 def get_sweep(path: SweepPath):
     """Show a sweep: status, counts, best trial and the leaderboard."""
     return reply(sweep_public(_sweep_or_404(path.sweep_id)))
 
 
-@bp.get("/sweeps/<sweep_id>/trials", operation_id="listTrials",
-        summary="List a sweep's trials", responses={200: JobPage, **errors(400, 404)})  # fmt: skip
+@bp.get(
+    "/sweeps/<sweep_id>/trials",
+    operation_id="listTrials",
+    summary="List a sweep's trials",
+    responses={200: JobPage, **errors(400, 404)},
+)
 def list_trials(path: SweepPath, query: TrialListQuery):
     """List a sweep's trials (jobs), newest first."""
     _sweep_or_404(path.sweep_id)
     try:
         rows, next_cursor = list_jobs(
-            db(), statuses=query.statuses(), sweep_id=path.sweep_id, cursor=query.cursor,
+            db(),
+            statuses=query.statuses(),
+            sweep_id=path.sweep_id,
+            cursor=query.cursor,
             limit=query.limit,
-        )  # fmt: skip
+        )
     except BadCursorError as err:
         raise bad_cursor(err) from err
     return reply(job_page(rows, next_cursor))
 
 
-@bp.post("/sweeps/<sweep_id>/cancel", operation_id="cancelSweep", summary="Cancel a sweep",
-         responses={202: SweepPublic, **errors(404, 409)})  # fmt: skip
+@bp.post(
+    "/sweeps/<sweep_id>/cancel",
+    operation_id="cancelSweep",
+    summary="Cancel a sweep",
+    responses={202: SweepPublic, **errors(404, 409)},
+)
 def cancel_sweep(path: SweepPath):
     """Cancel a sweep: queued trials never start, running ones stop within an epoch."""
     try:

@@ -6,22 +6,26 @@ shuffling every epoch and evaluating the validation set after every epoch.
 Samples per second count training samples (validation time included) per
 second of the process's CPU time (``time.process_time``; with one thread this
 is wall time minus the time other processes on a shared machine took from
-us), best of ``--repeats`` (default 5) interleaved runs.
+us), best of ``--repeats`` (default 5) interleaved rounds: each round runs
+every entry of a network once, so that a busy spell hits them all.
 
-Printed for three sizes: sweeplab's rate (``fit`` as the service runs it,
-records and all, with ``train_metrics="running"`` like the PyTorch loop, which
-also tracks the running training loss and no post-epoch training pass), the
-same with the default ``after_epoch`` training metrics (an extra forward pass
-over the training set), PyTorch's rate and both modes' ratios to it (the
-target applies to the first), and, for reference, the rate of a tuned eager
-PyTorch loop (``torch_tuned_rate``) and sweeplab's ratio to it. For the
-largest network also the share of the machine's measured single-thread
-float32 GEMM rate. Exits with status 1 when a target is missed.
+Printed for three sizes: sweeplab's rate in the default mode
+(``train_metrics="after_epoch"``: the training accuracy after the epoch on a
+fixed 1,024-row sample of the training set) beside the ``"running"`` mode
+(the accuracy over the epoch's batches, no pass after the epoch, like the
+PyTorch loop), what the default costs over the running mode, PyTorch's rate
+and both modes' ratios to it, and, for reference, the rate of a tuned eager
+PyTorch loop (``torch_tuned_rate``). Then per network the single-thread
+float32 GEMM peak (best of the rounds, measured between the runs) and the
+share of it each mode reaches (matrix-product FLOPs of training and
+validation). Exits with status 1 when a target is missed: the default within
+5% of the running mode everywhere; the default mode at 5x / 3x / 1.15x the
+idiomatic PyTorch loop on the small / medium / large net; the large net at
+80% of the GEMM peak in the default mode.
 
 Both BLAS libraries are measured and printed first: PyTorch's wheel calls
-MKL, which on AMD CPUs does not take its fast code path (about half of
-OpenBLAS's rate on this project's machine), so on the GEMM-bound largest net
-most of the ratio is the BLAS, not the trainer.
+MKL, which on AMD CPUs does not take its fast code path, so on the GEMM-bound
+largest net part of the ratio is the BLAS, not the trainer.
 
 Usage::
 
@@ -52,11 +56,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services.trainer import dataset_from_arrays, fit  # noqa: E402
 
 SIZES = [
-    # (layer sizes, batch size, training samples, targets: small, medium, large)
+    # (layer sizes, batch size, training samples, target ratio to PyTorch eager)
     ([2, 64, 64, 2], 32, 8192, 5.0),
     ([64, 128, 128, 10], 64, 16384, 3.0),
     ([784, 256, 256, 10], 128, 16384, 1.15),
 ]
+DEFAULT_COST_TARGET = 0.05  # the default mode's extra time over the running mode
+GEMM_SHARE_TARGET = 0.80  # of the single-thread GEMM peak, largest net, default mode
 N_VAL_SHARE = 0.2
 
 
@@ -244,7 +250,7 @@ def blas_info() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs (rough numbers)")
-    parser.add_argument("--repeats", type=int, default=5, help="best of N runs per entry")
+    parser.add_argument("--repeats", type=int, default=5, help="best of N rounds per entry")
     args = parser.parse_args()
     epochs = 2 if args.quick else 5
     repeats = 2 if args.quick else args.repeats
@@ -265,43 +271,50 @@ def main() -> int:
         print("torch is not installed: PyTorch columns skipped")
         torch = None
 
+    print("default/s: train_metrics 'after_epoch' (accuracy on a 1,024-row sample after the"
+          " epoch); running/s: 'running'; cost: default's extra time over running")
     print("torch/s: the idiomatic eager loop (nn.Sequential, per-batch indexing; the targets);"
           " tuned/s: addmm + relu_, per-epoch shuffle as fit does, inference_mode")
-    header = (f"{'network':<20}{'batch':>6}{'sweeplab/s':>13}{'+train pass/s':>15}"
-              f"{'torch/s':>11}{'ratio':>8}{'+train ratio':>14}{'target':>8}"
-              f"{'tuned/s':>11}{'vs tuned':>10}")
+    header = (f"{'network':<16}{'batch':>6}{'default/s':>11}{'running/s':>11}{'cost':>7}"
+              f"{'torch/s':>10}{'default':>9}{'running':>9}{'target':>8}"
+              f"{'tuned/s':>10}{'vs tuned':>9}")
     print(header)
     print("-" * len(header))
     ok = True
-    large = None
+    shares = []
     for sizes, batch, n, target in SIZES:
         arrays = synthetic(sizes, n)
-        ours = ours_full = theirs = tuned = 0.0
-        for _ in range(repeats):  # interleaved, so that a busy spell hits all
-            ours = max(ours, sweeplab_rate(sizes, batch, arrays, epochs, "running")[0])
-            ours_full = max(ours_full,
-                            sweeplab_rate(sizes, batch, arrays, epochs, "after_epoch")[0])
+        running = default = theirs = tuned = peak = 0.0
+        for _ in range(repeats):  # interleaved rounds
+            running = max(running, sweeplab_rate(sizes, batch, arrays, epochs, "running")[0])
+            default = max(default, sweeplab_rate(sizes, batch, arrays, epochs, "after_epoch")[0])
+            peak = max(peak, gemm_peak_gflops(repeats=3))
             if torch:
                 theirs = max(theirs, torch_rate(sizes, batch, arrays, epochs)[0])
                 tuned = max(tuned, torch_tuned_rate(sizes, batch, arrays, epochs)[0])
             else:
                 theirs = tuned = float("nan")
-        ratio, ratio_full = ours / theirs, ours_full / theirs
-        ok = ok and (ratio >= target if torch else True)
+        cost = running / default - 1
+        ratio, ratio_running = default / theirs, running / theirs
+        ok = ok and cost <= DEFAULT_COST_TARGET and (ratio >= target if torch else True)
         name = "-".join(map(str, sizes))
-        print(f"{name:<20}{batch:>6}{ours:>13,.0f}{ours_full:>15,.0f}{theirs:>11,.0f}"
-              f"{ratio:>7.2f}x{ratio_full:>13.2f}x{target:>7.2f}x"
-              f"{tuned:>11,.0f}{ours / tuned:>9.2f}x")
-        large = (sizes, ours)
+        print(f"{name:<16}{batch:>6}{default:>11,.0f}{running:>11,.0f}{cost:>+7.1%}"
+              f"{theirs:>10,.0f}{ratio:>8.2f}x{ratio_running:>8.2f}x{target:>7.2f}x"
+              f"{tuned:>10,.0f}{default / tuned:>8.2f}x")
+        flops = train_flops_per_sample(sizes, N_VAL_SHARE)
+        shares.append((name, peak, default * flops / 1e9, running * flops / 1e9))
 
-    sizes, ours = large
-    peak = gemm_peak_gflops()  # again, after the runs (the machine's state may have moved)
-    achieved = ours * train_flops_per_sample(sizes, N_VAL_SHARE) / 1e9
-    share = achieved / peak
-    print(f"single-thread float32 GEMM peak (1024^3): {peak:.1f} GFLOP/s; "
-          f"{'-'.join(map(str, sizes))} reaches {achieved:.1f} GFLOP/s = {share:.0%} "
-          f"(target >= 70%)")
-    ok = ok and share >= 0.70
+    print("single-thread float32 GEMM peak (1024^3, best of the rounds) and the share of it"
+          " reached (training and validation matrix products):")
+    for name, peak, got_default, got_running in shares:
+        print(f"  {name:<16} peak {peak:6.1f} GFLOP/s; default {got_default:6.1f} GFLOP/s ="
+              f" {got_default / peak:4.0%}, running {got_running:6.1f} GFLOP/s ="
+              f" {got_running / peak:4.0%}")
+    name, peak, got_default, _ = shares[-1]
+    ok = ok and got_default / peak >= GEMM_SHARE_TARGET
+    print(f"targets: default within {DEFAULT_COST_TARGET:.0%} of running; default "
+          + " / ".join(f"{t:g}x" for *_, t in SIZES) + " PyTorch eager; "
+          f"{name} default >= {GEMM_SHARE_TARGET:.0%} of GEMM peak")
     print("all targets met" if ok else "some targets missed")
     return 0 if ok else 1
 

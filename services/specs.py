@@ -648,9 +648,7 @@ _DECIDE_VALIDATION = ("dataset", "dataset.validation_split", "dataset.name", "da
 _DECIDE_TASK = ("dataset", "dataset.name", "dataset.y", "dataset.task")
 
 
-def _objective_problem(
-    metric: str, spec: dict[str, Any]
-) -> tuple[tuple[str, ...], str] | None:
+def _objective_problem(metric: str, spec: dict[str, Any]) -> tuple[tuple[str, ...], str] | None:
     """Why a trial of normalized ``spec`` would have no ``metric`` to be ranked by:
     ``(the spec paths that decide it, the message)``, or None."""
     ds = spec["dataset"]

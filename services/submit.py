@@ -84,9 +84,11 @@ def cancel_job(
         signal_cancel(dispatcher, [job.id])
     elif job.sweep_id:
         advance_and_enqueue(
-            settings=settings, session_factory=session_factory, dispatcher=dispatcher,
+            settings=settings,
+            session_factory=session_factory,
+            dispatcher=dispatcher,
             sweep_id=job.sweep_id,
-        )  # fmt: skip
+        )
     return job
 
 

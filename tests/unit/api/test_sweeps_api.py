@@ -165,3 +165,17 @@ def test_an_accuracy_objective_over_a_swept_regression_dataset_is_422(client):
     assert response.status_code == 422
     detail = response.get_json()["error"]["details"][0]
     assert detail["loc"] == "parameters.dataset.name.values.1" and "regression" in detail["msg"]
+
+
+def test_broker_down_is_503_and_the_sweep_is_not_stranded(client, dispatcher):
+    def down(job_ids):
+        raise ConnectionError("redis is down")
+
+    dispatcher.enqueue_jobs = down
+    response = client.post(f"{API}/sweeps", json=sweep_body())
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "queue_unavailable"
+    (sweep,) = client.get(f"{API}/sweeps").get_json()["items"]
+    assert sweep["status"] == "cancelled"
+    trials = client.get(f"{API}/sweeps/{sweep['id']}/trials").get_json()["items"]
+    assert len(trials) == 2 and all(t["status"] == "failed" for t in trials)
