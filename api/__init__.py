@@ -2,71 +2,24 @@
 
 Routes are declared with flask-openapi3: a view's ``body``, ``query`` and
 ``path`` arguments are pydantic models that the framework validates and that
-the OpenAPI document (``/api/v1/openapi.json``) is generated from.
+the OpenAPI document (``/api/v1/openapi.json``) is generated from. One
+blueprint per resource (``health``, ``jobs``, ``sweeps``, ``openapi``); what
+they share is in ``api.context``.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass
-from typing import Any
-
 from flask import current_app, g, request
-from flask.json.provider import DefaultJSONProvider
-from flask.wrappers import Request
 from flask_openapi3 import Info
-from pydantic import BaseModel
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import APIError, register_error_handlers, validation_failed
+from api import health, jobs, openapi, sweeps
+from api.context import APIRequest, Services, StrictJSON, json_body, services
+from api.errors import register_error_handlers, validation_failed
 from api.openapi import API_PREFIX, SweeplabAPI
 from services.celery_app import Dispatcher
 from services.config import Settings
 from services.db import make_engine, make_session_factory
-from services.mirror.links import links_for_job, links_for_sweep
-from services.specs import LIMITS_IN_FORCE, ErrorResponse, MlflowLinks
-
-
-@dataclass
-class Services:
-    """What the views share: settings, the database and the dispatcher."""
-
-    settings: Settings
-    engine: Engine
-    sessions: sessionmaker[Session]
-    dispatcher: Dispatcher
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e400 parses as inf
-        raise ValueError(f"{text} is out of the range of a double")
-    return value
-
-
-class StrictJSON(DefaultJSONProvider):
-    """Request bodies are JSON as RFC 8259 has it: no NaN, no Infinity, no 1e400."""
-
-    sort_keys = False
-
-    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        try:
-            return json.loads(s, parse_constant=_reject_constant, parse_float=_finite_float)
-        except RecursionError as err:
-            raise ValueError("nested too deeply") from err
-
-
-class APIRequest(Request):
-    def on_json_loading_failed(self, e: ValueError | None) -> Any:
-        if e is None:
-            raise APIError(415, "send the body as application/json")
-        raise APIError(400, f"malformed JSON: {e}", code="malformed_json") from e
+from services.specs import LIMITS_IN_FORCE, ErrorResponse
 
 
 def create_app(
@@ -109,8 +62,6 @@ def create_app(
             session.close()
 
     register_error_handlers(app)
-    from api import health, jobs, openapi, sweeps
-
     app.register_api(health.bp)
     app.register_api(jobs.bp, url_prefix=API_PREFIX)
     app.register_api(sweeps.bp, url_prefix=API_PREFIX)
@@ -131,55 +82,3 @@ def _teardown_request(_exc: BaseException | None) -> None:
     token = g.pop("limits_token", None)
     if token is not None:
         LIMITS_IN_FORCE.reset(token)
-
-
-def services() -> Services:
-    return current_app.extensions["sweeplab"]
-
-
-def db() -> Session:
-    """The request's session (closed at teardown; views commit)."""
-    if "db_session" not in g:
-        g.db_session = services().sessions()
-    return g.db_session
-
-
-def json_body() -> Any:
-    """The request's JSON: 415 if not JSON, 413 if too big, 400 if malformed or NaN,
-    422 if not an object. Parsed once: the framework's validation reads the cache."""
-    if not request.is_json:
-        raise APIError(415, "send the body as application/json")
-    raw = request.get_data(cache=True)
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    # A chunked body (no Content-Length) is cut at the limit, not refused: a body
-    # that fills the limit may have gone on, so it is refused here.
-    chunked = request.content_length is None
-    if limit is not None and (len(raw) >= limit if chunked else len(raw) > limit):
-        raise APIError(413, f"request body larger than {limit} bytes")
-    data = request.get_json()
-    if not isinstance(data, dict):
-        raise APIError(
-            422,
-            "the body must be a JSON object",
-            details=[{"loc": "", "msg": "expected a JSON object"}],
-        )
-    return data
-
-
-def reply(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Any:
-    """A response serialized by its model (which refuses undeclared fields)."""
-    return model.model_dump(mode="json"), status, headers or {}
-
-
-def mlflow_links(kind: str, row: Any) -> MlflowLinks | None:
-    """The row's MLflow links; None when mirroring is off (or the mirror is broken)."""
-    settings = services().settings
-    if not settings.mlflow_tracking_uri:
-        return None
-    find = links_for_job if kind == "job" else links_for_sweep
-    try:
-        links = find(settings, row)
-    except Exception:  # a broken mirror must not break the API
-        current_app.logger.exception("links_for_%s failed", kind)
-        return None
-    return None if links is None else MlflowLinks.model_validate(links)

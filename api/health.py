@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import text
 
-from api import reply, services
+from api.context import reply, services
 from api.params import Health, Readiness
 
 bp = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])

@@ -10,7 +10,7 @@ from flask import Response, url_for
 from flask_openapi3 import APIBlueprint, Tag
 from flask_openapi3.types import ResponseDict
 
-from api import db, mlflow_links, reply, services
+from api.context import db, mlflow_links, reply, services
 from api.errors import APIError
 from api.params import JobListQuery, JobPath, MetricsQuery
 from services import submit
@@ -39,7 +39,7 @@ def errors(*codes: int) -> ResponseDict:
     return dict.fromkeys(codes, ErrorResponse)
 
 
-def _iso(value: Any) -> str | None:
+def iso_time(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
@@ -73,9 +73,9 @@ def job_public(job: Job) -> JobPublic:
         prune_reason=job.prune_reason,
         cancel_requested=job.cancel_requested,
         timings=JobTimings(
-            created_at=_iso(job.created_at),
-            started_at=_iso(job.started_at),
-            finished_at=_iso(job.finished_at),
+            created_at=iso_time(job.created_at),
+            started_at=iso_time(job.started_at),
+            finished_at=iso_time(job.finished_at),
             queued_seconds=_seconds(job.created_at, job.started_at),
             run_seconds=_seconds(job.started_at, job.finished_at),
             train_seconds=job.train_seconds,

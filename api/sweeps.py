@@ -5,9 +5,9 @@ from __future__ import annotations
 from flask import url_for
 from flask_openapi3 import APIBlueprint, Tag
 
-from api import db, mlflow_links, reply, services
+from api.context import db, mlflow_links, reply, services
 from api.errors import APIError
-from api.jobs import _iso, bad_cursor, errors, job_page
+from api.jobs import bad_cursor, errors, iso_time, job_page
 from api.params import SweepListQuery, SweepPath, TrialListQuery
 from services import submit
 from services.db.models import Job, Sweep
@@ -67,7 +67,7 @@ def sweep_public(sweep: Sweep, *, full: bool = True) -> SweepPublic:
         leaderboard=[_row(i + 1, t) for i, t in enumerate(board)] if full else [],
         spec=sweep.spec,
         timings=SweepTimings(
-            created_at=_iso(sweep.created_at), finished_at=_iso(sweep.finished_at)
+            created_at=iso_time(sweep.created_at), finished_at=iso_time(sweep.finished_at)
         ),
         links=SweepLinks(
             self=url_for("sweeps.get_sweep", sweep_id=sweep.id),
