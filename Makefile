@@ -36,8 +36,10 @@ test: install-dev
 	$(BIN)/python -m services.stack redis
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# ruff (rules and format), the architecture contracts (import-linter), types (mypy)
 lint: install-dev
 	$(BIN)/ruff check services api worker tests benchmarks migrations
+	$(BIN)/lint-imports
 	$(BIN)/mypy services api worker
 
 clean: down

@@ -33,12 +33,12 @@ def policy_for(session: Session, job: Job) -> tuple[Objective, PruneFn | None]:
     objective = objective_for(session, job)
     sweep = session.get(Sweep, job.sweep_id) if job.sweep_id else None
     raw = sweep.spec.get("early_stopping") if sweep is not None else None
-    if not raw:
+    if sweep is None or not raw:
         return objective, None
     policy = EarlyStoppingPolicy.model_validate(raw)
     state: dict[str, float] = {"checked": 0, "queried_at": -math.inf}
     epochs_total = job.epochs_total
-    job_id, sweep_id = job.id, job.sweep_id
+    job_id, sweep_id = job.id, sweep.id
 
     def prune(session: Session, epoch: int, running_best: dict[int, float | None]) -> str | None:
         """Called at each epoch boundary: ASHA at its rungs, the median rule at
