@@ -1,0 +1,160 @@
+"""The API's response models: what it sends (extra fields are refused, so none goes undeclared)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Public(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(Public):
+    loc: str = Field(description="the field, as a dotted path (hyperparameters.learning_rate)")
+    msg: str
+
+
+class ErrorBody(Public):
+    code: str = Field(description="validation_error, not_found, queue_unavailable, ...")
+    message: str
+    details: list[ErrorDetail] = []
+
+
+class ErrorResponse(Public):
+    error: ErrorBody
+
+
+JOB_STATUS = Literal["queued", "running", "succeeded", "failed", "diverged", "cancelled", "pruned"]
+
+
+class Progress(Public):
+    epoch: int
+    epochs: int | None
+    fraction: float | None
+
+
+class JobTimings(Public):
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    queued_seconds: float | None
+    run_seconds: float | None
+    train_seconds: float | None
+
+
+class JobLinks(Public):
+    self: str
+    metrics: str
+    cancel: str
+    sweep: str | None = None
+
+
+class MlflowLinks(Public):
+    """Ids and UI links of the MLflow run; all null (mirrored false) until the first mirror."""
+
+    experiment_id: str | None
+    run_id: str | None
+    run_url: str | None
+    experiment_url: str | None
+    compare_url: str | None
+    mirrored: bool
+
+
+class JobPublic(Public):
+    id: str
+    name: str | None
+    status: JOB_STATUS
+    sweep_id: str | None
+    trial_index: int | None
+    params: dict[str, Any] | None = Field(description="the swept values, by dotted path")
+    spec: dict[str, Any] = Field(description="the normalized job spec (JobCreate)")
+    progress: Progress
+    latest_metrics: dict[str, Any] | None
+    best_metrics: dict[str, Any] | None
+    best_epoch: int | None
+    objective: float | None
+    result: dict[str, Any] | None
+    diagnosis: list[Any] | None
+    error: str | None
+    prune_reason: str | None
+    cancel_requested: bool
+    timings: JobTimings
+    attempts: int
+    worker: str | None
+    links: JobLinks
+    mlflow: MlflowLinks | None = Field(description="null when mirroring is off")
+
+
+class JobPage(Public):
+    items: list[JobPublic]
+    next_cursor: str | None
+
+
+class MetricRow(Public):
+    epoch: int
+    metrics: dict[str, Any]
+
+
+class MetricsPublic(Public):
+    # flask-openapi3 adds this content to the response: the same rows as CSV (?format=csv).
+    model_config = ConfigDict(
+        extra="forbid",
+        openapi_extra={"content": {"text/csv": {"schema": {"type": "string"}}}},  # type: ignore[typeddict-unknown-key]
+    )
+
+    job_id: str
+    epochs: list[MetricRow]
+
+
+class LeaderboardRow(Public):
+    rank: int | None = Field(description="null while the trial has no objective value")
+    job_id: str
+    trial_index: int | None
+    status: JOB_STATUS
+    objective: float | None
+    params: dict[str, Any] | None
+    best_epoch: int | None
+    epochs_done: int
+    prune_reason: str | None
+
+
+class SweepObjective(Public):
+    metric: str
+    goal: str
+
+
+class SweepTimings(Public):
+    created_at: str | None
+    finished_at: str | None
+
+
+class SweepLinks(Public):
+    self: str
+    trials: str
+    cancel: str
+
+
+class SweepPublic(Public):
+    id: str
+    name: str | None
+    experiment: str | None
+    status: Literal["running", "done", "cancelled"]
+    method: str
+    objective: SweepObjective
+    max_concurrency: int
+    n_trials: int
+    n_created: int
+    counts: dict[str, int] = Field(description="trials by status")
+    best_trial: LeaderboardRow | None
+    leaderboard: list[LeaderboardRow] = Field(description="empty in lists of sweeps")
+    spec: dict[str, Any]
+    timings: SweepTimings
+    links: SweepLinks
+    mlflow: MlflowLinks | None = Field(description="null when mirroring is off")
+
+
+class SweepPage(Public):
+    items: list[SweepPublic]
+    next_cursor: str | None
