@@ -62,7 +62,7 @@ def diagnose(
     diverged_epoch: int | None = None,
     baseline_loss: float | None = None,
 ) -> list[dict]:
-    """Findings for a run's ``history`` (list of epoch records).
+    """Findings for a run's ``history`` (list of epoch records), one rule after another.
 
     Parameters
     ----------
@@ -71,35 +71,49 @@ def diagnose(
     baseline_loss : for regression, the MSE of predicting the training mean
         (the target variance), used for R^2.
     """
-    findings: list[dict] = []
     finite = [
         r for r in history if r.get("train_loss") is not None and r.get("epoch") != diverged_epoch
     ]
-
+    findings: list[dict] = []
     if status == "diverged":
-        last = finite[-1] if finite else None
-        findings.append(
-            _finding(
-                "diverged",
-                f"Training diverged in epoch {diverged_epoch}: the loss or the weights "
-                "became infinite or NaN.",
-                {
-                    "epoch": diverged_epoch,
-                    "learning_rate": history[-1].get("learning_rate") if history else None,
-                    "last_finite_train_loss": last["train_loss"] if last else None,
-                    "last_finite_epoch": last["epoch"] if last else None,
-                },
-                "Lower the learning rate (try 10x smaller), or add gradient_clip_norm.",
-            )
-        )
+        findings += _diverged(history, finite, diverged_epoch)
+    not_learning = _not_learning(finite)
+    overfitting = _overfitting(finite)
+    findings += not_learning + _gradients(history, finite) + _dead_relus(finite) + overfitting
+    if finite and status != "diverged" and not not_learning and not overfitting:
+        findings += _underfitting(finite[-1], task, baseline_loss)
+    return findings
 
-    not_learning = False
+
+def _diverged(history: list[dict], finite: list[dict], diverged_epoch) -> list[dict]:
+    """The run's loss or weights became non-finite."""
+    findings: list[dict] = []
+    last = finite[-1] if finite else None
+    findings.append(
+        _finding(
+            "diverged",
+            f"Training diverged in epoch {diverged_epoch}: the loss or the weights "
+            "became infinite or NaN.",
+            {
+                "epoch": diverged_epoch,
+                "learning_rate": history[-1].get("learning_rate") if history else None,
+                "last_finite_train_loss": last["train_loss"] if last else None,
+                "last_finite_epoch": last["epoch"] if last else None,
+            },
+            "Lower the learning rate (try 10x smaller), or add gradient_clip_norm.",
+        )
+    )
+    return findings
+
+
+def _not_learning(finite: list[dict]) -> list[dict]:
+    """The training loss barely moved over >= 3 epochs."""
+    findings: list[dict] = []
     if len(finite) >= 3:
         first = finite[0]["train_loss"]
         best = min(r["train_loss"] for r in finite)
         rel = (first - best) / max(abs(first), 1e-12)
         if rel < NOT_LEARNING_REL and first > NOT_LEARNING_FLOOR:  # not: nothing left to learn
-            not_learning = True
             dead = [d for d in (finite[-1].get("dead_relu_fraction") or []) if d is not None]
             all_dead = any(d >= 1.0 for d in dead)
             findings.append(
@@ -122,7 +136,12 @@ def diagnose(
                     + (", and use leaky_relu or He initialization." if all_dead else "."),
                 )
             )
+    return findings
 
+
+def _gradients(history: list[dict], finite: list[dict]) -> list[dict]:
+    """Vanishing (first layer's gradient tiny against the last's) or exploding gradients."""
+    findings: list[dict] = []
     ratios = []
     for r in finite:
         g = r.get("grad_norm") or []
@@ -174,22 +193,32 @@ def diagnose(
                 "smaller initialization (he / xavier).",
             )
         )
+    return findings
 
-    if finite:
-        dead = finite[-1].get("dead_relu_fraction") or []
-        worst = max((d for d in dead if d is not None), default=0.0)
-        if worst >= DEAD_FRACTION:
-            findings.append(
-                _finding(
-                    "dead_relus",
-                    f"{worst:.0%} of the units in a ReLU layer never fire: they no longer learn.",
-                    {"dead_relu_fraction": dead, "epoch": finite[-1]["epoch"]},
-                    "Lower the learning rate, use leaky_relu, or He initialization.",
-                )
+
+def _dead_relus(finite: list[dict]) -> list[dict]:
+    """Most units of a ReLU layer fired on no example after the last epoch."""
+    if not finite:
+        return []
+    findings: list[dict] = []
+    dead = finite[-1].get("dead_relu_fraction") or []
+    worst = max((d for d in dead if d is not None), default=0.0)
+    if worst >= DEAD_FRACTION:
+        findings.append(
+            _finding(
+                "dead_relus",
+                f"{worst:.0%} of the units in a ReLU layer never fire: they no longer learn.",
+                {"dead_relu_fraction": dead, "epoch": finite[-1]["epoch"]},
+                "Lower the learning rate, use leaky_relu, or He initialization.",
             )
+        )
+    return findings
 
+
+def _overfitting(finite: list[dict]) -> list[dict]:
+    """A sustained rise of the validation loss while the training loss kept falling."""
+    findings: list[dict] = []
     val = [r for r in finite if r.get("val_loss") is not None]
-    overfitting = False
     if len(val) >= OVERFIT_EPOCHS + 1:
         best = min(val, key=lambda r: r["val_loss"])
         last = val[-1]
@@ -209,7 +238,6 @@ def diagnose(
             and last["val_loss"] > (1 + OVERFIT_RISE) * last["train_loss"]
             and gap_growth > OVERFIT_RISE * best["val_loss"]
         ):
-            overfitting = True
             findings.append(
                 _finding(
                     "overfitting",
@@ -226,38 +254,40 @@ def diagnose(
                     "Add early_stopping, l2 or dropout, use a smaller network, or more data.",
                 )
             )
+    return findings
 
-    if finite and status != "diverged" and not not_learning and not overfitting:
-        last = finite[-1]
-        if task == "classification" and last.get("train_accuracy") is not None:
-            if last["train_accuracy"] < UNDERFIT_ACCURACY:
-                findings.append(
-                    _finding(
-                        "underfitting",
-                        "Even on the training set the accuracy is only "
-                        f"{last['train_accuracy']:.1%}.",
-                        {
-                            "train_accuracy": last["train_accuracy"],
-                            "val_accuracy": last.get("val_accuracy"),
-                            "epoch": last["epoch"],
-                        },
-                        "Use a larger network, train longer, or raise the learning rate.",
-                    )
+
+def _underfitting(last: dict, task: str, baseline_loss: float | None) -> list[dict]:
+    """Low accuracy (or R^2) on the training set itself, from the last epoch."""
+    findings: list[dict] = []
+    if task == "classification" and last.get("train_accuracy") is not None:
+        if last["train_accuracy"] < UNDERFIT_ACCURACY:
+            findings.append(
+                _finding(
+                    "underfitting",
+                    f"Even on the training set the accuracy is only {last['train_accuracy']:.1%}.",
+                    {
+                        "train_accuracy": last["train_accuracy"],
+                        "val_accuracy": last.get("val_accuracy"),
+                        "epoch": last["epoch"],
+                    },
+                    "Use a larger network, train longer, or raise the learning rate.",
                 )
-        elif task == "regression" and baseline_loss:
-            r2 = 1.0 - last["train_loss"] / baseline_loss
-            if r2 < UNDERFIT_R2:
-                findings.append(
-                    _finding(
-                        "underfitting",
-                        f"The network explains only {r2:.0%} of the training targets' variance.",
-                        {
-                            "train_r2": r2,
-                            "train_loss": last["train_loss"],
-                            "target_variance": baseline_loss,
-                            "epoch": last["epoch"],
-                        },
-                        "Use a larger network, train longer, or raise the learning rate.",
-                    )
+            )
+    elif task == "regression" and baseline_loss:
+        r2 = 1.0 - last["train_loss"] / baseline_loss
+        if r2 < UNDERFIT_R2:
+            findings.append(
+                _finding(
+                    "underfitting",
+                    f"The network explains only {r2:.0%} of the training targets' variance.",
+                    {
+                        "train_r2": r2,
+                        "train_loss": last["train_loss"],
+                        "target_variance": baseline_loss,
+                        "epoch": last["epoch"],
+                    },
+                    "Use a larger network, train longer, or raise the learning rate.",
                 )
+            )
     return findings
