@@ -19,7 +19,7 @@ def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield REDIS_URL
         return
     try:
-        from services.stack import start_redis
+        from services.stack.processes import start_redis
     except ImportError:
         pytest.skip("no Redis at 127.0.0.1:6379 and no services.stack to start one")
     import socket

@@ -1,0 +1,222 @@
+"""The stack's commands: up, down and status, with the environment the services run in."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import urllib.parse
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import update
+
+from services.config import Settings
+from services.db import make_engine, make_session_factory
+from services.db.models import Job, utcnow
+from services.jobs.lease import worker_name
+from services.stack.processes import (
+    LOCAL_HOSTS,
+    ensure_redis,
+    find_executable,
+    group_members,
+    http_json,
+    http_ok,
+    port_taken,
+    record_pid,
+    recorded_pid,
+    redis_ping,
+    running_pid,
+    spawn,
+    stop,
+    var_dir,
+    wait_for,
+)
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+API_HOST = "127.0.0.1"
+API_PORT = int(os.environ.get("SWEEPLAB_API_PORT") or 8000)  # where `up` serves the API
+MLFLOW_HOST, MLFLOW_PORT = "127.0.0.1", 5000
+SWEEPLAB_OK = {"status": "ok", "service": "sweeplab"}  # what our API's /healthz says
+
+
+def release_jobs_of(pids: Sequence[int], env: dict[str, str]) -> int:
+    """End the leases of running jobs that processes ``pids`` of this host held.
+
+    Their worker was stopped: the next worker's first recover pass sends them
+    again at once (resuming from their checkpoints) instead of waiting out
+    the lease, and the attempt does not count as a lost worker
+    (``SWEEPLAB_MAX_ATTEMPTS``). Returns how many were released.
+    """
+    if not pids:
+        return 0
+    host = worker_name().rsplit(":", 1)[0]
+    names = [f"{host}:{pid}" for pid in pids]
+    engine = make_engine(Settings.from_env(env).database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.status == "running", Job.worker.in_(names))
+                .values(lease_expires_at=utcnow(), released=Job.released + 1)
+            )
+            session.commit()
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+def service_env() -> dict[str, str]:
+    """Environment for the API and workers: the caller's, plus local defaults."""
+    env = dict(os.environ)
+    var = var_dir()
+    env.setdefault("DATABASE_URL", f"sqlite:///{var / 'sweeplab.db'}")
+    env.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
+    env.setdefault("MLFLOW_TRACKING_URI", f"http://{MLFLOW_HOST}:{MLFLOW_PORT}")
+    env.setdefault("SWEEPLAB_HOME", str(var.parent))
+    # One BLAS thread per worker process: two processes on two cores beat 2 x 2.
+    for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(key, "1")
+    return env
+
+
+def migrate(env: dict[str, str]) -> None:
+    """Bring the database schema to head with Alembic."""
+    subprocess.run(
+        [find_executable("alembic"), "upgrade", "head"],
+        env=env,
+        check=True,
+        cwd=_repo_root(),
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def up(*, workers: int = 2, mlflow: bool = True) -> None:
+    """Start every service that is not running yet."""
+    var = var_dir()
+    env = service_env()
+    log = var / "log"
+
+    if not redis_ping(env["REDIS_URL"]):
+        proc = ensure_redis(env["REDIS_URL"], var / "redis", log / "redis.log")
+        if proc is not None:
+            record_pid("redis", proc)
+            print(f"started redis-server (pid {proc.pid})")
+    else:
+        print(f"redis: already answering at {env['REDIS_URL']}")
+
+    migrate(env)
+    print("database: migrated to head")
+
+    if mlflow and env.get("MLFLOW_TRACKING_URI"):
+        _up_mlflow(env, var)
+
+    api = f"http://{API_HOST}:{API_PORT}"
+    if port_taken(API_HOST, API_PORT, lambda: (http_json(api + "/healthz") or {}) == SWEEPLAB_OK):
+        print(f"api: already running on {API_HOST}:{API_PORT}")
+    else:
+        argv = [
+            find_executable("gunicorn"),
+            "--bind",
+            f"{API_HOST}:{API_PORT}",
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--timeout",
+            "60",
+            "--limit-request-line",
+            "8190",
+            "--chdir",
+            str(_repo_root()),
+            "api:create_app()",
+        ]
+        proc = spawn(argv, log / "api.log", env)
+        record_pid("api", proc)
+        wait_for(lambda: http_ok(f"http://{API_HOST}:{API_PORT}/healthz"), "api", 30, proc)
+        print(f"started api on http://{API_HOST}:{API_PORT} (pid {proc.pid})")
+
+    if running_pid("worker"):
+        print("worker: already running")
+    else:
+        argv = [
+            find_executable("celery"),
+            "-A",
+            "worker.app",
+            "worker",
+            "--concurrency",
+            str(workers),
+            "--queues",
+            env.get("SWEEPLAB_QUEUE", "sweeplab"),
+            "--loglevel",
+            "INFO",
+            "--hostname",
+            f"sweeplab-{os.getpid()}@%h",
+        ]
+        proc = spawn(argv, log / "worker.log", dict(env, PYTHONPATH=str(_repo_root())))
+        record_pid("worker", proc)
+        print(f"started worker with {workers} processes (pid {proc.pid})")
+    wait_for(lambda: http_ok(f"http://{API_HOST}:{API_PORT}/readyz"), "api /readyz", 30)
+
+
+def _up_mlflow(env: dict[str, str], var: Path) -> None:
+    parts = urllib.parse.urlsplit(env["MLFLOW_TRACKING_URI"])
+    host, port = parts.hostname or MLFLOW_HOST, parts.port or MLFLOW_PORT
+    if parts.scheme not in ("http", "https") or host not in LOCAL_HOSTS:
+        print(f"mlflow: using {env['MLFLOW_TRACKING_URI']} as given")
+        return
+    if port_taken(
+        host,
+        port,
+        lambda: http_ok(f"http://{host}:{port}/api/2.0/mlflow/experiments/search?max_results=1"),
+    ):
+        print(f"mlflow: already running on {host}:{port}")
+        return
+    from services.mirror import server as mlflow_server  # late: needs the server extra only here
+
+    argv, mlflow_env = mlflow_server.server_command(host, port, var)
+    proc = spawn(argv, var / "log" / "mlflow.log", dict(env, **mlflow_env))
+    record_pid("mlflow", proc)
+    mlflow_server.wait_ready(f"http://{host}:{port}", timeout=120)
+    print(f"started mlflow server on http://{host}:{port} (pid {proc.pid})")
+
+
+def down() -> None:
+    """Stop what ``up`` started, workers first; the jobs they were training are
+    released, so that the next ``up`` resumes them at once."""
+    for name in ("worker", "api", "mlflow", "redis"):
+        pgid = recorded_pid(name) if name == "worker" else None
+        members = group_members(pgid) if pgid is not None else []
+        print(f"{name}: {'stopped' if stop(name) else 'not started by sweeplab'}")
+        if members:
+            try:
+                released = release_jobs_of(members, service_env())
+            except Exception as err:  # the database is away: the leases run out by themselves
+                print(f"  could not release the worker's jobs ({type(err).__name__}: {err})")
+            else:
+                if released:
+                    print(f"  released {released} running job(s); the next `up` resumes them")
+
+
+def status() -> int:
+    """Print what answers; exit 0 when the API is ready."""
+    env = service_env()
+    print(f"redis   {'up' if redis_ping(env['REDIS_URL']) else 'down'}  {env['REDIS_URL']}")
+    api = f"http://{API_HOST}:{API_PORT}"
+    print(f"api     {'ready' if http_ok(api + '/readyz') else 'down'}  {api}")
+    ml = env.get("MLFLOW_TRACKING_URI") or ""
+    print(f"mlflow  {'up' if ml and http_ok(ml + '/health') else 'down'}  {ml}")
+    if running_pid("worker"):
+        worker = "running"
+    elif recorded_pid("worker") is not None:
+        worker = "DEAD (it was started here; `make up` starts it again)"
+    else:
+        worker = "not started here"
+    print(f"worker  {worker}")
+    return 0 if http_ok(api + "/readyz") else 1
