@@ -9,11 +9,12 @@ bundled datasets). Entry points::
                   "hyperparameters": {"learning_rate": 0.1}})
 """
 
-from .data import Dataset, dataset_from_arrays, load_dataset
+from .build import build_network, load_dataset
+from .data import Dataset, dataset_from_arrays
 from .diagnostics import diagnose
 from .gradcheck import gradient_check
 from .lr_finder import lr_range_test
-from .network import Network, build_network
+from .network import Network
 from .spec import Spec, SpecError, parse_spec
 from .train import TrainResult, fit, flatten_record
 

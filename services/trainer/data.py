@@ -1,7 +1,7 @@
 """Datasets: synthetic generators, scikit-learn's bundled sets, inline arrays.
 
-``load_dataset(dataset_spec)`` returns a ``Dataset`` with ``X_train, y_train,
-X_val, y_val``. Classification labels are integers ``0..k-1``; regression
+``build.load_dataset(dataset_spec)`` returns a ``Dataset`` with ``X_train,
+y_train, X_val, y_val``. Classification labels are integers ``0..k-1``; regression
 targets are floats of shape ``(n,)`` or ``(n, d)``. The split is stratified
 for classification, and features (and regression targets) are standardized
 with the training part's statistics only. Everything random comes from
@@ -133,7 +133,7 @@ def make_sine(rng, n_samples=400, noise=0.1):
 
 def _sklearn(loader_name: str):
     def load(rng):
-        from sklearn import datasets  # bundled files only, imported on demand
+        from sklearn import datasets  # late: bundled files only, imported on demand
 
         bunch = getattr(datasets, loader_name)()
         return np.asarray(bunch.data, np.float64), np.asarray(bunch.target)
@@ -281,70 +281,6 @@ def stratified_split(
     train_mask = np.ones(n, bool)
     train_mask[val_idx] = False
     return np.flatnonzero(train_mask), val_idx
-
-
-def _standardize(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = train.mean(axis=0)
-    std = train.std(axis=0)
-    return mean, np.where(std == 0, 1.0, std)
-
-
-def load_dataset(dataset_spec) -> Dataset:
-    """Build the dataset described by a ``dataset`` spec (dict or ``DatasetSpec``).
-
-    Parameters
-    ----------
-    dataset_spec : dict or spec.DatasetSpec
-        ``name``, ``validation_split``, ``seed``, ``standardize``,
-        ``standardize_targets`` and the dataset's own options (``n_samples``,
-        ``noise``, ``arms``, ...; ``X``, ``y``, ``task`` for ``arrays``).
-    """
-    from .spec import DatasetSpec, SpecError, parse_dataset
-
-    ds = dataset_spec if isinstance(dataset_spec, DatasetSpec) else parse_dataset(dataset_spec)
-    rng = np.random.default_rng(ds.seed)
-    info = DATASETS[ds.name]
-    if ds.name == "arrays":
-        X = np.asarray(ds.options["X"], dtype=np.float64)
-        if X.ndim == 1:
-            X = X[:, None]
-        y = np.asarray(ds.options["y"])
-        task = ds.options.get("task") or infer_task(y)
-    else:
-        assert info.make is not None
-        X, y = info.make(rng, **ds.options)
-        task = info.task
-
-    classes = None
-    n_classes = None
-    if task == CLASSIFICATION:
-        classes_arr, y = np.unique(y, return_inverse=True)
-        y = y.reshape(-1).astype(np.int64)
-        classes = classes_arr.tolist()
-        n_classes = len(classes)
-    else:
-        y = np.asarray(y, dtype=np.float64)
-
-    train_idx, val_idx = stratified_split(y, ds.validation_split, rng, task == CLASSIFICATION)
-    if len(train_idx) == 0:
-        raise SpecError(
-            "dataset.validation_split",
-            f"{ds.validation_split} of {len(y)} rows leaves no training rows",
-        )
-    X_train, X_val, y_train, y_val = X[train_idx], X[val_idx], y[train_idx], y[val_idx]
-
-    data = Dataset(X_train, y_train, X_val, y_val, task, n_classes, ds.name, classes)
-    if ds.standardize:
-        mean, std = _standardize(X_train)
-        data.X_train = (X_train - mean) / std
-        data.X_val = (X_val - mean) / std
-        data.feature_mean, data.feature_std = mean, std
-    if task == REGRESSION and ds.standardize_targets:
-        mean, std = _standardize(y_train)
-        data.y_train = (y_train - mean) / std
-        data.y_val = (y_val - mean) / std
-        data.target_mean, data.target_std = mean, std
-    return data
 
 
 def dataset_from_arrays(

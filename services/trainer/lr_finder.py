@@ -16,8 +16,9 @@ import math
 
 import numpy as np
 
-from .data import Dataset, load_dataset
-from .network import Network, build_network, generators
+from .build import build_network, generators, load_dataset
+from .data import Dataset
+from .network import Network
 from .optimizers import clip_by_global_norm, get_optimizer
 from .spec import parse_spec
 

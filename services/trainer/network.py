@@ -29,8 +29,7 @@ import numpy as np
 
 from .activations import get_activation
 from .backprop import TrainingPass
-from .data import CLASSIFICATION, Dataset
-from .initializers import get_initializer
+from .data import CLASSIFICATION
 from .layers import Dense
 from .losses import Loss, get_loss
 
@@ -390,69 +389,3 @@ def _from_architecture(arch: dict, dtype) -> Network:
     dropout = arch.get("dropout") or [0.0] * len(acts)
     layers = [Dense(sizes[i], sizes[i + 1], acts[i], dropout[i], dtype) for i in range(len(acts))]
     return Network(layers, get_loss(arch["loss"]), arch["output_activation"], arch["task"])
-
-
-def build_network(spec, dataset: Dataset, rng: np.random.Generator | None = None) -> Network:
-    """Build and initialize the network a spec describes for ``dataset``.
-
-    Parameters
-    ----------
-    spec : dict or Spec
-    dataset : Dataset
-        Gives the input width, the task and the number of classes / targets.
-    rng : Generator, optional
-        Draws the initial weights; by default the spec seed's init stream
-        (``generators(seed)[0]``).
-    """
-    from .spec import parse_spec
-
-    spec = parse_spec(spec)
-    arch, hp = spec.architecture, spec.hyperparameters
-    output_activation, loss_name = _head_for(spec, dataset)
-    loss = get_loss(loss_name)
-    dtype = np.dtype(hp.dtype)
-    n_out = dataset.n_outputs
-    if dataset.task == CLASSIFICATION and output_activation == "sigmoid" and n_out == 2:
-        n_out = 1  # binary: one logit
-    sizes = [dataset.n_features] + [layer.units for layer in arch.layers] + [int(n_out)]
-    acts = [layer.activation for layer in arch.layers]
-    acts.append("linear" if loss.fused_activation else output_activation)
-    if rng is None:
-        rng = generators(hp.seed)[0]
-    init = get_initializer(arch.initializer)
-    layers = []
-    for i, act in enumerate(acts):
-        hidden = i < len(acts) - 1
-        layer = Dense(sizes[i], sizes[i + 1], act, hp.dropout if hidden else 0.0, dtype)
-        layer.params["W"][...] = init(rng, sizes[i], sizes[i + 1], arch.init_std)
-        layers.append(layer)
-    return Network(layers, loss, output_activation, dataset.task)
-
-
-def _head_for(spec, dataset: Dataset) -> tuple[str, str]:
-    """Output activation and loss; re-inferred when the data is not the spec's own."""
-    from .spec import resolve_head
-
-    out = spec.architecture.output_activation
-    loss = spec.hyperparameters.loss
-    if (dataset.task, dataset.n_classes) != (spec.task, spec.n_classes):
-        out_inferred, loss_inferred = spec.head_inferred
-        out, loss = resolve_head(
-            dataset.task,
-            dataset.n_classes,
-            "" if out_inferred else out,
-            "" if loss_inferred else loss,
-        )
-    return out, loss
-
-
-def generators(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """``(init, train)`` generators, independent streams of one seed.
-
-    ``init`` draws the initial weights; ``train`` draws the per-epoch
-    permutations and the dropout masks (its state is checkpointed).
-    """
-    init_ss, train_ss = np.random.SeedSequence(seed).spawn(2)
-    return np.random.Generator(np.random.PCG64(init_ss)), np.random.Generator(
-        np.random.PCG64(train_ss)
-    )

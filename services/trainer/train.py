@@ -47,12 +47,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .build import build_network, generators, load_dataset
 from .checkpoint import Checkpoint, dump_checkpoint, load_checkpoint
-from .data import CLASSIFICATION, Dataset, load_dataset
+from .data import CLASSIFICATION, Dataset
 from .diagnostics import diagnose
 from .epoch import Batches, LearningRateFolding, batch_losses
 from .epoch_metrics import EpochMetrics
-from .network import Network, build_network, generators
+from .network import Network
 from .optimizers import clip_by_global_norm, get_optimizer
 from .records import (
     BestTracker,
