@@ -7,12 +7,14 @@ spec with every default filled in. Any problem raises ``SpecError`` (a
 (``"hyperparameters.learning_rate"``, ``"architecture.layers.0.units"``) and
 whose message names the allowed values. Unknown fields are errors, so a typo
 never silently falls back to a default.
+
+The normalized dataclasses (``Spec``, ``HyperParameters``, ...) live in
+``spec_types``, the readers of one typed field (and ``SpecError``) in
+``spec_fields``; both are importable from here.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,26 @@ from .initializers import INITIALIZERS
 from .losses import LOSSES
 from .optimizers import OPTIMIZERS
 from .schedules import SCHEDULE_OPTIONS
+from .spec_fields import (
+    SpecError,
+    join_loc,
+    read_bool,
+    read_choice,
+    read_choice_or_none,
+    read_int,
+    read_int_or_none,
+    read_number,
+    read_number_or_none,
+    read_section,
+)
+from .spec_types import (
+    ArchitectureSpec,
+    DatasetSpec,
+    EarlyStoppingSpec,
+    HyperParameters,
+    LayerSpec,
+    Spec,
+)
 
 MAX_UNITS = 65_536
 MAX_LAYERS = 64
@@ -39,225 +61,6 @@ MAX_SAMPLES = 10_000_000
 DTYPES = ("float32", "float64")
 TRAIN_METRICS = ("after_epoch", "running")
 ES_METRICS = ("val_loss", "val_accuracy", "train_loss", "train_accuracy")
-_MISSING = object()
-
-
-class SpecError(ValueError):
-    """A spec problem at ``loc`` (dotted path); ``str(err)`` is ``"loc: message"``."""
-
-    def __init__(self, loc: str, message: str):
-        super().__init__(f"{loc}: {message}")
-        self.loc = loc
-        self.message = message
-
-
-# --- the normalized spec ------------------------------------------------------
-
-
-@dataclass
-class DatasetSpec:
-    name: str
-    validation_split: float = 0.2
-    seed: int = 0
-    standardize: bool = True
-    standardize_targets: bool = True
-    options: dict[str, Any] = field(default_factory=dict)  # n_samples, noise, arms, X, y, ...
-
-    def to_dict(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k != "options"}
-        for k, v in self.options.items():
-            d[k] = v.tolist() if isinstance(v, np.ndarray) else v
-        return d
-
-
-@dataclass
-class LayerSpec:
-    units: int
-    activation: str = "relu"
-
-
-@dataclass
-class ArchitectureSpec:
-    layers: list[LayerSpec]
-    output_activation: str
-    initializer: str = "he"
-    init_std: float = 0.01
-
-
-@dataclass
-class EarlyStoppingSpec:
-    metric: str = "val_loss"
-    patience: int = 5
-    min_delta: float = 0.0
-    restore_best: bool = True
-
-    @property
-    def mode(self) -> str:
-        return "max" if self.metric.endswith("accuracy") else "min"
-
-
-@dataclass
-class HyperParameters:
-    learning_rate: float
-    loss: str
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    nesterov: bool = False
-    dampening: float = 0.0
-    alpha: float = 0.99
-    eps: float = 1e-8
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.0
-    batch_size: int | None = 32
-    epochs: int = 20
-    lr_schedule: dict = field(default_factory=lambda: {"name": "constant", "warmup_epochs": 0})
-    l2: float = 0.0
-    dropout: float = 0.0
-    gradient_clip_norm: float | None = None
-    early_stopping: EarlyStoppingSpec | None = None
-    seed: int = 0
-    dtype: str = "float32"
-    train_metrics: str = "after_epoch"
-
-    def optimizer_options(self) -> dict:
-        return {
-            "momentum": self.momentum,
-            "dampening": self.dampening,
-            "nesterov": self.nesterov,
-            "alpha": self.alpha,
-            "eps": self.eps,
-            "betas": tuple(self.betas),
-            "weight_decay": self.weight_decay,
-        }
-
-
-@dataclass
-class Spec:
-    """A validated job spec. Build with ``parse_spec``."""
-
-    name: str
-    dataset: DatasetSpec
-    architecture: ArchitectureSpec
-    hyperparameters: HyperParameters
-    task: str = CLASSIFICATION
-    n_classes: int | None = None
-    #: whether output activation / loss were inferred (and so may follow other data)
-    head_inferred: tuple[bool, bool] = (False, False)
-
-    def to_dict(self) -> dict:
-        """The normalized spec: defaults filled in, JSON-serializable."""
-        return {
-            "name": self.name,
-            "dataset": self.dataset.to_dict(),
-            "architecture": asdict(self.architecture),
-            "hyperparameters": asdict(self.hyperparameters),
-        }
-
-
-# --- field readers --------------------------------------------------------------
-
-
-def _section(d: Any, loc: str, allowed: tuple[str, ...] | set[str]) -> dict:
-    if not isinstance(d, dict):
-        raise SpecError(loc, f"must be an object, got {type(d).__name__}")
-    for key in sorted(d, key=str):
-        if key not in allowed:
-            raise SpecError(
-                f"{loc}.{key}" if loc else str(key),
-                f"unknown field; allowed: {', '.join(sorted(allowed))}",
-            )
-    return d
-
-
-def _join(loc: str, key: str) -> str:
-    return f"{loc}.{key}" if loc else key
-
-
-def _field(d, loc, key, default, nullable: bool, kind: str) -> tuple[str, Any]:
-    """Return (path, value) of ``d[key]``: required unless defaulted, null only if nullable."""
-    path = _join(loc, key)
-    v = d.get(key, default)
-    if v is _MISSING:
-        raise SpecError(path, "is required")
-    if v is None and not nullable:
-        raise SpecError(path, f"must be {kind}, got null")
-    return path, v
-
-
-def _number_or_none(
-    d, loc, key, default=_MISSING, *, gt=None, ge=None, lt=None, le=None, nullable=True
-) -> float | None:
-    path, v = _field(d, loc, key, default, nullable, "a number")
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise SpecError(path, f"must be a number, got {type(v).__name__}")
-    v = float(v)
-    if not math.isfinite(v):
-        raise SpecError(path, f"must be a finite number, got {v}")
-    for bound, ok, word in (
-        (gt, lambda b: v > b, ">"),
-        (ge, lambda b: v >= b, ">="),
-        (lt, lambda b: v < b, "<"),
-        (le, lambda b: v <= b, "<="),
-    ):
-        if bound is not None and not ok(bound):
-            raise SpecError(path, f"must be {word} {bound}, got {v}")
-    return v
-
-
-def _int_or_none(d, loc, key, default=_MISSING, *, ge=None, le=None, nullable=True) -> int | None:
-    path, v = _field(d, loc, key, default, nullable, "an integer")
-    if v is None:
-        return None
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise SpecError(path, f"must be an integer, got {type(v).__name__} {v!r}")
-    v = int(v)
-    if ge is not None and v < ge:
-        raise SpecError(path, f"must be >= {ge}, got {v}")
-    if le is not None and v > le:
-        raise SpecError(path, f"must be <= {le}, got {v}")
-    return v
-
-
-def _number(d, loc, key, default=_MISSING, **bounds) -> float:
-    """A required-or-defaulted finite number within ``bounds`` (gt, ge, lt, le)."""
-    value = _number_or_none(d, loc, key, default, nullable=False, **bounds)
-    assert value is not None
-    return value
-
-
-def _int(d, loc, key, default=_MISSING, **bounds) -> int:
-    value = _int_or_none(d, loc, key, default, nullable=False, **bounds)
-    assert value is not None
-    return value
-
-
-def _choice(d, loc, key, choices, default=_MISSING) -> str:
-    value = _choice_or_none(d, loc, key, choices, default, nullable=False)
-    assert value is not None
-    return value
-
-
-def _bool(d, loc, key, default) -> bool:
-    v = d.get(key, default)
-    if not isinstance(v, (bool, np.bool_)):
-        raise SpecError(_join(loc, key), f"must be true or false, got {v!r}")
-    return bool(v)
-
-
-def _choice_or_none(d, loc, key, choices, default=_MISSING, *, nullable=True) -> str | None:
-    path = _join(loc, key)
-    v = d.get(key, default)
-    if v is _MISSING:
-        raise SpecError(path, f"is required; one of: {', '.join(choices)}")
-    if v is None and nullable:
-        return None
-    if not isinstance(v, str) or v not in choices:
-        raise SpecError(path, f"must be one of: {', '.join(choices)}; got {v!r}")
-    return v
 
 
 # --- sections ---------------------------------------------------------------------
@@ -269,19 +72,19 @@ def parse_dataset(d: Any, loc: str = "dataset") -> DatasetSpec:
     """Validate a ``dataset`` section (see ``data.DATASETS`` for each one's options)."""
     if not isinstance(d, dict):
         raise SpecError(loc, f"must be an object, got {type(d).__name__}")
-    name = _choice(d, loc, "name", tuple(DATASETS))
+    name = read_choice(d, loc, "name", tuple(DATASETS))
     info = DATASETS[name]
-    _section(d, loc, set(_DATASET_COMMON) | set(info.options))
+    read_section(d, loc, set(_DATASET_COMMON) | set(info.options))
     ds = DatasetSpec(
         name=name,
-        validation_split=_number(d, loc, "validation_split", 0.2, ge=0.0, lt=1.0),
-        seed=_int(d, loc, "seed", 0, ge=0, le=2**63 - 1),
-        standardize=_bool(d, loc, "standardize", True),
-        standardize_targets=_bool(d, loc, "standardize_targets", True),
+        validation_split=read_number(d, loc, "validation_split", 0.2, ge=0.0, lt=1.0),
+        seed=read_int(d, loc, "seed", 0, ge=0, le=2**63 - 1),
+        standardize=read_bool(d, loc, "standardize", True),
+        standardize_targets=read_bool(d, loc, "standardize_targets", True),
     )
     opts: dict[str, Any] = {}
     if name == "arrays":
-        opts["task"] = _choice_or_none(d, loc, "task", (CLASSIFICATION, REGRESSION), None)
+        opts["task"] = read_choice_or_none(d, loc, "task", (CLASSIFICATION, REGRESSION), None)
         opts["X"], opts["y"] = _arrays(d, loc, opts["task"])
         task = opts["task"] or infer_task(opts["y"])
         n_train, _ = split_sizes(opts["y"], ds.validation_split, task == CLASSIFICATION)
@@ -294,17 +97,17 @@ def parse_dataset(d: Any, loc: str = "dataset") -> DatasetSpec:
         if key in ("X", "y", "task"):
             continue
         if key == "n_samples":
-            opts[key] = _int(d, loc, key, default, ge=4, le=MAX_SAMPLES)
+            opts[key] = read_int(d, loc, key, default, ge=4, le=MAX_SAMPLES)
         elif key == "noise":
-            opts[key] = _number(d, loc, key, default, ge=0.0, le=100.0)
+            opts[key] = read_number(d, loc, key, default, ge=0.0, le=100.0)
         elif key == "factor":
-            opts[key] = _number(d, loc, key, default, gt=0.0, lt=1.0)
+            opts[key] = read_number(d, loc, key, default, gt=0.0, lt=1.0)
         elif key == "arms":
-            opts[key] = _int(d, loc, key, default, ge=2, le=100)
+            opts[key] = read_int(d, loc, key, default, ge=2, le=100)
         elif key == "centers":
-            opts[key] = _int(d, loc, key, default, ge=2, le=1000)
+            opts[key] = read_int(d, loc, key, default, ge=2, le=1000)
         elif key == "n_features":
-            opts[key] = _int(d, loc, key, default, ge=1, le=MAX_UNITS)
+            opts[key] = read_int(d, loc, key, default, ge=1, le=MAX_UNITS)
     ds.options = opts
     return ds
 
@@ -353,7 +156,7 @@ def _arrays(d: dict, loc: str, task: str | None) -> tuple[np.ndarray, np.ndarray
 
 
 def parse_architecture(d: Any, loc: str = "architecture") -> tuple[ArchitectureSpec, bool]:
-    _section(d, loc, ("layers", "output_activation", "initializer", "init_std"))
+    read_section(d, loc, ("layers", "output_activation", "initializer", "init_std"))
     if "layers" not in d:
         raise SpecError(f"{loc}.layers", 'is required (a list of {"units", "activation"})')
     raw = d["layers"]
@@ -364,19 +167,19 @@ def parse_architecture(d: Any, loc: str = "architecture") -> tuple[ArchitectureS
     layers = []
     for i, layer in enumerate(raw):
         lloc = f"{loc}.layers.{i}"
-        _section(layer, lloc, ("units", "activation"))
+        read_section(layer, lloc, ("units", "activation"))
         layers.append(
             LayerSpec(
-                units=_int(layer, lloc, "units", ge=1, le=MAX_UNITS),
-                activation=_choice(layer, lloc, "activation", HIDDEN_ACTIVATIONS, "relu"),
+                units=read_int(layer, lloc, "units", ge=1, le=MAX_UNITS),
+                activation=read_choice(layer, lloc, "activation", HIDDEN_ACTIVATIONS, "relu"),
             )
         )
-    out = _choice_or_none(d, loc, "output_activation", OUTPUT_ACTIVATIONS, None)
+    out = read_choice_or_none(d, loc, "output_activation", OUTPUT_ACTIVATIONS, None)
     arch = ArchitectureSpec(
         layers=layers,
         output_activation=out or "",
-        initializer=_choice(d, loc, "initializer", tuple(INITIALIZERS), "he"),
-        init_std=_number(d, loc, "init_std", 0.01, gt=0.0, le=100.0),
+        initializer=read_choice(d, loc, "initializer", tuple(INITIALIZERS), "he"),
+        init_std=read_number(d, loc, "init_std", 0.01, gt=0.0, le=100.0),
     )
     return arch, out is None
 
@@ -386,33 +189,33 @@ def parse_schedule(d: Any, loc: str) -> dict:
         d = {"name": "constant"}
     if not isinstance(d, dict):
         raise SpecError(loc, f"must be an object, got {type(d).__name__}")
-    name = _choice(d, loc, "name", tuple(SCHEDULE_OPTIONS), "constant")
+    name = read_choice(d, loc, "name", tuple(SCHEDULE_OPTIONS), "constant")
     options = SCHEDULE_OPTIONS[name]
-    _section(d, loc, {"name", "warmup_epochs", *options})
+    read_section(d, loc, {"name", "warmup_epochs", *options})
     out: dict[str, Any] = {
         "name": name,
-        "warmup_epochs": _int(d, loc, "warmup_epochs", 0, ge=0, le=MAX_EPOCHS),
+        "warmup_epochs": read_int(d, loc, "warmup_epochs", 0, ge=0, le=MAX_EPOCHS),
     }
     if name == "step":
-        out["step_size"] = _int(d, loc, "step_size", options["step_size"], ge=1, le=MAX_EPOCHS)
-        out["gamma"] = _number(d, loc, "gamma", options["gamma"], gt=0.0, le=1.0)
+        out["step_size"] = read_int(d, loc, "step_size", options["step_size"], ge=1, le=MAX_EPOCHS)
+        out["gamma"] = read_number(d, loc, "gamma", options["gamma"], gt=0.0, le=1.0)
     elif name == "exponential":
-        out["gamma"] = _number(d, loc, "gamma", options["gamma"], gt=0.0, le=1.0)
+        out["gamma"] = read_number(d, loc, "gamma", options["gamma"], gt=0.0, le=1.0)
     elif name == "cosine":
-        out["t_max"] = _int_or_none(d, loc, "t_max", None, ge=1, le=MAX_EPOCHS)
-        out["min_lr"] = _number(d, loc, "min_lr", 0.0, ge=0.0)
+        out["t_max"] = read_int_or_none(d, loc, "t_max", None, ge=1, le=MAX_EPOCHS)
+        out["min_lr"] = read_number(d, loc, "min_lr", 0.0, ge=0.0)
     return out
 
 
 def parse_early_stopping(d: Any, loc: str) -> EarlyStoppingSpec | None:
     if d is None:
         return None
-    _section(d, loc, ("metric", "patience", "min_delta", "restore_best"))
+    read_section(d, loc, ("metric", "patience", "min_delta", "restore_best"))
     return EarlyStoppingSpec(
-        metric=_choice(d, loc, "metric", ES_METRICS, "val_loss"),
-        patience=_int(d, loc, "patience", 5, ge=1, le=MAX_EPOCHS),
-        min_delta=_number(d, loc, "min_delta", 0.0, ge=0.0),
-        restore_best=_bool(d, loc, "restore_best", True),
+        metric=read_choice(d, loc, "metric", ES_METRICS, "val_loss"),
+        patience=read_int(d, loc, "patience", 5, ge=1, le=MAX_EPOCHS),
+        min_delta=read_number(d, loc, "min_delta", 0.0, ge=0.0),
+        restore_best=read_bool(d, loc, "restore_best", True),
     )
 
 
@@ -441,21 +244,22 @@ _HP_FIELDS = (
 
 
 def parse_hyperparameters(d: Any, loc: str = "hyperparameters") -> tuple[HyperParameters, bool]:
-    _section(d, loc, _HP_FIELDS)
-    optimizer = _choice(d, loc, "optimizer", tuple(OPTIMIZERS), "sgd")
-    momentum = _number(d, loc, "momentum", 0.0, ge=0.0, lt=1.0)
-    nesterov = _bool(d, loc, "nesterov", False)
-    dampening = _number(d, loc, "dampening", 0.0, ge=0.0, lt=1.0)
+    read_section(d, loc, _HP_FIELDS)
+    optimizer = read_choice(d, loc, "optimizer", tuple(OPTIMIZERS), "sgd")
+    momentum = read_number(d, loc, "momentum", 0.0, ge=0.0, lt=1.0)
+    nesterov = read_bool(d, loc, "nesterov", False)
+    dampening = read_number(d, loc, "dampening", 0.0, ge=0.0, lt=1.0)
     if nesterov and optimizer == "sgd" and (momentum <= 0 or dampening != 0):
         raise SpecError(f"{loc}.nesterov", "needs momentum > 0 and dampening = 0 (as PyTorch)")
     betas = d.get("betas", [0.9, 0.999])
     if not isinstance(betas, (list, tuple)) or len(betas) != 2:
         raise SpecError(f"{loc}.betas", "must be a list of two numbers in [0, 1)")
     betas = [
-        _number({str(i): b}, f"{loc}.betas", str(i), ge=0.0, lt=1.0) for i, b in enumerate(betas)
+        read_number({str(i): b}, f"{loc}.betas", str(i), ge=0.0, lt=1.0)
+        for i, b in enumerate(betas)
     ]
     wd_default = 0.01 if optimizer == "adamw" else 0.0
-    weight_decay = _number_or_none(d, loc, "weight_decay", wd_default, ge=0.0)
+    weight_decay = read_number_or_none(d, loc, "weight_decay", wd_default, ge=0.0)
     if weight_decay is None:
         weight_decay = wd_default
     if weight_decay and optimizer != "adamw":
@@ -463,26 +267,26 @@ def parse_hyperparameters(d: Any, loc: str = "hyperparameters") -> tuple[HyperPa
             f"{loc}.weight_decay", "is adamw's decoupled decay; use l2 for the other optimizers"
         )
     hp = HyperParameters(
-        learning_rate=_number(d, loc, "learning_rate", gt=0.0, le=1e6),
-        loss=_choice_or_none(d, loc, "loss", tuple(LOSSES), None) or "",
+        learning_rate=read_number(d, loc, "learning_rate", gt=0.0, le=1e6),
+        loss=read_choice_or_none(d, loc, "loss", tuple(LOSSES), None) or "",
         optimizer=optimizer,
         momentum=momentum,
         nesterov=nesterov,
         dampening=dampening,
-        alpha=_number(d, loc, "alpha", 0.99, ge=0.0, lt=1.0),
-        eps=_number(d, loc, "eps", 1e-8, gt=0.0, le=1.0),
+        alpha=read_number(d, loc, "alpha", 0.99, ge=0.0, lt=1.0),
+        eps=read_number(d, loc, "eps", 1e-8, gt=0.0, le=1.0),
         betas=betas,
         weight_decay=weight_decay,
-        batch_size=_int_or_none(d, loc, "batch_size", 32, ge=1, le=MAX_SAMPLES),
-        epochs=_int(d, loc, "epochs", 20, ge=1, le=MAX_EPOCHS),
+        batch_size=read_int_or_none(d, loc, "batch_size", 32, ge=1, le=MAX_SAMPLES),
+        epochs=read_int(d, loc, "epochs", 20, ge=1, le=MAX_EPOCHS),
         lr_schedule=parse_schedule(d.get("lr_schedule"), f"{loc}.lr_schedule"),
-        l2=_number(d, loc, "l2", 0.0, ge=0.0, le=1e3),
-        dropout=_number(d, loc, "dropout", 0.0, ge=0.0, lt=1.0),
-        gradient_clip_norm=_number_or_none(d, loc, "gradient_clip_norm", None, gt=0.0),
+        l2=read_number(d, loc, "l2", 0.0, ge=0.0, le=1e3),
+        dropout=read_number(d, loc, "dropout", 0.0, ge=0.0, lt=1.0),
+        gradient_clip_norm=read_number_or_none(d, loc, "gradient_clip_norm", None, gt=0.0),
         early_stopping=parse_early_stopping(d.get("early_stopping"), f"{loc}.early_stopping"),
-        seed=_int(d, loc, "seed", 0, ge=0, le=2**63 - 1),
-        dtype=_choice(d, loc, "dtype", DTYPES, "float32"),
-        train_metrics=_choice(d, loc, "train_metrics", TRAIN_METRICS, "after_epoch"),
+        seed=read_int(d, loc, "seed", 0, ge=0, le=2**63 - 1),
+        dtype=read_choice(d, loc, "dtype", DTYPES, "float32"),
+        train_metrics=read_choice(d, loc, "train_metrics", TRAIN_METRICS, "after_epoch"),
     )
     return hp, not d.get("loss")
 
@@ -495,8 +299,8 @@ def resolve_head(
     Multi-class -> softmax + cross_entropy; binary -> sigmoid +
     binary_cross_entropy; regression -> linear + mse.
     """
-    out_loc = _join(loc, "architecture.output_activation")
-    loss_loc = _join(loc, "hyperparameters.loss")
+    out_loc = join_loc(loc, "architecture.output_activation")
+    loss_loc = join_loc(loc, "hyperparameters.loss")
     if task == REGRESSION:
         out = output_activation or "linear"
         if loss and loss != "mse":
@@ -547,7 +351,7 @@ def parse_spec(d: Any) -> Spec:
     """
     if isinstance(d, Spec):
         return d
-    _section(d, "", ("name", "dataset", "architecture", "hyperparameters"))
+    read_section(d, "", ("name", "dataset", "architecture", "hyperparameters"))
     name = d.get("name", "job")
     if not isinstance(name, str) or len(name) > 200:
         raise SpecError("name", "must be a string of at most 200 characters")
