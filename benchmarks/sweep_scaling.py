@@ -109,9 +109,13 @@ class Service:
         ]
         with open(log, "wb") as out:
             self.worker = subprocess.Popen(
-                argv, cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                argv,
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + 60
         while b" ready." not in log.read_bytes():
             if self.worker.poll() is not None or time.monotonic() > deadline:
@@ -179,8 +183,10 @@ def main() -> None:
     body = sweep_body(args.trials, args.epochs, args.n_samples)
 
     one = _fit(specs[0])
-    print(f"{args.trials} trials: blobs n={args.n_samples}, 64 relu units, {args.epochs} epochs; "
-          f"one trial trains in {one:.2f}s on one core")  # fmt: skip
+    print(
+        f"{args.trials} trials: blobs n={args.n_samples}, 64 relu units, {args.epochs} epochs; "
+        f"one trial trains in {one:.2f}s on one core"
+    )
     # Rounds alternate the three set-ups so that a noisy neighbour hits each alike;
     # the figures are medians over the rounds.
     t1s, t2s, pools, train1s, train2s = [], [], [], [], []
@@ -208,6 +214,7 @@ def main() -> None:
     print(f"{'multiprocessing.Pool(2) + fit':<40}{pool:>10.2f}")
     print(f"speed-up 1 -> 2 processes: {t1 / t2:.2f}x (target >= 1.8x)")
     print(f"service overhead vs bare Pool(2): {100 * (t2 / pool - 1):+.1f}% (target <= 10%)")
+
 
 if __name__ == "__main__":
     main()

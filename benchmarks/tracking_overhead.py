@@ -50,10 +50,19 @@ def free_port() -> int:
 
 def start_worker(env: dict[str, str], workers: int, log: Path) -> subprocess.Popen:
     argv = [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-        "--concurrency", str(workers), "--loglevel", "WARNING",
-        "--hostname", f"bench-{os.getpid()}-{time.monotonic_ns()}@%h",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app",
+        "worker",
+        "--concurrency",
+        str(workers),
+        "--loglevel",
+        "WARNING",
+        "--hostname",
+        f"bench-{os.getpid()}-{time.monotonic_ns()}@%h",
+    ]
     with open(log, "ab") as out:
         return subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -86,8 +95,9 @@ def tree_rss_mib(pid: int) -> float:
         current = todo.pop()
         try:
             status = Path(f"/proc/{current}/status").read_text()
-            total += int(next(line.split()[1] for line in status.splitlines()
-                              if line.startswith("VmRSS:")))  # fmt: skip
+            total += int(
+                next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+            )
             for task in Path(f"/proc/{current}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, StopIteration):

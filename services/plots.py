@@ -123,12 +123,27 @@ def lr_sweep_png(
         ax.plot(xs, ys, "v", color="tab:gray", linestyle="none", label="pruned (early epoch)")
     if finished:
         best = (min if goal.startswith("min") else max)(finished, key=lambda p: p[1])
-        ax.plot([best[0]], [best[1]], "*", color="tab:green", markersize=16,
-                linestyle="none", label=f"best: lr={best[0]:g}")  # fmt: skip
+        ax.plot(
+            [best[0]],
+            [best[1]],
+            "*",
+            color="tab:green",
+            markersize=16,
+            linestyle="none",
+            label=f"best: lr={best[0]:g}",
+        )
     if failed:
         top = max((y for _, y in finished + pruned), default=1.0)
-        ax.plot(failed, [top] * len(failed), "x", color="tab:red", markersize=11, mew=2.5,
-                linestyle="none", label="diverged")  # fmt: skip
+        ax.plot(
+            failed,
+            [top] * len(failed),
+            "x",
+            color="tab:red",
+            markersize=11,
+            mew=2.5,
+            linestyle="none",
+            label="diverged",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel(f"best {objective} of each trial")

@@ -94,9 +94,7 @@ def _follow_sweep(settings: Settings, job_id: str) -> None:
 def _warm_up(**_kwargs) -> None:
     """Import the MLflow client in the background, so that the first mirror is quick."""
     if enabled(Settings.from_env()):
-        threading.Thread(
-            target=warm_up, name="sweeplab-mlflow-warm-up", daemon=True
-        ).start()
+        threading.Thread(target=warm_up, name="sweeplab-mlflow-warm-up", daemon=True).start()
 
 
 @signals.worker_ready.connect
@@ -107,8 +105,12 @@ def _catch_up_at_start(sender=None, **_kwargs) -> None:
     settings = Settings.from_env()
     if not enabled(settings):
         return
-    start_ticker(Ticker(
-        settings, "mirror-catch-up",
-        lambda: send_task(settings, MIRROR_PENDING_TASK, []),
-        settings.mirror_catch_up_seconds, PENDING_GUARD,
-    ))  # fmt: skip
+    start_ticker(
+        Ticker(
+            settings,
+            "mirror-catch-up",
+            lambda: send_task(settings, MIRROR_PENDING_TASK, []),
+            settings.mirror_catch_up_seconds,
+            PENDING_GUARD,
+        )
+    )

@@ -57,28 +57,20 @@ def _after_fork(**_kwargs: object) -> None:
     threadpool_limits(limits=Settings.from_env().blas_threads)
 
 
-
-
-
-
-
-
-
-
-
 @signals.worker_ready.connect
 def _on_ready(sender: Any = None, **_kwargs: Any) -> None:
     """Ask for recover passes (jobs of dead workers, lost messages, stalled sweeps)."""
     settings = Settings.from_env()
     app = sender.app
-    start_ticker(Ticker(
-        settings, "recover", lambda: app.send_task(RECOVER, queue=settings.celery_queue),
-        settings.recover_seconds, RECOVER_GUARD,
-    ))  # fmt: skip
-
-
-
-
+    start_ticker(
+        Ticker(
+            settings,
+            "recover",
+            lambda: app.send_task(RECOVER, queue=settings.celery_queue),
+            settings.recover_seconds,
+            RECOVER_GUARD,
+        )
+    )
 
 
 @shared_task(name=RUN_JOB, bind=True, acks_late=True, max_retries=None)

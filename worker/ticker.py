@@ -26,8 +26,9 @@ class Ticker:
     at start, skips it (this worker may replace a dead one).
     """
 
-    def __init__(self, settings: Settings, name: str, send: Callable[[], None], period: float,
-                 guard: str):  # fmt: skip
+    def __init__(
+        self, settings: Settings, name: str, send: Callable[[], None], period: float, guard: str
+    ):
         self.settings, self.name, self.send = settings, name, send
         self.period, self.guard = period, f"{guard}:{settings.celery_queue}"
         self.stop = threading.Event()

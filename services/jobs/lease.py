@@ -35,9 +35,13 @@ def worker_name() -> str:
 
 
 def claim_job(
-    session: Session, *, job_id: str, worker: str, lease_seconds: float,
+    session: Session,
+    *,
+    job_id: str,
+    worker: str,
+    lease_seconds: float,
     max_attempts: int | None = None,
-) -> Job | None:  # fmt: skip
+) -> Job | None:
     """Take a queued job, or a running one whose lease expired; None if neither.
 
     A job whose workers died ``max_attempts`` times is not taken again
@@ -112,9 +116,14 @@ def fail_exhausted(session: Session, *, max_attempts: int) -> list[tuple[str, st
         done = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "running", Job.lease_expires_at < now)
-            .values(status="failed", finished_at=now, updated_at=now, lease_expires_at=None,
-                    error=f"the worker running it was lost {max_attempts} times; giving up")
-        )  # fmt: skip
+            .values(
+                status="failed",
+                finished_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+                error=f"the worker running it was lost {max_attempts} times; giving up",
+            )
+        )
         if rowcount(done):
             ended.append((job_id, sweep_id))
     return ended
@@ -145,8 +154,9 @@ class LeaseKeeper:
     UPDATE every ~20 s and nothing on the training path.
     """
 
-    def __init__(self, *, sessions: sessionmaker[Session], job_id: str, attempt: int,
-                 lease_seconds: float):  # fmt: skip
+    def __init__(
+        self, *, sessions: sessionmaker[Session], job_id: str, attempt: int, lease_seconds: float
+    ):
         self.sessions, self.job_id, self.attempt = sessions, job_id, attempt
         self.lease_seconds = lease_seconds
         self.lost = threading.Event()
@@ -165,8 +175,12 @@ class LeaseKeeper:
         while not self._stop.wait(self.lease_seconds / 3):
             try:
                 with self.sessions() as session:
-                    owned = renew_lease(session, job_id=self.job_id, attempt=self.attempt,
-                                        lease_seconds=self.lease_seconds)  # fmt: skip
+                    owned = renew_lease(
+                        session,
+                        job_id=self.job_id,
+                        attempt=self.attempt,
+                        lease_seconds=self.lease_seconds,
+                    )
                     session.commit()
             except Exception:  # the database is busy or away: try again next tick
                 log.warning("could not renew the lease of job %s", self.job_id, exc_info=True)

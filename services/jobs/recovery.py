@@ -55,7 +55,9 @@ def recover(
     created: list[str] = []
     for sweep_id in stalled:
         created += advance_and_enqueue(
-            settings=settings, session_factory=session_factory, dispatcher=dispatcher,
+            settings=settings,
+            session_factory=session_factory,
+            dispatcher=dispatcher,
             sweep_id=sweep_id,
-        )  # fmt: skip
+        )
     return Recovered(expired, requeued, created, [job_id for job_id, _ in failed])

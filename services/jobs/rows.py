@@ -126,6 +126,7 @@ def fail_unqueued(session: Session, job_ids: list[str], err: Exception) -> None:
     session.execute(
         update(Job)
         .where(Job.id.in_(job_ids), Job.status.in_(("queued", "cancelled")))
-        .values(status="failed", error=f"could not be queued: {err}", finished_at=now,
-                updated_at=now)
-    )  # fmt: skip
+        .values(
+            status="failed", error=f"could not be queued: {err}", finished_at=now, updated_at=now
+        )
+    )

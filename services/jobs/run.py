@@ -87,8 +87,12 @@ class JobRun:
         self.prune_reason: str | None = None
         self.last_flush = time.monotonic()
         self.redis_ok = True
-        self.lease = LeaseKeeper(sessions=session_factory, job_id=job.id, attempt=job.attempts,
-                                 lease_seconds=settings.lease_seconds)  # fmt: skip
+        self.lease = LeaseKeeper(
+            sessions=session_factory,
+            job_id=job.id,
+            attempt=job.attempts,
+            lease_seconds=settings.lease_seconds,
+        )
 
     def on_epoch(self, record: dict[str, Any]) -> bool:
         if self.lease.lost.is_set():  # another worker owns the job now
@@ -178,8 +182,9 @@ class JobRun:
         with self.lease:
             return self._run(trainer.fit, resume_from, values)
 
-    def _run(self, fit: Callable[..., Any], resume_from: bytes | None,
-             values: dict[str, Any]) -> str:  # fmt: skip
+    def _run(
+        self, fit: Callable[..., Any], resume_from: bytes | None, values: dict[str, Any]
+    ) -> str:
         try:
             result = fit(
                 self.spec,
@@ -248,9 +253,12 @@ def execute_job(
     """
     with session_factory() as session:
         job = claim_job(
-            session, job_id=job_id, worker=worker or worker_name(),
-            lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
-        )  # fmt: skip
+            session,
+            job_id=job_id,
+            worker=worker or worker_name(),
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        )
         if job is None:
             current = session.get(Job, job_id)
             session.commit()
@@ -286,7 +294,9 @@ def execute_job(
         status = run.run(resume_from)
     if sweep_id and status != "lost":
         advance_and_enqueue(
-            settings=settings, session_factory=session_factory, dispatcher=dispatcher,
+            settings=settings,
+            session_factory=session_factory,
+            dispatcher=dispatcher,
             sweep_id=sweep_id,
-        )  # fmt: skip
+        )
     return status

@@ -11,8 +11,14 @@ from services.db import Job
 from services.mirror.names import enabled, ui_links
 
 #: The links of a job or sweep that has no MLflow run yet (mirroring is on).
-NOT_YET_MIRRORED = {"experiment_id": None, "run_id": None, "run_url": None,
-                    "experiment_url": None, "compare_url": None, "mirrored": False}  # fmt: skip
+NOT_YET_MIRRORED = {
+    "experiment_id": None,
+    "run_id": None,
+    "run_url": None,
+    "experiment_url": None,
+    "compare_url": None,
+    "mirrored": False,
+}
 
 
 def links_for_job(settings: Any, job: Any) -> dict[str, Any] | None:
@@ -42,7 +48,6 @@ def links_for_sweep(settings: Any, sweep: Any) -> dict[str, Any] | None:
         return None
     if not sweep.mlflow_experiment_id:
         return dict(NOT_YET_MIRRORED)
-
 
     session = object_session(sweep)
     trial_runs: list[str] = []

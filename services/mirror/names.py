@@ -125,8 +125,10 @@ def get_path(spec: Mapping[str, Any], dotted: str) -> Any:
 def short_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, list) and value and all(
-        isinstance(v, Mapping) and "units" in v for v in value
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, Mapping) and "units" in v for v in value)
     ):  # hidden layers: 64relu-32tanh
         return "-".join(f"{v['units']}{v.get('activation', 'relu')}" for v in value)
     if isinstance(value, Mapping | list):

@@ -55,14 +55,20 @@ def server_command(
     argv = [
         _mlflow_executable(),
         "server",
-        "--host", host,
-        "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{var / 'mlflow.db'}",
-        "--artifacts-destination", str(var / "mlartifacts"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{var / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(var / "mlartifacts"),
         "--serve-artifacts",
-        "--workers", "1",
-        "--allowed-hosts", allowed,
-    ]  # fmt: skip
+        "--workers",
+        "1",
+        "--allowed-hosts",
+        allowed,
+    ]
     env = dict(os.environ)
     env.update(
         {

@@ -70,20 +70,33 @@ class SweepSnapshot:
 
 def load_job(session: Any, job_id: str, *, after_epoch: int | None) -> JobSnapshot | None:
 
-
     job = session.get(Job, job_id)
     if job is None:
         return None
     snap = JobSnapshot(
-        id=job.id, status=job.status, name=job.name, spec=dict(job.spec or {}),
-        params=job.params, sweep_id=job.sweep_id, trial_index=job.trial_index,
-        mlflow_run_id=job.mlflow_run_id, mlflow_experiment_id=job.mlflow_experiment_id,
-        synced_epoch=job.mlflow_synced_epoch or 0, synced_status=job.mlflow_synced_status,
-        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        result=job.result, diagnosis=job.diagnosis, error=job.error,
-        prune_reason=job.prune_reason, best_epoch=job.best_epoch, objective=job.objective,
-        attempts=job.attempts, worker=job.worker,
-    )  # fmt: skip
+        id=job.id,
+        status=job.status,
+        name=job.name,
+        spec=dict(job.spec or {}),
+        params=job.params,
+        sweep_id=job.sweep_id,
+        trial_index=job.trial_index,
+        mlflow_run_id=job.mlflow_run_id,
+        mlflow_experiment_id=job.mlflow_experiment_id,
+        synced_epoch=job.mlflow_synced_epoch or 0,
+        synced_status=job.mlflow_synced_status,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        result=job.result,
+        diagnosis=job.diagnosis,
+        error=job.error,
+        prune_reason=job.prune_reason,
+        best_epoch=job.best_epoch,
+        objective=job.objective,
+        attempts=job.attempts,
+        worker=job.worker,
+    )
     floor = snap.synced_epoch if after_epoch is None else after_epoch
     rows = session.execute(
         select(JobMetric.epoch, JobMetric.created_at, JobMetric.metrics)
@@ -99,19 +112,26 @@ def load_sweep(session: Any, sweep_id: str) -> SweepSnapshot | None:
     if sweep is None:
         return None
     return SweepSnapshot(
-        id=sweep.id, name=sweep.name, experiment=experiment_name(sweep.experiment),
-        status=sweep.status, method=sweep.method, spec=dict(sweep.spec or {}),
-        objective_metric=sweep.objective_metric, objective_goal=sweep.objective_goal,
-        n_trials=sweep.n_trials, max_concurrency=sweep.max_concurrency,
-        created_at=sweep.created_at, finished_at=sweep.finished_at,
-        mlflow_run_id=sweep.mlflow_run_id, mlflow_experiment_id=sweep.mlflow_experiment_id,
+        id=sweep.id,
+        name=sweep.name,
+        experiment=experiment_name(sweep.experiment),
+        status=sweep.status,
+        method=sweep.method,
+        spec=dict(sweep.spec or {}),
+        objective_metric=sweep.objective_metric,
+        objective_goal=sweep.objective_goal,
+        n_trials=sweep.n_trials,
+        max_concurrency=sweep.max_concurrency,
+        created_at=sweep.created_at,
+        finished_at=sweep.finished_at,
+        mlflow_run_id=sweep.mlflow_run_id,
+        mlflow_experiment_id=sweep.mlflow_experiment_id,
         synced_status=sweep.mlflow_synced_status,
-    )  # fmt: skip
+    )
 
 
 def update_job(settings: Any, job_id: str, *, force: bool = False, **values: Any) -> None:
     """Write mirror bookkeeping in its own short transaction (leaves updated_at alone)."""
-
 
     stmt = update(Job).where(Job.id == job_id)
     if "mlflow_synced_epoch" in values and not force:  # never move backwards
@@ -122,7 +142,6 @@ def update_job(settings: Any, job_id: str, *, force: bool = False, **values: Any
 
 
 def update_sweep(settings: Any, sweep_id: str, **values: Any) -> None:
-
 
     with session_scope(settings) as session:
         session.execute(
@@ -170,7 +189,6 @@ def objective_key(session: Any, job_id: str) -> str | None:
 
 def sweep_trials(settings: Any, sweep_id: str) -> list[dict[str, Any]]:
 
-
     with session_scope(settings) as session:
         jobs = session.scalars(
             select(Job).where(Job.sweep_id == sweep_id).order_by(Job.trial_index)
@@ -179,13 +197,19 @@ def sweep_trials(settings: Any, sweep_id: str) -> list[dict[str, Any]]:
         best = best_trial(sweep, leaderboard(sweep, list(jobs))) if sweep is not None else None
         return [
             {
-                "id": j.id, "status": j.status, "spec": j.spec, "params": j.params,
-                "objective": j.objective, "run_id": j.mlflow_run_id,
-                "synced_status": j.mlflow_synced_status, "trial_index": j.trial_index,
-                "best_metrics": j.best_metrics, "best": j is best,
+                "id": j.id,
+                "status": j.status,
+                "spec": j.spec,
+                "params": j.params,
+                "objective": j.objective,
+                "run_id": j.mlflow_run_id,
+                "synced_status": j.mlflow_synced_status,
+                "trial_index": j.trial_index,
+                "best_metrics": j.best_metrics,
+                "best": j is best,
             }
             for j in jobs
-        ]  # fmt: skip
+        ]
 
 
 def job_sweep_id(settings: Any, job_id: str) -> str | None:
@@ -203,7 +227,6 @@ def sweep_mirror_final(settings: Any, sweep_id: str) -> bool | None:
     none is left to create), but its parent run is not closed yet.
     """
 
-
     with session_scope(settings) as session:
         sweep = session.get(Sweep, sweep_id)
         if sweep is None:
@@ -218,7 +241,6 @@ def sweep_mirror_final(settings: Any, sweep_id: str) -> bool | None:
 
 def lagging(settings: Any, limit: int = 500) -> tuple[list[str], list[str]]:
     """Return the ids of jobs and sweeps whose mirror is behind the database."""
-
 
     with session_scope(settings) as session:
         jobs = session.scalars(

@@ -93,9 +93,7 @@ def _ensure_job_run(settings: Any, client: Any, snap: JobSnapshot) -> tuple[str,
             run = client.create_run(
                 exp_id,
                 start_time=to_ms(snap.started_at or snap.created_at),
-                tags={
-                    k: str(v) for k, v in job_tags(snap, parent_run_id).items() if v is not None
-                },
+                tags={k: str(v) for k, v in job_tags(snap, parent_run_id).items() if v is not None},
                 run_name=run_name(snap.spec, snap.params),
             )
         except Exception:
@@ -271,10 +269,13 @@ def _finalize_sweep(
     metrics = []
     if best is not None:
         tags.update(
-            {"sweeplab.best_job_id": best["id"], "sweeplab.best_run_id": best["run_id"],
-             "sweeplab.best_trial_index": best["trial_index"],
-             "sweeplab.best_run_name": run_name(best["spec"], best["params"])}
-        )  # fmt: skip
+            {
+                "sweeplab.best_job_id": best["id"],
+                "sweeplab.best_run_id": best["run_id"],
+                "sweeplab.best_trial_index": best["trial_index"],
+                "sweeplab.best_run_name": run_name(best["spec"], best["params"]),
+            }
+        )
         params = flatten_spec(best["spec"])
         existing = client.get_run(run_id).data.metrics
         key = f"best_{sweep.objective_metric}"
@@ -290,14 +291,18 @@ def _finalize_sweep(
 
         others = [k for k in swept if k != "hyperparameters.learning_rate"]
         points = [
-            {"learning_rate": get_path(t["spec"], "hyperparameters.learning_rate"),
-             "objective": t["objective"], "diverged": t["status"] == "diverged",
-             "pruned": t["status"] == "pruned",
-             "series": " ".join(f"{abbreviate(k)}={short_value(get_path(t['spec'], k))}"
-                                for k in others)}
+            {
+                "learning_rate": get_path(t["spec"], "hyperparameters.learning_rate"),
+                "objective": t["objective"],
+                "diverged": t["status"] == "diverged",
+                "pruned": t["status"] == "pruned",
+                "series": " ".join(
+                    f"{abbreviate(k)}={short_value(get_path(t['spec'], k))}" for k in others
+                ),
+            }
             for t in trials
             if t["status"] in TERMINAL and t["status"] != "cancelled"
-        ]  # fmt: skip
+        ]
         points = [p for p in points if isinstance(p["learning_rate"], int | float)]
         if points:
             png = plots.lr_sweep_png(points, sweep.objective_metric, sweep.objective_goal)

@@ -13,9 +13,19 @@ from services.config import Limits
 ACTIVATIONS = Literal["relu", "leaky_relu", "sigmoid", "tanh", "linear"]
 OUTPUT_ACTIVATIONS = Literal["softmax", "sigmoid", "linear", "tanh", "relu"]
 DATASET_NAMES = Literal[
-    "xor", "spirals", "moons", "circles", "blobs", "sine",
-    "digits", "iris", "wine", "breast_cancer", "diabetes", "arrays",
-]  # fmt: skip
+    "xor",
+    "spirals",
+    "moons",
+    "circles",
+    "blobs",
+    "sine",
+    "digits",
+    "iris",
+    "wine",
+    "breast_cancer",
+    "diabetes",
+    "arrays",
+]
 INITIALIZER_NAMES = Literal["he", "xavier", "normal"]
 LOSS_NAMES = Literal["cross_entropy", "binary_cross_entropy", "mse"]
 OPTIMIZER_NAMES = Literal["sgd", "rmsprop", "adam", "adamw"]

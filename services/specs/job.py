@@ -40,14 +40,26 @@ from services.trainer.data import validation_rows
 
 # Default sizes of the synthetic datasets (the trainer's), for the data-size checks.
 _DEFAULT_SAMPLES = {
-    "xor": 400, "spirals": 300, "moons": 400, "circles": 400, "blobs": 400, "sine": 400,
-}  # fmt: skip
+    "xor": 400,
+    "spirals": 300,
+    "moons": 400,
+    "circles": 400,
+    "blobs": 400,
+    "sine": 400,
+}
 
 # (n_features, n_outputs) of the bundled datasets, for the parameter-count limit.
 _DATASET_SHAPES = {
-    "digits": (64, 10), "iris": (4, 3), "wine": (13, 3), "breast_cancer": (30, 1),
-    "diabetes": (10, 1), "sine": (1, 1), "xor": (2, 1), "moons": (2, 1), "circles": (2, 1),
-}  # fmt: skip
+    "digits": (64, 10),
+    "iris": (4, 3),
+    "wine": (13, 3),
+    "breast_cancer": (30, 1),
+    "diabetes": (10, 1),
+    "sine": (1, 1),
+    "xor": (2, 1),
+    "moons": (2, 1),
+    "circles": (2, 1),
+}
 
 
 class DatasetSpec(Strict):

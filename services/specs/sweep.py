@@ -163,16 +163,24 @@ def check_sweep(sweep: SweepCreate, limits: Limits | None = None) -> SweepCreate
     base_problem = _objective_problem(sweep.objective.metric, normalized)
     # the base has the problem and no swept field can change it: no trial could be ranked
     if base_problem and not set(base_problem[0]) & set(sweep.parameters):
-        regression = dataset_task(normalized["dataset"]["name"], normalized["dataset"])[0] \
-            != CLASSIFICATION  # fmt: skip
-        other = "val_loss or train_loss" if base_problem[0] is _DECIDE_TASK else (
-            "train_loss" if regression else "train_loss or train_accuracy")  # fmt: skip
+        regression = (
+            dataset_task(normalized["dataset"]["name"], normalized["dataset"])[0] != CLASSIFICATION
+        )
+        other = (
+            "val_loss or train_loss"
+            if base_problem[0] is _DECIDE_TASK
+            else ("train_loss" if regression else "train_loss or train_accuracy")
+        )
         raise SpecValidationError(
             "invalid sweep spec",
-            [{"loc": "objective.metric",
-              "msg": f"{base_problem[1].replace('this trial', 'the base')}; "
-                     f"use {other}, or change base.dataset"}],
-        )  # fmt: skip
+            [
+                {
+                    "loc": "objective.metric",
+                    "msg": f"{base_problem[1].replace('this trial', 'the base')}; "
+                    f"use {other}, or change base.dataset",
+                }
+            ],
+        )
     for path, param in sweep.parameters.items():
         for i, value in enumerate(param.probe_values()):
             where = f"parameters.{path}" + (f".values.{i}" if param.values is not None else "")
@@ -201,8 +209,16 @@ def check_sweep(sweep: SweepCreate, limits: Limits | None = None) -> SweepCreate
 
 
 #: Fields of a job spec that decide whether it has validation rows / its task.
-_DECIDE_VALIDATION = ("dataset", "dataset.validation_split", "dataset.name", "dataset.n_samples",
-                      "dataset.centers", "dataset.arms", "dataset.y", "dataset.task")  # fmt: skip
+_DECIDE_VALIDATION = (
+    "dataset",
+    "dataset.validation_split",
+    "dataset.name",
+    "dataset.n_samples",
+    "dataset.centers",
+    "dataset.arms",
+    "dataset.y",
+    "dataset.task",
+)
 _DECIDE_TASK = ("dataset", "dataset.name", "dataset.y", "dataset.task")
 
 

@@ -30,7 +30,18 @@ from services.stack.processes import (
 )
 
 __all__ = [
-    "StackError", "demo", "down", "ensure_redis", "find_redis_server", "print_leaderboard",
-    "redis_ping", "release_jobs_of", "service_env", "start_redis", "status", "stop", "up",
+    "StackError",
+    "demo",
+    "down",
+    "ensure_redis",
+    "find_redis_server",
+    "print_leaderboard",
+    "redis_ping",
+    "release_jobs_of",
+    "service_env",
+    "start_redis",
+    "status",
+    "stop",
+    "up",
     "var_dir",
-]  # fmt: skip
+]

@@ -101,8 +101,10 @@ def demo(spec_path: Path, timeout: float = 3600.0) -> None:
         return
     links = _wait_mirrored(sweep_id, sweep)
     if not links.get("mirrored"):
-        print("\n(MLflow has not caught up yet; the workers keep mirroring in the background"
-              " and retry while MLflow is away: see var/log/worker.log)")  # fmt: skip
+        print(
+            "\n(MLflow has not caught up yet; the workers keep mirroring in the background"
+            " and retry while MLflow is away: see var/log/worker.log)"
+        )
     if links.get("experiment_url"):
         print(f"\nMLflow runs: {links['experiment_url']}")
     if links.get("compare_url"):

@@ -220,8 +220,9 @@ def _group_alive(pgid: int) -> bool:
 def group_members(pgid: int) -> list[int]:
     """The pids in process group ``pgid`` (``ps``: Linux and macOS)."""
     try:
-        out = subprocess.run(["ps", "-eo", "pid=,pgid="], capture_output=True, text=True,
-                             check=True, timeout=10).stdout  # fmt: skip
+        out = subprocess.run(
+            ["ps", "-eo", "pid=,pgid="], capture_output=True, text=True, check=True, timeout=10
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     pairs = (line.split() for line in out.splitlines())

@@ -51,17 +51,27 @@ def policy_for(session: Session, job: Job) -> tuple[Objective, PruneFn | None]:
                 return None
             state["queried_at"] = now
             return median_rule(
-                session, sweep_id=sweep_id, job_id=job_id, objective=objective,
-                policy=policy, epoch=epoch, value=running_best.get(epoch),
-            )  # fmt: skip
+                session,
+                sweep_id=sweep_id,
+                job_id=job_id,
+                objective=objective,
+                policy=policy,
+                epoch=epoch,
+                value=running_best.get(epoch),
+            )
         rungs = asha_rungs(policy, epochs_total)
         due = [r for r in rungs if state["checked"] < r <= epoch]
         state["checked"] = epoch
         for rung in due:
             reason = asha_rule(
-                session, sweep_id=sweep_id, job_id=job_id, objective=objective,
-                policy=policy, rung=rung, value=running_best.get(rung),
-            )  # fmt: skip
+                session,
+                sweep_id=sweep_id,
+                job_id=job_id,
+                objective=objective,
+                policy=policy,
+                rung=rung,
+                value=running_best.get(rung),
+            )
             if reason:
                 return reason
         return None

@@ -89,18 +89,30 @@ def advance_sweep(session: Session, sweep_id: str, *, limits: Limits | None = No
         name = f"{sweep.name or 'sweep'}-{index}"
         try:
             job = create_job(
-                session, spec=validate_job(spec, limits), name=name, sweep_id=sweep.id,
-                trial_index=index, params=params, proposal=proposal,
-            )  # fmt: skip
+                session,
+                spec=validate_job(spec, limits),
+                name=name,
+                sweep_id=sweep.id,
+                trial_index=index,
+                params=params,
+                proposal=proposal,
+            )
             new_ids.append(job.id)
             active += 1
         except SpecValidationError as err:
             # A combination the per-value checks could not foresee: record it as failed.
             msg = "; ".join(f"{d['loc']}: {d['msg']}" for d in err.details)
             job = create_job(
-                session, spec=spec, name=name, sweep_id=sweep.id, trial_index=index,
-                params=params, proposal=proposal, status="failed", error=f"invalid spec: {msg}",
-            )  # fmt: skip
+                session,
+                spec=spec,
+                name=name,
+                sweep_id=sweep.id,
+                trial_index=index,
+                params=params,
+                proposal=proposal,
+                status="failed",
+                error=f"invalid spec: {msg}",
+            )
         trials.append(job)
         sweep.n_created = index + 1
     if sweep.n_created >= sweep.n_trials and active == 0:
@@ -169,9 +181,12 @@ def status_counts(session: Session, sweep_id: str) -> dict[str, int]:
 
 
 def list_sweeps(
-    session: Session, *, statuses: list[str] | None = None, cursor: str | None = None,
+    session: Session,
+    *,
+    statuses: list[str] | None = None,
+    cursor: str | None = None,
     limit: int = 50,
-) -> tuple[list[Sweep], str | None]:  # fmt: skip
+) -> tuple[list[Sweep], str | None]:
     stmt = select(Sweep)
     if statuses:
         stmt = stmt.where(Sweep.status.in_(statuses))

@@ -86,15 +86,36 @@ def service(redis_base: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     port = free_port()
     log = open(stack.workdir / "api.log", "wb")  # noqa: SIM115 (closed at teardown)
     api = subprocess.Popen(
-        [GUNICORN, "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4",
-         "--chdir", str(REPO), "api:create_app()"],
-        cwd=REPO, env=stack.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            GUNICORN,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--threads",
+            "4",
+            "--chdir",
+            str(REPO),
+            "api:create_app()",
+        ],
+        cwd=REPO,
+        env=stack.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     service = Service(stack, port, api)
     try:
         stack.start_worker(concurrency=2)
-        wait_for(lambda: api.poll() is not None or service.call("GET", "/healthz")[0] == 200
-                 if _port_open(port) else False, 30, "the API")  # fmt: skip
+        wait_for(
+            lambda: (
+                api.poll() is not None or service.call("GET", "/healthz")[0] == 200
+                if _port_open(port)
+                else False
+            ),
+            30,
+            "the API",
+        )
         assert api.poll() is None, (stack.workdir / "api.log").read_text()[-3000:]
         yield service
     finally:
@@ -164,8 +185,11 @@ def _job(**changes: Any) -> bytes:
 
 
 def _sweep(**changes: Any) -> dict[str, Any]:
-    body = {"base": JOB, "method": "grid",
-            "parameters": {"hyperparameters.learning_rate": {"values": [0.1]}}}  # fmt: skip
+    body = {
+        "base": JOB,
+        "method": "grid",
+        "parameters": {"hyperparameters.learning_rate": {"values": [0.1]}},
+    }
     body.update(changes)
     return body
 
@@ -175,42 +199,151 @@ BAD_REQUESTS = [
     ("POST", "/api/v1/jobs", b'{"dataset":', "application/json", 400, "malformed_json", None),
     ("POST", "/api/v1/jobs", b"", "application/json", 400, "malformed_json", None),
     ("POST", "/api/v1/jobs", _job(), "text/plain", 415, "unsupported_media_type", None),
-    ("POST", "/api/v1/jobs", _job().replace(b"0.5", b"NaN"), "application/json", 400,
-     "malformed_json", None),
-    ("POST", "/api/v1/jobs", _job().replace(b"0.5", b"1e400"), "application/json", 400,
-     "malformed_json", None),
+    (
+        "POST",
+        "/api/v1/jobs",
+        _job().replace(b"0.5", b"NaN"),
+        "application/json",
+        400,
+        "malformed_json",
+        None,
+    ),
+    (
+        "POST",
+        "/api/v1/jobs",
+        _job().replace(b"0.5", b"1e400"),
+        "application/json",
+        400,
+        "malformed_json",
+        None,
+    ),
     ("POST", "/api/v1/jobs", b"[]", "application/json", 422, "validation_error", ""),
-    ("POST", "/api/v1/jobs", _job(dataset__colour="red"), "application/json", 422,
-     "validation_error", "dataset.colour"),
-    ("POST", "/api/v1/jobs", _job(hyperparameters__learning_rate=0), "application/json", 422,
-     "validation_error", "hyperparameters.learning_rate"),
-    ("POST", "/api/v1/jobs", _job(hyperparameters__learning_rate="fast"), "application/json",
-     422, "validation_error", "hyperparameters.learning_rate"),
-    ("POST", "/api/v1/jobs", _job(hyperparameters__optimizer="lion"), "application/json", 422,
-     "validation_error", "hyperparameters.optimizer"),
-    ("POST", "/api/v1/jobs", _job(hyperparameters__seed=10**30), "application/json", 422,
-     "validation_error", "hyperparameters.seed"),
-    ("POST", "/api/v1/jobs", _job(architecture__layers=[{"units": 0}]), "application/json", 422,
-     "validation_error", "architecture.layers.0.units"),
-    ("POST", "/api/v1/jobs", _job(architecture__layers=[{"units": 4, "activation": "gelu"}]),
-     "application/json", 422, "validation_error", "architecture.layers.0.activation"),
-    ("POST", "/api/v1/jobs", _job(dataset__name="mnist"), "application/json", 422,
-     "validation_error", "dataset.name"),
-    ("POST", "/api/v1/jobs", json.dumps({**JOB, "name": "x" * 2**21}).encode(),
-     "application/json", 413, "payload_too_large", None),
-    ("POST", "/api/v1/sweeps", _sweep(method="random"), "application/json", 422,
-     "validation_error", "n_trials"),
-    ("POST", "/api/v1/sweeps", _sweep(seed=10**30), "application/json", 422,
-     "validation_error", "seed"),
-    ("POST", "/api/v1/sweeps", _sweep(parameters={"hyperparameters.nope": {"values": [1]}}),
-     "application/json", 422, "validation_error", "parameters.hyperparameters.nope.values.0"),
-    ("POST", "/api/v1/sweeps", _sweep(parameters={"architecture.layers.3.units":
-                                                  {"values": [2]}}),
-     "application/json", 422, "validation_error", "parameters.architecture.layers.3.units"),
-    ("POST", "/api/v1/sweeps", _sweep(parameters={"architecture.layers.0.units":
-                                                  {"values": [2, "two"]}}),
-     "application/json", 422, "validation_error",
-     "parameters.architecture.layers.0.units.values.1"),
+    (
+        "POST",
+        "/api/v1/jobs",
+        _job(dataset__colour="red"),
+        "application/json",
+        422,
+        "validation_error",
+        "dataset.colour",
+    ),
+    (
+        "POST",
+        "/api/v1/jobs",
+        _job(hyperparameters__learning_rate=0),
+        "application/json",
+        422,
+        "validation_error",
+        "hyperparameters.learning_rate",
+    ),
+    (
+        "POST",
+        "/api/v1/jobs",
+        _job(hyperparameters__learning_rate="fast"),
+        "application/json",
+        422,
+        "validation_error",
+        "hyperparameters.learning_rate",
+    ),
+    (
+        "POST",
+        "/api/v1/jobs",
+        _job(hyperparameters__optimizer="lion"),
+        "application/json",
+        422,
+        "validation_error",
+        "hyperparameters.optimizer",
+    ),
+    (
+        "POST",
+        "/api/v1/jobs",
+        _job(hyperparameters__seed=10**30),
+        "application/json",
+        422,
+        "validation_error",
+        "hyperparameters.seed",
+    ),
+    (
+        "POST",
+        "/api/v1/jobs",
+        _job(architecture__layers=[{"units": 0}]),
+        "application/json",
+        422,
+        "validation_error",
+        "architecture.layers.0.units",
+    ),
+    (
+        "POST",
+        "/api/v1/jobs",
+        _job(architecture__layers=[{"units": 4, "activation": "gelu"}]),
+        "application/json",
+        422,
+        "validation_error",
+        "architecture.layers.0.activation",
+    ),
+    (
+        "POST",
+        "/api/v1/jobs",
+        _job(dataset__name="mnist"),
+        "application/json",
+        422,
+        "validation_error",
+        "dataset.name",
+    ),
+    (
+        "POST",
+        "/api/v1/jobs",
+        json.dumps({**JOB, "name": "x" * 2**21}).encode(),
+        "application/json",
+        413,
+        "payload_too_large",
+        None,
+    ),
+    (
+        "POST",
+        "/api/v1/sweeps",
+        _sweep(method="random"),
+        "application/json",
+        422,
+        "validation_error",
+        "n_trials",
+    ),
+    (
+        "POST",
+        "/api/v1/sweeps",
+        _sweep(seed=10**30),
+        "application/json",
+        422,
+        "validation_error",
+        "seed",
+    ),
+    (
+        "POST",
+        "/api/v1/sweeps",
+        _sweep(parameters={"hyperparameters.nope": {"values": [1]}}),
+        "application/json",
+        422,
+        "validation_error",
+        "parameters.hyperparameters.nope.values.0",
+    ),
+    (
+        "POST",
+        "/api/v1/sweeps",
+        _sweep(parameters={"architecture.layers.3.units": {"values": [2]}}),
+        "application/json",
+        422,
+        "validation_error",
+        "parameters.architecture.layers.3.units",
+    ),
+    (
+        "POST",
+        "/api/v1/sweeps",
+        _sweep(parameters={"architecture.layers.0.units": {"values": [2, "two"]}}),
+        "application/json",
+        422,
+        "validation_error",
+        "parameters.architecture.layers.0.units.values.1",
+    ),
     ("GET", "/api/v1/jobs/nope", None, "", 404, "not_found", None),
     ("GET", "/api/v1/jobs/nope/metrics", None, "", 404, "not_found", None),
     ("POST", "/api/v1/jobs/nope/cancel", None, "", 404, "not_found", None),
@@ -224,7 +357,7 @@ BAD_REQUESTS = [
     ("GET", "/api/v1/jobs?limit=%C2%B2", None, "", 400, "bad_request", "limit"),
     ("GET", "/api/v1/jobs?status=bogus", None, "", 400, "bad_request", "status"),
     ("GET", "/api/v1/sweeps?status=bogus", None, "", 400, "bad_request", "status"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(
@@ -285,8 +418,12 @@ def test_killed_worker_mid_job_is_replaced_and_every_epoch_lands_once(service: S
         "hyperparameters": {"learning_rate": 0.05, "epochs": 40, "batch_size": 16},
     }
     job = service.json("POST", "/api/v1/jobs", spec, status=201)
-    wait_for(lambda: service.json("GET", f"/api/v1/jobs/{job['id']}")["progress"]["epoch"] >= 6,
-             30, "six epochs", interval=0.1)  # fmt: skip
+    wait_for(
+        lambda: service.json("GET", f"/api/v1/jobs/{job['id']}")["progress"]["epoch"] >= 6,
+        30,
+        "six epochs",
+        interval=0.1,
+    )
     # The whole worker goes at once, as when its machine dies: nobody acks or requeues.
     (victim,) = [w for w in service.stack.workers if w.poll() is None]
     os.killpg(victim.pid, signal.SIGKILL)

@@ -36,8 +36,10 @@ def browser() -> Iterator[object]:
         from playwright import sync_api
     except ImportError:
         if required:
-            pytest.fail("the browser test is required (SWEEPLAB_REQUIRE_BROWSER) but Playwright "
-                        "is not installed")  # fmt: skip
+            pytest.fail(
+                "the browser test is required (SWEEPLAB_REQUIRE_BROWSER) but Playwright "
+                "is not installed"
+            )
         pytest.skip("Playwright is not installed")
     if not Path(CHROMIUM).exists():
         why = f"no Chromium at {CHROMIUM} (apt-get install chromium)"

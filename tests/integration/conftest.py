@@ -40,8 +40,9 @@ def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     scope="session",
     params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
 )
-def stack(request: pytest.FixtureRequest, redis_base: str,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # fmt: skip
+def stack(
+    request: pytest.FixtureRequest, redis_base: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """One database backend with one worker (two processes), shared by the tests."""
     if request.param == "postgresql":
         require_postgres()

@@ -191,15 +191,40 @@ class Stack:
     def start_worker(self, concurrency: int = 2) -> subprocess.Popen[bytes]:
         name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
         log = self.workdir / f"{name}.log"
-        argv = [CELERY, "-A", "worker.app", "worker", "--concurrency", str(concurrency),
-                "-P", "prefork", "-Q", self.queue, "-n", f"{name}@%h", "--without-gossip",
-                "--without-mingle", "--without-heartbeat", "-l", "INFO"]  # fmt: skip
+        argv = [
+            CELERY,
+            "-A",
+            "worker.app",
+            "worker",
+            "--concurrency",
+            str(concurrency),
+            "-P",
+            "prefork",
+            "-Q",
+            self.queue,
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "INFO",
+        ]
         with open(log, "wb") as out:
-            proc = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.workers.append(proc)
-        wait_for(lambda: b" ready." in log.read_bytes() or proc.poll() is not None, 60,
-                 f"worker {name} to start")  # fmt: skip
+        wait_for(
+            lambda: b" ready." in log.read_bytes() or proc.poll() is not None,
+            60,
+            f"worker {name} to start",
+        )
         assert proc.poll() is None, log.read_text()[-3000:]
         return proc
 
@@ -256,8 +281,11 @@ class Stack:
 
     def wait_job(self, job_id: str, timeout: float = 60) -> Job:
         try:
-            return wait_for(lambda: (j := self.job(job_id)).status in TERMINAL_STATUSES and j,
-                            timeout, f"job {job_id}")  # fmt: skip
+            return wait_for(
+                lambda: (j := self.job(job_id)).status in TERMINAL_STATUSES and j,
+                timeout,
+                f"job {job_id}",
+            )
         except AssertionError:
             print(self.logs())
             raise
@@ -277,8 +305,10 @@ class Stack:
 
 def peak_overlap(intervals: list[tuple[float, float]]) -> int:
     """Most intervals open at one instant (an end before a start at the same time)."""
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals],
-                    key=lambda ev: (ev[0], ev[1]))  # fmt: skip
+    events = sorted(
+        [(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals],
+        key=lambda ev: (ev[0], ev[1]),
+    )
     peak = current = 0
     for _, step in events:
         current += step

@@ -35,8 +35,13 @@ pytestmark = pytest.mark.integration
 TRACKING_MODE = "workflowType=machine_learning"  # links open the UI's "Model training" mode
 DEFAULT_EXPERIMENT = "sweeplab"  # where single jobs land (README, "MLflow")
 # The README's mapping of job statuses to MLflow run statuses.
-RUN_STATUS = {"succeeded": "FINISHED", "diverged": "FAILED", "failed": "FAILED",
-              "cancelled": "KILLED", "pruned": "KILLED"}  # fmt: skip
+RUN_STATUS = {
+    "succeeded": "FINISHED",
+    "diverged": "FAILED",
+    "failed": "FAILED",
+    "cancelled": "KILLED",
+    "pruned": "KILLED",
+}
 LRS = [0.01, 0.1, 10.0]  # 10.0 diverges on digits in the first epoch
 
 
@@ -157,9 +162,7 @@ def assert_run_mirrors_job(
         assert best == []
     else:
         assert [(m["key"], m["value"]) for m in best] == [("best_val_loss", job.objective)]
-        assert [int(m["step"]) for m in mlflow.history(run_id, "best_val_loss")] == [
-            job.best_epoch
-        ]
+        assert [int(m["step"]) for m in mlflow.history(run_id, "best_val_loss")] == [job.best_epoch]
     t = tags(run)
     assert t["sweeplab.job_id"] == job.id
     assert t["sweeplab.status"] == job.status

@@ -20,8 +20,16 @@ from tests.integration.harness import Stack, peak_overlap, wait_for
 pytestmark = pytest.mark.integration
 
 
-def job_spec(*, epochs: int = 5, dataset: str = "xor", n_samples: int = 64, units: int = 4,
-             lr: float = 0.5, batch: int = 16, name: str = "it") -> dict[str, Any]:  # fmt: skip
+def job_spec(
+    *,
+    epochs: int = 5,
+    dataset: str = "xor",
+    n_samples: int = 64,
+    units: int = 4,
+    lr: float = 0.5,
+    batch: int = 16,
+    name: str = "it",
+) -> dict[str, Any]:
     return {
         "name": name,
         "dataset": {"name": dataset, "n_samples": n_samples, "seed": 0},
@@ -32,15 +40,13 @@ def job_spec(*, epochs: int = 5, dataset: str = "xor", n_samples: int = 64, unit
 
 def slow_spec(epochs: int, **changes: Any) -> dict[str, Any]:
     """Epochs of roughly 0.05-0.1 s on one core."""
-    return job_spec(epochs=epochs, dataset="blobs", n_samples=40_000, units=32, lr=0.05,
-                    **changes)  # fmt: skip
+    return job_spec(epochs=epochs, dataset="blobs", n_samples=40_000, units=32, lr=0.05, **changes)
 
 
 def cancel_spec(epochs: int, **changes: Any) -> dict[str, Any]:
     """Epochs of roughly 0.2-0.4 s: long enough that "within one epoch" can be told apart
     from the fixed cost of a request, a Redis flag and a commit."""
-    return job_spec(epochs=epochs, dataset="blobs", n_samples=160_000, units=32, lr=0.05,
-                    **changes)  # fmt: skip
+    return job_spec(epochs=epochs, dataset="blobs", n_samples=160_000, units=32, lr=0.05, **changes)
 
 
 # Epochs a cancelled job may still record after the cancel: the one in flight, and one
@@ -64,8 +70,11 @@ def assert_every_epoch_once(stack: Stack, job_id: str) -> None:
 
 
 def running_intervals(stack: Stack, sweep_id: str) -> list[tuple[float, float]]:
-    return [(j.started_at.timestamp(), j.finished_at.timestamp())
-            for j in stack.sweep_jobs(sweep_id) if j.started_at is not None]  # fmt: skip
+    return [
+        (j.started_at.timestamp(), j.finished_at.timestamp())
+        for j in stack.sweep_jobs(sweep_id)
+        if j.started_at is not None
+    ]
 
 
 def test_job_runs_and_records_every_epoch(stack: Stack):
@@ -83,12 +92,19 @@ def test_job_runs_and_records_every_epoch(stack: Stack):
 
 
 def test_grid_sweep_leaderboard_and_concurrency(stack: Stack):
-    sweep = stack.post("/sweeps", {
-        "name": "grid", "base": job_spec(epochs=20, dataset="blobs", n_samples=2000, units=8),
-        "method": "grid", "max_concurrency": 2,
-        "parameters": {"hyperparameters.learning_rate": {"values": [0.001, 0.01, 0.1, 0.3, 1.0]}},
-        "objective": {"metric": "val_loss", "goal": "minimize"},
-    })  # fmt: skip
+    sweep = stack.post(
+        "/sweeps",
+        {
+            "name": "grid",
+            "base": job_spec(epochs=20, dataset="blobs", n_samples=2000, units=8),
+            "method": "grid",
+            "max_concurrency": 2,
+            "parameters": {
+                "hyperparameters.learning_rate": {"values": [0.001, 0.01, 0.1, 0.3, 1.0]}
+            },
+            "objective": {"metric": "val_loss", "goal": "minimize"},
+        },
+    )
     done = stack.wait_sweep(sweep["id"])
     assert done["status"] == "done" and done["counts"]["succeeded"] == 5
     objectives = [row["objective"] for row in done["leaderboard"]]
@@ -104,12 +120,22 @@ def test_grid_sweep_leaderboard_and_concurrency(stack: Stack):
 
 def test_max_concurrency_one_is_never_exceeded(stack: Stack):
     # Two worker processes are idle, but the sweep allows only one trial at a time.
-    sweep = stack.post("/sweeps", {
-        "base": job_spec(epochs=10, dataset="blobs", n_samples=2000, units=8), "method": "random",
-        "n_trials": 4, "max_concurrency": 1,
-        "parameters": {"hyperparameters.learning_rate":
-                       {"distribution": "log_uniform", "min": 0.01, "max": 0.5}},
-    })  # fmt: skip
+    sweep = stack.post(
+        "/sweeps",
+        {
+            "base": job_spec(epochs=10, dataset="blobs", n_samples=2000, units=8),
+            "method": "random",
+            "n_trials": 4,
+            "max_concurrency": 1,
+            "parameters": {
+                "hyperparameters.learning_rate": {
+                    "distribution": "log_uniform",
+                    "min": 0.01,
+                    "max": 0.5,
+                }
+            },
+        },
+    )
     done = stack.wait_sweep(sweep["id"])
     assert done["counts"]["succeeded"] == 4
     peak = peak_overlap(running_intervals(stack, sweep["id"]))
@@ -118,11 +144,18 @@ def test_max_concurrency_one_is_never_exceeded(stack: Stack):
 
 
 def test_median_pruning_prunes_the_hopeless(stack: Stack):
-    sweep = stack.post("/sweeps", {
-        "base": slow_spec(15), "method": "grid", "max_concurrency": 2,
-        "parameters": {"hyperparameters.learning_rate": {"values": [0.1, 0.05, 0.08, 1e-6, 2e-6]}},
-        "early_stopping": {"policy": "median", "min_epochs": 2, "min_peers": 2},
-    })  # fmt: skip
+    sweep = stack.post(
+        "/sweeps",
+        {
+            "base": slow_spec(15),
+            "method": "grid",
+            "max_concurrency": 2,
+            "parameters": {
+                "hyperparameters.learning_rate": {"values": [0.1, 0.05, 0.08, 1e-6, 2e-6]}
+            },
+            "early_stopping": {"policy": "median", "min_epochs": 2, "min_peers": 2},
+        },
+    )
     done = stack.wait_sweep(sweep["id"], timeout=180)
     jobs = stack.sweep_jobs(sweep["id"])
     pruned = [j for j in jobs if j.status == "pruned"]
@@ -139,11 +172,16 @@ def test_median_pruning_prunes_the_hopeless(stack: Stack):
 
 
 def test_asha_prunes_at_its_rung_epochs(stack: Stack):
-    sweep = stack.post("/sweeps", {
-        "base": slow_spec(15), "method": "grid", "max_concurrency": 2,
-        "parameters": {"hyperparameters.learning_rate": {"values": [0.1, 0.05, 1e-6, 2e-6]}},
-        "early_stopping": {"policy": "asha", "min_epochs": 2, "reduction_factor": 3},
-    })  # fmt: skip
+    sweep = stack.post(
+        "/sweeps",
+        {
+            "base": slow_spec(15),
+            "method": "grid",
+            "max_concurrency": 2,
+            "parameters": {"hyperparameters.learning_rate": {"values": [0.1, 0.05, 1e-6, 2e-6]}},
+            "early_stopping": {"policy": "asha", "min_epochs": 2, "reduction_factor": 3},
+        },
+    )
     stack.wait_sweep(sweep["id"], timeout=180)
     jobs = stack.sweep_jobs(sweep["id"])
     pruned = [j for j in jobs if j.status == "pruned"]
@@ -155,15 +193,26 @@ def test_asha_prunes_at_its_rung_epochs(stack: Stack):
 
 
 def test_tpe_sweep_proposes_from_optuna(stack: Stack):
-    sweep = stack.post("/sweeps", {
-        "base": job_spec(epochs=5), "method": "tpe", "n_trials": 6, "n_startup_trials": 2,
-        "max_concurrency": 2, "seed": 1,
-        "parameters": {
-            "hyperparameters.learning_rate": {"distribution": "log_uniform", "min": 0.01, "max": 1},
-            "architecture.layers.0.units": {"distribution": "int_uniform", "min": 2, "max": 8},
+    sweep = stack.post(
+        "/sweeps",
+        {
+            "base": job_spec(epochs=5),
+            "method": "tpe",
+            "n_trials": 6,
+            "n_startup_trials": 2,
+            "max_concurrency": 2,
+            "seed": 1,
+            "parameters": {
+                "hyperparameters.learning_rate": {
+                    "distribution": "log_uniform",
+                    "min": 0.01,
+                    "max": 1,
+                },
+                "architecture.layers.0.units": {"distribution": "int_uniform", "min": 2, "max": 8},
+            },
+            "objective": {"metric": "val_accuracy"},
         },
-        "objective": {"metric": "val_accuracy"},
-    })  # fmt: skip
+    )
     done = stack.wait_sweep(sweep["id"])
     assert done["counts"]["succeeded"] == 6 and done["objective"]["goal"] == "maximize"
     objectives = [row["objective"] for row in done["leaderboard"]]
@@ -206,18 +255,28 @@ def test_cancel_stops_a_running_job_within_an_epoch(stack: Stack):
         _cancel_latency(stack, job["id"], cancelled_at),
         _epoch_seconds(stack, job["id"]),
     )
-    print(f"[{stack.backend}] cancel took {latency:.3f}s, {done.epochs_done - recorded} "
-          f"epochs; slowest epoch {epoch:.3f}s")  # fmt: skip
+    print(
+        f"[{stack.backend}] cancel took {latency:.3f}s, {done.epochs_done - recorded} "
+        f"epochs; slowest epoch {epoch:.3f}s"
+    )
     assert stack.client.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 409
 
 
 def test_cancel_sweep_stops_running_and_never_starts_queued(stack: Stack):
-    sweep = stack.post("/sweeps", {
-        "base": cancel_spec(500), "method": "grid", "max_concurrency": 2,
-        "parameters": {"hyperparameters.learning_rate": {"values": [0.01, 0.02, 0.03, 0.04]}},
-    })  # fmt: skip
-    wait_for(lambda: sum(j.epochs_done >= 2 for j in stack.sweep_jobs(sweep["id"])) == 2, 60,
-             "two running trials")  # fmt: skip
+    sweep = stack.post(
+        "/sweeps",
+        {
+            "base": cancel_spec(500),
+            "method": "grid",
+            "max_concurrency": 2,
+            "parameters": {"hyperparameters.learning_rate": {"values": [0.01, 0.02, 0.03, 0.04]}},
+        },
+    )
+    wait_for(
+        lambda: sum(j.epochs_done >= 2 for j in stack.sweep_jobs(sweep["id"])) == 2,
+        60,
+        "two running trials",
+    )
     recorded = {j.id: j.epochs_done for j in stack.sweep_jobs(sweep["id"])}
     stack.client.post(f"/api/v1/sweeps/{sweep['id']}/cancel")
     done = stack.wait_sweep(sweep["id"], timeout=60)
@@ -285,8 +344,9 @@ def test_a_queued_job_whose_message_was_lost_is_sent_again(stack: Stack):
         session.commit()
     dispatcher = Dispatcher(stack.settings)
     try:
-        done = recover(settings=stack.settings, session_factory=stack.sessions,
-                       dispatcher=dispatcher)  # fmt: skip
+        done = recover(
+            settings=stack.settings, session_factory=stack.sessions, dispatcher=dispatcher
+        )
     finally:
         dispatcher.close()
     assert job_id in done.requeued

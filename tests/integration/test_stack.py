@@ -52,7 +52,6 @@ def test_ensure_redis_starts_a_local_server_only_when_none_answers(
     assert not processes.redis_ping(url)
 
 
-
 def _pids_in_group(pgid: int) -> list[int]:
     return [pid for pid in processes.group_members(pgid) if pid != pgid]
 

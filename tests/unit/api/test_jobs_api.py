@@ -27,8 +27,11 @@ def test_create_job_queues_it(client, dispatcher):
     response = post_job(client)
     assert response.status_code == 201
     job = response.get_json()
-    assert job["status"] == "queued" and job["progress"] == {"epoch": 0, "epochs": 3,
-                                                            "fraction": 0.0}  # fmt: skip
+    assert job["status"] == "queued" and job["progress"] == {
+        "epoch": 0,
+        "epochs": 3,
+        "fraction": 0.0,
+    }
     assert response.headers["Location"].endswith(job["id"])
     assert job["links"]["self"] == f"{API}/jobs/{job['id']}"
     assert job["spec"]["hyperparameters"]["optimizer"] == "sgd"  # normalized
@@ -39,8 +42,9 @@ def test_create_job_queues_it(client, dispatcher):
 def test_job_runs_and_reports(client, app, dispatcher):
     job_id = post_job(client).get_json()["id"]
     svc = app.extensions["sweeplab"]
-    execute_job(settings=svc.settings, session_factory=svc.sessions, dispatcher=dispatcher,
-                job_id=job_id)  # fmt: skip
+    execute_job(
+        settings=svc.settings, session_factory=svc.sessions, dispatcher=dispatcher, job_id=job_id
+    )
     job = client.get(f"{API}/jobs/{job_id}").get_json()
     assert job["status"] == "succeeded" and job["progress"]["epoch"] == 3
     assert job["result"]["status"] == "completed" and isinstance(job["diagnosis"], list)
@@ -84,8 +88,9 @@ def test_cancel_queued_and_running(client, app, dispatcher):
     flagged = response.get_json()
     assert flagged["status"] == "running" and flagged["cancel_requested"] is True
     assert job_id in dispatcher.cancelled
-    status = execute_job(settings=svc.settings, session_factory=svc.sessions,
-                         dispatcher=dispatcher, job_id=job_id)  # fmt: skip
+    status = execute_job(
+        settings=svc.settings, session_factory=svc.sessions, dispatcher=dispatcher, job_id=job_id
+    )
     assert status == "cancelled"
     job = client.get(f"{API}/jobs/{job_id}").get_json()
     assert job["status"] == "cancelled" and job["progress"]["epoch"] <= 1
@@ -114,8 +119,13 @@ def test_list_jobs_with_filters_and_cursor(client):
 
 
 def test_unknown_ids_are_404(client):
-    for url in (f"{API}/jobs/nope", f"{API}/jobs/nope/metrics", f"{API}/sweeps/nope",
-                f"{API}/sweeps/nope/trials", f"{API}/nowhere"):  # fmt: skip
+    for url in (
+        f"{API}/jobs/nope",
+        f"{API}/jobs/nope/metrics",
+        f"{API}/sweeps/nope",
+        f"{API}/sweeps/nope/trials",
+        f"{API}/nowhere",
+    ):
         response = client.get(url)
         assert response.status_code == 404, url
         assert error_of(response)["code"] == "not_found"
@@ -161,8 +171,11 @@ def test_body_over_one_mib_is_413(client):
         ("hyperparameters.learning_rate", 0, "hyperparameters.learning_rate"),
         ("hyperparameters.optimizer", "adamax", "hyperparameters.optimizer"),
         ("architecture.layers", [{"units": 0}], "architecture.layers.0.units"),
-        ("architecture.layers", [{"units": 8, "activation": "gelu"}],
-         "architecture.layers.0.activation"),
+        (
+            "architecture.layers",
+            [{"units": 8, "activation": "gelu"}],
+            "architecture.layers.0.activation",
+        ),
         ("hyperparameters.epochs", 10_001, "hyperparameters.epochs"),
         ("hyperparameters.epochs", "10", "hyperparameters.epochs"),
         ("dataset.n_samples", 10**6, "dataset.n_samples"),
@@ -170,7 +183,7 @@ def test_body_over_one_mib_is_413(client):
         ("architecture.layers", [{"units": 4096}] * 3, "architecture.layers"),
         ("dataset.colour", "red", "dataset.colour"),
     ],
-)  # fmt: skip
+)
 def test_invalid_specs_are_422_naming_the_field(client, path, value, loc):
     spec = copy.deepcopy(XOR_JOB)
     section, key = path.split(".")
@@ -186,22 +199,38 @@ def test_chunked_body_over_one_mib_is_413(client):
 
     body = json.dumps({**XOR_JOB, "name": "x" * (2 * 1024 * 1024)}).encode()
     response = client.post(
-        f"{API}/jobs", input_stream=io.BytesIO(body), content_type="application/json",
+        f"{API}/jobs",
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
         environ_overrides={"wsgi.input_terminated": True},
-    )  # fmt: skip
+    )
     assert response.status_code == 413
     assert error_of(response)["code"] == "payload_too_large"
     small = json.dumps(XOR_JOB).encode()
     response = client.post(
-        f"{API}/jobs", input_stream=io.BytesIO(small), content_type="application/json",
+        f"{API}/jobs",
+        input_stream=io.BytesIO(small),
+        content_type="application/json",
         environ_overrides={"wsgi.input_terminated": True},
-    )  # fmt: skip
+    )
     assert response.status_code == 201
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=201", "limit=abc", "limit=%C2%B2",
-                                   "limit=%D9%A3", "limit=-1", "limit=" + "9" * 30,
-                                   "cursor=garbage", "cursor=WzEsMl0", "status=bogus"])  # fmt: skip
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=201",
+        "limit=abc",
+        "limit=%C2%B2",
+        "limit=%D9%A3",
+        "limit=-1",
+        "limit=" + "9" * 30,
+        "cursor=garbage",
+        "cursor=WzEsMl0",
+        "status=bogus",
+    ],
+)
 def test_bad_list_arguments_are_400_naming_them(client, query):
     response = client.get(f"{API}/jobs?{query}")
     assert response.status_code == 400

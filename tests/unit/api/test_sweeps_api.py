@@ -31,8 +31,12 @@ def drain(app, dispatcher, client, sweep_id):
     done = set()
     while pending := [j for j in dispatcher.enqueued if j not in done]:
         for job_id in pending:
-            execute_job(settings=svc.settings, session_factory=svc.sessions,
-                        dispatcher=dispatcher, job_id=job_id)  # fmt: skip
+            execute_job(
+                settings=svc.settings,
+                session_factory=svc.sessions,
+                dispatcher=dispatcher,
+                job_id=job_id,
+            )
             done.add(job_id)
     return client.get(f"{API}/sweeps/{sweep_id}").get_json()
 
@@ -51,7 +55,11 @@ def test_grid_sweep_end_to_end(client, app, dispatcher):
     assert sweep["best_trial"]["job_id"] == board[0]["job_id"]
     trials = client.get(f"{API}/sweeps/{sweep['id']}/trials").get_json()["items"]
     assert sorted(t["params"]["hyperparameters.learning_rate"] for t in trials) == [
-        0.01, 0.1, 1.0, 3.0]  # fmt: skip
+        0.01,
+        0.1,
+        1.0,
+        3.0,
+    ]
     assert all(t["sweep_id"] == sweep["id"] for t in trials)
     listed = client.get(f"{API}/jobs?sweep={sweep['id']}&limit=3").get_json()
     assert len(listed["items"]) == 3 and listed["next_cursor"]
@@ -157,10 +165,16 @@ def test_responses_match_the_models_the_openapi_document_publishes(client, app, 
 
 
 def test_an_accuracy_objective_over_a_swept_regression_dataset_is_422(client):
-    base = {"dataset": {"name": "moons"}, "architecture": {"layers": [{"units": 4}]},
-            "hyperparameters": {"learning_rate": 0.1, "epochs": 2}}  # fmt: skip
-    body = sweep_body(base=base, parameters={"dataset.name": {"values": ["moons", "diabetes"]}},
-                      objective={"metric": "val_accuracy"})  # fmt: skip
+    base = {
+        "dataset": {"name": "moons"},
+        "architecture": {"layers": [{"units": 4}]},
+        "hyperparameters": {"learning_rate": 0.1, "epochs": 2},
+    }
+    body = sweep_body(
+        base=base,
+        parameters={"dataset.name": {"values": ["moons", "diabetes"]}},
+        objective={"metric": "val_accuracy"},
+    )
     response = client.post(f"{API}/sweeps", json=body)
     assert response.status_code == 422
     detail = response.get_json()["error"]["details"][0]

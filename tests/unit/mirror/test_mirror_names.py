@@ -100,11 +100,19 @@ def test_epoch_metrics_accepts_already_flat_rows():
         ({"architecture.layers.0.units": 128}, "lr=0.01 bs=32 units0=128"),
         ({"hyperparameters.optimizer": "adam"}, "lr=0.01 bs=32 opt=adam"),
         ({"hyperparameters.batch_size": None}, "lr=0.01 bs=full"),
-        ({"architecture.layers": [{"units": 16, "activation": "relu"},
-                                  {"units": 32, "activation": "tanh"}]},
-         "lr=0.01 bs=32 layers=16relu-32tanh"),
-        ({"dataset.noise": [0.1] * 20},  # long values are cut at 40 characters
-         "lr=0.01 bs=32 noise=[" + "0.1," * 9 + "0.…"),
+        (
+            {
+                "architecture.layers": [
+                    {"units": 16, "activation": "relu"},
+                    {"units": 32, "activation": "tanh"},
+                ]
+            },
+            "lr=0.01 bs=32 layers=16relu-32tanh",
+        ),
+        (
+            {"dataset.noise": [0.1] * 20},  # long values are cut at 40 characters
+            "lr=0.01 bs=32 noise=[" + "0.1," * 9 + "0.…",
+        ),
     ],
 )
 def test_run_name(params, expected):
@@ -162,7 +170,10 @@ def test_links_for_job_uses_the_ui_url_and_needs_a_run():
         mlflow_run_id="r1", mlflow_experiment_id="3", status="running", mlflow_synced_status=None
     )
     links = links_for_job(_settings(ui="http://mlflow.example"), job)
-    assert links["run_url"] == "http://mlflow.example/#/experiments/3/runs/r1?workflowType=machine_learning"
+    assert (
+        links["run_url"]
+        == "http://mlflow.example/#/experiments/3/runs/r1?workflowType=machine_learning"
+    )
     assert links["mirrored"] is False
     assert links_for_job(_settings(uri=None), job) is None
     unsynced = types.SimpleNamespace(mlflow_run_id=None, mlflow_experiment_id=None)

@@ -96,8 +96,9 @@ def test_run_records_every_epoch_once(settings, sessions, dispatcher):
     assert run(settings, sessions, dispatcher, "nope") == "missing"
 
 
-def test_trainer_exception_fails_the_job_with_its_message(settings, sessions, dispatcher,
-                                                          monkeypatch):  # fmt: skip
+def test_trainer_exception_fails_the_job_with_its_message(
+    settings, sessions, dispatcher, monkeypatch
+):
     import services.trainer
 
     def boom(*_args, **_kwargs):
@@ -174,8 +175,9 @@ def test_resume_from_checkpoint_replays_identical_epochs(settings, sessions, dis
     with sessions() as session:
 
         def curve(jid):
-            rows = session.scalars(select(JobMetric).where(JobMetric.job_id == jid)
-                                   .order_by(JobMetric.epoch))  # fmt: skip
+            rows = session.scalars(
+                select(JobMetric).where(JobMetric.job_id == jid).order_by(JobMetric.epoch)
+            )
             return [(r.train_loss, r.val_loss) for r in rows]
 
         assert curve(job_id) == curve(reference)
@@ -223,11 +225,14 @@ def test_lease_outlives_a_slow_epoch(settings, sessions, dispatcher, monkeypatch
             # The epoch lasts until the lease it started under has run out (however
             # slowly this machine runs today): only a renewal keeps the job.
             ends = lease_expiry() + timedelta(seconds=0.1)
-            wait_for(lambda ends=ends: utcnow() > ends, 30,
-                     "the epoch's first lease to run out", interval=0.05)  # fmt: skip
+            wait_for(
+                lambda ends=ends: utcnow() > ends,
+                30,
+                "the epoch's first lease to run out",
+                interval=0.05,
+            )
             with sessions() as session:
-                stolen.append(claim_job(session, job_id=job_id, worker="thief",
-                                             lease_seconds=60))  # fmt: skip
+                stolen.append(claim_job(session, job_id=job_id, worker="thief", lease_seconds=60))
                 session.commit()
             on_epoch({"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 1.0 / epoch})
         return FakeResult(status="completed")
@@ -298,12 +303,10 @@ def test_down_releases_the_jobs_its_workers_held(settings, sessions):
 
     host = worker_name().rsplit(":", 1)[0]
     with sessions() as session:
-        ids = [create_job(session, spec=validate_job(copy.deepcopy(XOR_JOB))).id
-               for _ in range(3)]  # fmt: skip
+        ids = [create_job(session, spec=validate_job(copy.deepcopy(XOR_JOB))).id for _ in range(3)]
         session.commit()
         for job_id, pid in zip(ids, (101, 102, 999), strict=True):
-            assert claim_job(session, job_id=job_id, worker=f"{host}:{pid}",
-                                  lease_seconds=600)  # fmt: skip
+            assert claim_job(session, job_id=job_id, worker=f"{host}:{pid}", lease_seconds=600)
         session.commit()
         assert expired_leases(session) == []
     env = {"DATABASE_URL": settings.database_url}
@@ -313,8 +316,9 @@ def test_down_releases_the_jobs_its_workers_held(settings, sessions):
     # a clean stop is not a lost worker: stopped again and again, the job goes on
     for _ in range(3):
         with sessions() as session:
-            taken = claim_job(session, job_id=ids[0], worker=f"{host}:101",
-                                   lease_seconds=600, max_attempts=2)  # fmt: skip
+            taken = claim_job(
+                session, job_id=ids[0], worker=f"{host}:101", lease_seconds=600, max_attempts=2
+            )
             session.commit()
             assert taken is not None
         assert stack.release_jobs_of([101], env) == 1
@@ -336,20 +340,28 @@ def _submit(sessions, spec: dict) -> str:
 
 @pytest.mark.parametrize(
     "early_stopping",
-    [{"metric": "val_loss", "patience": 3, "min_delta": 0.02},
-     {"metric": "val_accuracy", "patience": 4, "min_delta": 0.01}],
+    [
+        {"metric": "val_loss", "patience": 3, "min_delta": 0.02},
+        {"metric": "val_accuracy", "patience": 4, "min_delta": 0.01},
+    ],
     ids=["val_loss", "val_accuracy"],
-)  # fmt: skip
+)
 def test_a_jobs_best_epoch_is_the_one_its_early_stopping_restores(
     settings, sessions, dispatcher, early_stopping
 ):
     """best_epoch, best_metrics and objective describe the weights the job hands back."""
     from services.trainer import fit
 
-    hyper = {"learning_rate": 0.1, "epochs": 40,
-             "early_stopping": {**early_stopping, "restore_best": True}}  # fmt: skip
-    spec = {"dataset": {"name": "moons", "n_samples": 300, "noise": 0.25},
-            "architecture": {"layers": [{"units": 16}]}, "hyperparameters": hyper}  # fmt: skip
+    hyper = {
+        "learning_rate": 0.1,
+        "epochs": 40,
+        "early_stopping": {**early_stopping, "restore_best": True},
+    }
+    spec = {
+        "dataset": {"name": "moons", "n_samples": 300, "noise": 0.25},
+        "architecture": {"layers": [{"units": 16}]},
+        "hyperparameters": hyper,
+    }
     local = fit(spec)
     job_id = _submit(sessions, spec)
     assert run(settings, sessions, dispatcher, job_id) == "succeeded"
@@ -361,9 +373,11 @@ def test_a_jobs_best_epoch_is_the_one_its_early_stopping_restores(
 
 
 def test_a_diverged_epoch_is_never_the_best(settings, sessions, dispatcher):
-    spec = {"dataset": {"name": "sine", "n_samples": 200},
-            "architecture": {"layers": [{"units": 16}] * 3},
-            "hyperparameters": {"learning_rate": 1e5, "epochs": 3, "batch_size": None}}  # fmt: skip
+    spec = {
+        "dataset": {"name": "sine", "n_samples": 200},
+        "architecture": {"layers": [{"units": 16}] * 3},
+        "hyperparameters": {"learning_rate": 1e5, "epochs": 3, "batch_size": None},
+    }
     job_id = _submit(sessions, spec)
     assert run(settings, sessions, dispatcher, job_id) == "diverged"
     with sessions() as session:
@@ -399,11 +413,24 @@ def test_has_validation_follows_the_split_the_trainer_makes():
     assert not has_validation({"dataset": {**arrays, "validation_split": 0.1}})
     assert has_validation({"dataset": {**arrays, "validation_split": 0.5}})
     # generated sets so small (or so many classes) that 0.2 rounds to no row per class
-    for dataset in ({"name": "xor", "n_samples": 4}, {"name": "blobs", "n_samples": 2000,
-                                                       "centers": 1000}):  # fmt: skip
-        spec = validate_job({"dataset": dataset, "architecture": {"layers": []},
-                             "hyperparameters": {"learning_rate": 0.1}})  # fmt: skip
+    for dataset in (
+        {"name": "xor", "n_samples": 4},
+        {"name": "blobs", "n_samples": 2000, "centers": 1000},
+    ):
+        spec = validate_job(
+            {
+                "dataset": dataset,
+                "architecture": {"layers": []},
+                "hyperparameters": {"learning_rate": 0.1},
+            }
+        )
         assert not has_validation(spec), dataset
-    assert has_validation(validate_job({"dataset": {"name": "moons", "n_samples": 40},
-                                             "architecture": {"layers": []},
-                                             "hyperparameters": {"learning_rate": 0.1}}))
+    assert has_validation(
+        validate_job(
+            {
+                "dataset": {"name": "moons", "n_samples": 40},
+                "architecture": {"layers": []},
+                "hyperparameters": {"learning_rate": 0.1},
+            }
+        )
+    )

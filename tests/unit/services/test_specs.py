@@ -134,14 +134,22 @@ def sweep_locs(spec: Any, limits: Limits | None = None) -> list[str]:
 
 def test_valid_sweeps():
     assert validate_sweep(sweep()).total_trials() == 3
-    grid = sweep(parameters={"hyperparameters.learning_rate": {"values": [0.1, 1.0]},
-                             "architecture.layers.0.units": {"values": [2, 4, 8]}})  # fmt: skip
+    grid = sweep(
+        parameters={
+            "hyperparameters.learning_rate": {"values": [0.1, 1.0]},
+            "architecture.layers.0.units": {"values": [2, 4, 8]},
+        }
+    )
     assert validate_sweep(grid).total_trials() == 6
-    rnd = sweep(method="tpe", n_trials=7, parameters={
-        "hyperparameters.learning_rate": {"distribution": "log_uniform", "min": 1e-3, "max": 1},
-        "architecture.layers.0.units": {"distribution": "int_uniform", "min": 2, "max": 8},
-        "hyperparameters.optimizer": {"distribution": "choice", "values": ["sgd", "adam"]},
-    })  # fmt: skip
+    rnd = sweep(
+        method="tpe",
+        n_trials=7,
+        parameters={
+            "hyperparameters.learning_rate": {"distribution": "log_uniform", "min": 1e-3, "max": 1},
+            "architecture.layers.0.units": {"distribution": "int_uniform", "min": 2, "max": 8},
+            "hyperparameters.optimizer": {"distribution": "choice", "values": ["sgd", "adam"]},
+        },
+    )
     model = validate_sweep(rnd)
     assert model.total_trials() == 7
     assert model.objective.goal == "minimize"
@@ -152,51 +160,113 @@ def test_valid_sweeps():
     [
         ({"method": "random"}, "n_trials"),
         ({"method": "grid", "n_trials": 5}, "n_trials"),
-        ({"method": "random", "n_trials": 2, "parameters": {
-            "hyperparameters.learning_rate": {"distribution": "uniform", "min": 0.1, "max": 1}},
-          "seed": 10**23}, "seed"),
+        (
+            {
+                "method": "random",
+                "n_trials": 2,
+                "parameters": {
+                    "hyperparameters.learning_rate": {
+                        "distribution": "uniform",
+                        "min": 0.1,
+                        "max": 1,
+                    }
+                },
+                "seed": 10**23,
+            },
+            "seed",
+        ),
         ({"method": "tpe", "n_trials": 2, "n_startup_trials": 10**23}, "n_startup_trials"),
         ({"max_concurrency": 10**23}, "max_concurrency"),
-        ({"method": "grid", "parameters": {
-            "hyperparameters.learning_rate": {"distribution": "uniform", "min": 0.1, "max": 1}}},
-         "parameters.hyperparameters.learning_rate"),
+        (
+            {
+                "method": "grid",
+                "parameters": {
+                    "hyperparameters.learning_rate": {
+                        "distribution": "uniform",
+                        "min": 0.1,
+                        "max": 1,
+                    }
+                },
+            },
+            "parameters.hyperparameters.learning_rate",
+        ),
         ({"parameters": {"": {"values": [1]}}}, "parameters"),
-        ({"parameters": {"hyperparameters..seed": {"values": [1]}}},
-         "parameters.hyperparameters..seed"),
-        ({"parameters": {"hyperparameters.nope": {"values": [1]}}},
-         "parameters.hyperparameters.nope.values.0"),
-        ({"parameters": {"hyperparameters.learning_rate.x": {"values": [1]}}},
-         "parameters.hyperparameters.learning_rate.x"),
-        ({"parameters": {"architecture.layers.0.units": {"values": [4, "four"]}}},
-         "parameters.architecture.layers.0.units.values.1"),
+        (
+            {"parameters": {"hyperparameters..seed": {"values": [1]}}},
+            "parameters.hyperparameters..seed",
+        ),
+        (
+            {"parameters": {"hyperparameters.nope": {"values": [1]}}},
+            "parameters.hyperparameters.nope.values.0",
+        ),
+        (
+            {"parameters": {"hyperparameters.learning_rate.x": {"values": [1]}}},
+            "parameters.hyperparameters.learning_rate.x",
+        ),
+        (
+            {"parameters": {"architecture.layers.0.units": {"values": [4, "four"]}}},
+            "parameters.architecture.layers.0.units.values.1",
+        ),
         ({"method": "bayes"}, "method"),
-        ({"parameters": {"hyperparameters.learning_rate": {"values": [0.1, -1.0]}}},
-         "parameters.hyperparameters.learning_rate.values.1"),
-        ({"parameters": {"architecture.layers.3.units": {"values": [2]}}},
-         "parameters.architecture.layers.3.units"),
-        ({"parameters": {"hyperparameters.learning_rate": {"values": [0.1]}}, "max_concurrency": 0},
-         "max_concurrency"),
+        (
+            {"parameters": {"hyperparameters.learning_rate": {"values": [0.1, -1.0]}}},
+            "parameters.hyperparameters.learning_rate.values.1",
+        ),
+        (
+            {"parameters": {"architecture.layers.3.units": {"values": [2]}}},
+            "parameters.architecture.layers.3.units",
+        ),
+        (
+            {
+                "parameters": {"hyperparameters.learning_rate": {"values": [0.1]}},
+                "max_concurrency": 0,
+            },
+            "max_concurrency",
+        ),
         ({"method": "random", "n_trials": 1001}, "n_trials"),
-        ({"method": "random", "n_trials": 3, "parameters": {
-            "hyperparameters.learning_rate": {"distribution": "log_uniform", "min": 0, "max": 1}}},
-         "parameters.hyperparameters.learning_rate"),
-        ({"method": "random", "n_trials": 3, "parameters": {
-            "hyperparameters.learning_rate": {"distribution": "uniform", "min": 1, "max": 0.5}}},
-         "parameters.hyperparameters.learning_rate"),
+        (
+            {
+                "method": "random",
+                "n_trials": 3,
+                "parameters": {
+                    "hyperparameters.learning_rate": {
+                        "distribution": "log_uniform",
+                        "min": 0,
+                        "max": 1,
+                    }
+                },
+            },
+            "parameters.hyperparameters.learning_rate",
+        ),
+        (
+            {
+                "method": "random",
+                "n_trials": 3,
+                "parameters": {
+                    "hyperparameters.learning_rate": {
+                        "distribution": "uniform",
+                        "min": 1,
+                        "max": 0.5,
+                    }
+                },
+            },
+            "parameters.hyperparameters.learning_rate",
+        ),
         ({"objective": {"metric": "f1"}}, "objective.metric"),
         ({"early_stopping": {"policy": "hyperband"}}, "early_stopping.policy"),
         ({"extra": 1}, "extra"),
         ({"base": {"dataset": {"name": "xor"}}}, "base.architecture"),
     ],
-)  # fmt: skip
+)
 def test_bad_sweeps_name_the_field(changes: dict[str, Any], loc: str):
     assert loc in sweep_locs(sweep(**changes))
 
 
 def test_grid_size_is_limited():
     values = {"values": list(range(1, 40))}
-    spec = sweep(parameters={"architecture.layers.0.units": values,
-                             "hyperparameters.epochs": values})  # fmt: skip
+    spec = sweep(
+        parameters={"architecture.layers.0.units": values, "hyperparameters.epochs": values}
+    )
     assert sweep_locs(spec) == ["parameters"]
     assert len(list(itertools.product(values["values"], values["values"]))) > 1000
 

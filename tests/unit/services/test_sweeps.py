@@ -55,8 +55,9 @@ def finish(sessions, job_id: str, status: str = "succeeded", objective: float = 
 
 def test_grid_point_matches_itertools_product():
     params = {"a": ParameterSpec(values=[1, 2, 3]), "b": ParameterSpec(values=["x", "y"])}
-    expected = [dict(zip(params, combo, strict=True))
-                for combo in itertools.product([1, 2, 3], ["x", "y"])]  # fmt: skip
+    expected = [
+        dict(zip(params, combo, strict=True)) for combo in itertools.product([1, 2, 3], ["x", "y"])
+    ]
     assert [grid_point(params, i) for i in range(6)] == expected
 
 
@@ -116,8 +117,11 @@ def _curves(sessions, sweep_id: str, curves: dict[str, list[float]]) -> None:
     with sessions() as session:
         for job_id, values in curves.items():
             for epoch, value in enumerate(values, start=1):
-                session.add(JobMetric(job_id=job_id, epoch=epoch, val_loss=value,
-                                      metrics={"val_loss": value}))  # fmt: skip
+                session.add(
+                    JobMetric(
+                        job_id=job_id, epoch=epoch, val_loss=value, metrics={"val_loss": value}
+                    )
+                )
         session.commit()
 
 
@@ -130,9 +134,15 @@ def test_median_rule(sessions):
     with sessions() as session:
 
         def rule(epoch: int, value: float) -> str | None:
-            return median_rule(session, sweep_id=sweep_id, job_id=me,
-                                      objective=objective, policy=policy, epoch=epoch,
-                                      value=value)  # fmt: skip
+            return median_rule(
+                session,
+                sweep_id=sweep_id,
+                job_id=me,
+                objective=objective,
+                policy=policy,
+                epoch=epoch,
+                value=value,
+            )
 
         assert rule(1, 5.0) is None  # before min_epochs
         assert rule(2, 0.7) is not None  # median of best-so-far (0.5, 0.6, 0.8) is 0.6
@@ -143,17 +153,26 @@ def test_median_rule(sessions):
 
 def test_asha_rule(sessions):
     sweep_id, ids = create(sessions, max_concurrency=6)
-    _curves(sessions, sweep_id, {ids[0]: [0.1], ids[1]: [0.2], ids[2]: [0.3], ids[3]: [0.4],
-                                 ids[4]: [0.5]})  # fmt: skip
+    _curves(
+        sessions,
+        sweep_id,
+        {ids[0]: [0.1], ids[1]: [0.2], ids[2]: [0.3], ids[3]: [0.4], ids[4]: [0.5]},
+    )
     policy = EarlyStoppingPolicy(policy="asha", min_epochs=1, reduction_factor=3)
     assert asha_rungs(policy, 30) == [1, 3, 9, 27]
     objective = Objective("val_loss", "minimize")
     with sessions() as session:
 
         def rule(value: float) -> str | None:
-            return asha_rule(session, sweep_id=sweep_id, job_id=ids[5],
-                                    objective=objective, policy=policy, rung=1,
-                                    value=value)  # fmt: skip
+            return asha_rule(
+                session,
+                sweep_id=sweep_id,
+                job_id=ids[5],
+                objective=objective,
+                policy=policy,
+                rung=1,
+                value=value,
+            )
 
         assert rule(0.15) is None  # 6 trials at the rung: the top 2 go on
         assert rule(0.25) is not None
@@ -161,10 +180,19 @@ def test_asha_rule(sessions):
 
 def test_tpe_proposes_from_optuna_and_concentrates(sessions):
     spec = sweep_spec(
-        method="tpe", n_trials=40, max_concurrency=1, n_startup_trials=8, seed=3,
-        parameters={"hyperparameters.learning_rate":
-                    {"distribution": "log_uniform", "min": 1e-4, "max": 1.0}},
-    )  # fmt: skip
+        method="tpe",
+        n_trials=40,
+        max_concurrency=1,
+        n_startup_trials=8,
+        seed=3,
+        parameters={
+            "hyperparameters.learning_rate": {
+                "distribution": "log_uniform",
+                "min": 1e-4,
+                "max": 1.0,
+            }
+        },
+    )
     with sessions() as session:
         sweep, ids = create_sweep(session, sweep=validate_sweep(spec))
         session.commit()
@@ -187,8 +215,11 @@ def test_tpe_proposes_from_optuna_and_concentrates(sessions):
 def test_recover_resends_expired_and_advances_stalled_sweeps(settings, sessions, dispatcher):
     sweep_id, first = create(sessions)
     with sessions() as session:  # one trial's worker died; the other ended without advancing
-        session.execute(update(Job).where(Job.id == first[0]).values(
-            status="running", lease_expires_at=utcnow() - timedelta(seconds=1)))  # fmt: skip
+        session.execute(
+            update(Job)
+            .where(Job.id == first[0])
+            .values(status="running", lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
         session.execute(update(Job).where(Job.id == first[1]).values(status="succeeded"))
         session.commit()
     done = recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
@@ -206,11 +237,13 @@ def test_recover_resends_a_trial_whose_message_was_lost(settings, sessions, disp
     sweep_id, first = create(sessions)
     dispatcher.enqueued.clear()
     settings = settings.replace(requeue_seconds=60)
-    assert not any(recover(settings=settings, session_factory=sessions,
-                                  dispatcher=dispatcher))  # fmt: skip
+    assert not any(recover(settings=settings, session_factory=sessions, dispatcher=dispatcher))
     with sessions() as session:  # ... and a minute has gone by
-        session.execute(update(Job).where(Job.id == first[0]).values(
-            updated_at=utcnow() - timedelta(seconds=61)))  # fmt: skip
+        session.execute(
+            update(Job)
+            .where(Job.id == first[0])
+            .values(updated_at=utcnow() - timedelta(seconds=61))
+        )
         session.commit()
     done = recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
     assert done.requeued == [first[0]] and dispatcher.enqueued == [first[0]]
@@ -223,9 +256,15 @@ def test_recover_fails_a_job_that_keeps_killing_its_worker(settings, sessions, d
     sweep_id, first = create(sessions)
     dispatcher.enqueued.clear()
     with sessions() as session:
-        session.execute(update(Job).where(Job.id == first[0]).values(
-            status="running", attempts=settings.max_attempts,
-            lease_expires_at=utcnow() - timedelta(seconds=1)))  # fmt: skip
+        session.execute(
+            update(Job)
+            .where(Job.id == first[0])
+            .values(
+                status="running",
+                attempts=settings.max_attempts,
+                lease_expires_at=utcnow() - timedelta(seconds=1),
+            )
+        )
         session.commit()
     done = recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
     assert done.failed == [first[0]] and done.expired == []
