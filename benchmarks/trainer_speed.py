@@ -80,11 +80,18 @@ def sweeplab_rate(sizes, batch, arrays, epochs, train_metrics) -> tuple[float, f
     data = dataset_from_arrays(X, y, Xv, yv, task="classification")
     spec = {
         "dataset": {"name": "digits"},  # replaced by data=; the head follows the data
-        "architecture": {"layers": [{"units": u, "activation": "relu"} for u in sizes[1:-1]],
-                         "output_activation": "softmax"},
-        "hyperparameters": {"learning_rate": 0.01, "optimizer": "sgd", "batch_size": batch,
-                            "epochs": epochs, "dtype": "float32",
-                            "train_metrics": train_metrics},
+        "architecture": {
+            "layers": [{"units": u, "activation": "relu"} for u in sizes[1:-1]],
+            "output_activation": "softmax",
+        },
+        "hyperparameters": {
+            "learning_rate": 0.01,
+            "optimizer": "sgd",
+            "batch_size": batch,
+            "epochs": epochs,
+            "dtype": "float32",
+            "train_metrics": train_metrics,
+        },
     }
     fit({**spec, "hyperparameters": {**spec["hyperparameters"], "epochs": 1}}, data=data)  # warm
     t0 = time.process_time()
@@ -240,11 +247,16 @@ def blas_info() -> str:
         from threadpoolctl import threadpool_info
     except ImportError:
         return "threadpoolctl not installed"
-    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"
-            and "numpy" in i.get("filepath", "")] or [i for i in threadpool_info()
-                                                     if i.get("user_api") == "blas"]
-    return ", ".join(f"{i.get('internal_api')} {i.get('version')} kernel {i.get('architecture')}"
-                     f" threads {i.get('num_threads')}" for i in blas[:1])
+    blas = [
+        i
+        for i in threadpool_info()
+        if i.get("user_api") == "blas" and "numpy" in i.get("filepath", "")
+    ] or [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    return ", ".join(
+        f"{i.get('internal_api')} {i.get('version')} kernel {i.get('architecture')}"
+        f" threads {i.get('num_threads')}"
+        for i in blas[:1]
+    )
 
 
 def main() -> int:
@@ -263,21 +275,33 @@ def main() -> int:
         torch.set_num_threads(1)
         numpy_gemm, torch_gemm = gemm_peak_gflops(), gemm_peak_gflops(use_torch=True)
         print(f"torch {torch.__version__}, 1 intra-op thread; BLAS: {torch_blas()}")
-        print(f"single-thread float32 GEMM (1024^3): NumPy {numpy_gemm:.0f} GFLOP/s, "
-              f"torch.mm {torch_gemm:.0f} GFLOP/s"
-              + (" (PyTorch's BLAS is slower here: on large layers part of the ratio is BLAS,"
-                 " not the trainer)" if torch_gemm < 0.8 * numpy_gemm else ""))
+        print(
+            f"single-thread float32 GEMM (1024^3): NumPy {numpy_gemm:.0f} GFLOP/s, "
+            f"torch.mm {torch_gemm:.0f} GFLOP/s"
+            + (
+                " (PyTorch's BLAS is slower here: on large layers part of the ratio is BLAS,"
+                " not the trainer)"
+                if torch_gemm < 0.8 * numpy_gemm
+                else ""
+            )
+        )
     except ImportError:
         print("torch is not installed: PyTorch columns skipped")
         torch = None
 
-    print("default/s: train_metrics 'after_epoch' (accuracy on a 1,024-row sample after the"
-          " epoch); running/s: 'running'; cost: default's extra time over running")
-    print("torch/s: the idiomatic eager loop (nn.Sequential, per-batch indexing; the targets);"
-          " tuned/s: addmm + relu_, per-epoch shuffle as fit does, inference_mode")
-    header = (f"{'network':<16}{'batch':>6}{'default/s':>11}{'running/s':>11}{'cost':>7}"
-              f"{'torch/s':>10}{'default':>9}{'running':>9}{'target':>8}"
-              f"{'tuned/s':>10}{'vs tuned':>9}")
+    print(
+        "default/s: train_metrics 'after_epoch' (accuracy on a 1,024-row sample after the"
+        " epoch); running/s: 'running'; cost: default's extra time over running"
+    )
+    print(
+        "torch/s: the idiomatic eager loop (nn.Sequential, per-batch indexing; the targets);"
+        " tuned/s: addmm + relu_, per-epoch shuffle as fit does, inference_mode"
+    )
+    header = (
+        f"{'network':<16}{'batch':>6}{'default/s':>11}{'running/s':>11}{'cost':>7}"
+        f"{'torch/s':>10}{'default':>9}{'running':>9}{'target':>8}"
+        f"{'tuned/s':>10}{'vs tuned':>9}"
+    )
     print(header)
     print("-" * len(header))
     ok = True
@@ -298,23 +322,32 @@ def main() -> int:
         ratio, ratio_running = default / theirs, running / theirs
         ok = ok and cost <= DEFAULT_COST_TARGET and (ratio >= target if torch else True)
         name = "-".join(map(str, sizes))
-        print(f"{name:<16}{batch:>6}{default:>11,.0f}{running:>11,.0f}{cost:>+7.1%}"
-              f"{theirs:>10,.0f}{ratio:>8.2f}x{ratio_running:>8.2f}x{target:>7.2f}x"
-              f"{tuned:>10,.0f}{default / tuned:>8.2f}x")
+        print(
+            f"{name:<16}{batch:>6}{default:>11,.0f}{running:>11,.0f}{cost:>+7.1%}"
+            f"{theirs:>10,.0f}{ratio:>8.2f}x{ratio_running:>8.2f}x{target:>7.2f}x"
+            f"{tuned:>10,.0f}{default / tuned:>8.2f}x"
+        )
         flops = train_flops_per_sample(sizes, N_VAL_SHARE)
         shares.append((name, peak, default * flops / 1e9, running * flops / 1e9))
 
-    print("single-thread float32 GEMM peak (1024^3, best of the rounds) and the share of it"
-          " reached (training and validation matrix products):")
+    print(
+        "single-thread float32 GEMM peak (1024^3, best of the rounds) and the share of it"
+        " reached (training and validation matrix products):"
+    )
     for name, peak, got_default, got_running in shares:
-        print(f"  {name:<16} peak {peak:6.1f} GFLOP/s; default {got_default:6.1f} GFLOP/s ="
-              f" {got_default / peak:4.0%}, running {got_running:6.1f} GFLOP/s ="
-              f" {got_running / peak:4.0%}")
+        print(
+            f"  {name:<16} peak {peak:6.1f} GFLOP/s; default {got_default:6.1f} GFLOP/s ="
+            f" {got_default / peak:4.0%}, running {got_running:6.1f} GFLOP/s ="
+            f" {got_running / peak:4.0%}"
+        )
     name, peak, got_default, _ = shares[-1]
     ok = ok and got_default / peak >= GEMM_SHARE_TARGET
-    print(f"targets: default within {DEFAULT_COST_TARGET:.0%} of running; default "
-          + " / ".join(f"{t:g}x" for *_, t in SIZES) + " PyTorch eager; "
-          f"{name} default >= {GEMM_SHARE_TARGET:.0%} of GEMM peak")
+    print(
+        f"targets: default within {DEFAULT_COST_TARGET:.0%} of running; default "
+        + " / ".join(f"{t:g}x" for *_, t in SIZES)
+        + " PyTorch eager; "
+        f"{name} default >= {GEMM_SHARE_TARGET:.0%} of GEMM peak"
+    )
     print("all targets met" if ok else "some targets missed")
     return 0 if ok else 1
 

@@ -91,13 +91,23 @@ class TrainingPass:
             zeros = np.zeros_like(Z) if kind == _RELU else None
             mask = np.empty_like(Z, dtype=bool) if kind == _RELU else None
             p = layer.dropout
-            drop = (np.empty_like(Z), np.empty_like(Z), np.empty_like(Z),
-                    dtype.type(p), dtype.type(1.0 / (1.0 - p))) if p > 0 else None
+            drop = (
+                (
+                    np.empty_like(Z),
+                    np.empty_like(Z),
+                    np.empty_like(Z),
+                    dtype.type(p),
+                    dtype.type(1.0 / (1.0 - p)),
+                )
+                if p > 0
+                else None
+            )
             dX = np.empty((n, layer.n_in), dtype) if i > 0 else None
             fwd.append((W, b, Z, A, kind, layer.activation, zeros, drop, WT))
             # X.T of layer i > 0 is the previous layer's output after dropout
-            bwd.append([None, layer.params["W"].T, gW, gb, Z, A, kind,
-                        layer.activation, mask, drop, dX])
+            bwd.append(
+                [None, layer.params["W"].T, gW, gb, Z, A, kind, layer.activation, mask, drop, dX]
+            )
         for i in range(1, len(layers)):
             prev_drop = fwd[i - 1][7]
             bwd[i][0] = (prev_drop[2] if prev_drop is not None else fwd[i - 1][3]).T

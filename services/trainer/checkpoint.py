@@ -69,8 +69,15 @@ def load_checkpoint(blob: bytes) -> Checkpoint:
     # ValueError covers JSON and UTF-8 decoding errors; a truncated or corrupted
     # archive is EOFError or BadZipFile, or NotImplementedError / RuntimeError
     # when the damage reads as an unknown compression or an encrypted entry
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, NotImplementedError,
-            RuntimeError) as exc:  # fmt: skip
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        EOFError,
+        zipfile.BadZipFile,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
         raise ValueError(f"not a sweeplab checkpoint: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError("not a sweeplab checkpoint")

@@ -25,8 +25,10 @@ def sum_product(a: np.ndarray, b: np.ndarray) -> float:
     pass's outputs are F-ordered); two F-ordered arrays are read through their
     transposes instead, which pairs the same elements without a copy.
     """
-    if a.flags.f_contiguous and b.flags.f_contiguous and not (
-        a.flags.c_contiguous and b.flags.c_contiguous
+    if (
+        a.flags.f_contiguous
+        and b.flags.f_contiguous
+        and not (a.flags.c_contiguous and b.flags.c_contiguous)
     ):
         return np.vdot(a.T, b.T)
     return np.vdot(a, b)
