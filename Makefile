@@ -39,6 +39,7 @@ test: install-dev
 # ruff (rules and format), the architecture contracts (import-linter), types (mypy)
 lint: install-dev
 	$(BIN)/ruff check services api worker tests benchmarks migrations
+	$(BIN)/ruff format --check services api worker tests benchmarks migrations
 	$(BIN)/lint-imports
 	$(BIN)/mypy services api worker
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from services.db.models import Job, Sweep
 from services.specs import has_validation
+from services.trainer import improves
 
 
 @dataclass
@@ -41,12 +42,9 @@ class Objective:
         return self.metric
 
     def better(self, a: float | None, b: float | None) -> bool:
-        """Is ``a`` strictly better than ``b`` (None is worst)?"""
-        if a is None:
-            return False
-        if b is None:
-            return True
-        return a < b - self.min_delta if self.goal == "minimize" else a > b + self.min_delta
+        """Is ``a`` better than ``b`` (None is worst)? The trainer's own best-epoch rule
+        (``services.trainer.improves``), so that a job's best epoch is the trainer's."""
+        return improves(a, b, "min" if self.goal == "minimize" else "max", self.min_delta)
 
 
 def job_objective(spec: dict[str, Any]) -> Objective:

@@ -15,6 +15,7 @@ from .diagnostics import diagnose
 from .gradcheck import gradient_check
 from .lr_finder import lr_range_test
 from .network import Network
+from .records import improves
 from .spec import Spec, SpecError, parse_spec
 from .train import TrainResult, fit, flatten_record
 
@@ -30,6 +31,7 @@ __all__ = [
     "fit",
     "flatten_record",
     "gradient_check",
+    "improves",
     "load_dataset",
     "lr_range_test",
     "parse_spec",

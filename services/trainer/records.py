@@ -156,6 +156,19 @@ def finite_or_none(x):
     return x if math.isfinite(x) else None
 
 
+def improves(value: float | None, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """The best-epoch rule: does ``value`` beat ``best`` by more than ``min_delta``?
+
+    ``mode`` is ``"min"`` or ``"max"``; None is never better, and anything beats
+    no best yet. The service ranks epochs and trials by this same rule.
+    """
+    if value is None:
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
 class BestTracker:
     """Best epoch by a metric; with ``patience`` it is also early stopping."""
 
@@ -169,12 +182,7 @@ class BestTracker:
         """Record ``value``; return True if it improved on the best."""
         if value is None:
             return False
-        if self.best is None:
-            better = True
-        elif self.mode == "min":
-            better = value < self.best - self.min_delta
-        else:
-            better = value > self.best + self.min_delta
+        better = improves(value, self.best, self.mode, self.min_delta)
         if better:
             self.best, self.best_epoch, self.wait = value, epoch, 0
         else:

@@ -20,13 +20,18 @@ def _network(acts, dropout, loss, seed=0):
     sizes = [5, 7, 6, 3]
     layers = []
     for i, act in enumerate(acts):
-        layer = Dense(sizes[i], sizes[i + 1], act, dropout if i < len(acts) - 1 else 0.0,
-                      np.float64)
+        layer = Dense(
+            sizes[i], sizes[i + 1], act, dropout if i < len(acts) - 1 else 0.0, np.float64
+        )
         layer.params["W"][...] = rng.standard_normal(layer.params["W"].shape)
         layer.params["b"][...] = rng.standard_normal(layer.params["b"].shape)
         layers.append(layer)
-    return Network(layers, get_loss(loss), "softmax" if loss == "cross_entropy" else "linear",
-                   "classification" if loss == "cross_entropy" else "regression")
+    return Network(
+        layers,
+        get_loss(loss),
+        "softmax" if loss == "cross_entropy" else "linear",
+        "classification" if loss == "cross_entropy" else "regression",
+    )
 
 
 def _reference(net, X, Y, rng):
@@ -68,8 +73,11 @@ def test_training_pass_equals_the_reference(acts, dropout, loss):
     net = _network(acts, dropout, loss)
     rng = np.random.default_rng(1)
     X = rng.standard_normal((9, 5))
-    Y = net.encode_targets(rng.integers(0, 3, 9)) if loss == "cross_entropy" else \
-        rng.standard_normal((9, 3))
+    Y = (
+        net.encode_targets(rng.integers(0, 3, 9))
+        if loss == "cross_entropy"
+        else rng.standard_normal((9, 3))
+    )
     O_ref, loss_ref, grads_ref = _reference(net, X, Y, np.random.default_rng(7))
     # Another order of the same sums (the bias folded into the first product, outputs
     # taken transposed): equal to float64 rounding over the longest chain of sums,

@@ -274,10 +274,15 @@ def test_restore_best_hands_back_the_best_weights_of_a_diverged_run():
         dataset={"name": "digits"},
         architecture={"layers": [{"units": 32}]},
         # the warm-up takes the rate from 0.5 up by 0.5 an epoch: it diverges at 3.5
-        hyperparameters={"optimizer": "sgd", "learning_rate": 5.0, "epochs": 10, "batch_size": 32,
-                         "early_stopping": {"patience": 10, "restore_best": True},
-                         "lr_schedule": {"name": "constant", "warmup_epochs": 10}},
-    )  # fmt: skip
+        hyperparameters={
+            "optimizer": "sgd",
+            "learning_rate": 5.0,
+            "epochs": 10,
+            "batch_size": 32,
+            "early_stopping": {"patience": 10, "restore_best": True},
+            "lr_schedule": {"name": "constant", "warmup_epochs": 10},
+        },
+    )
     result = fit(spec)
     assert result.status == "diverged" and result.best_epoch is not None
     assert result.best_epoch < len(result.history)
@@ -355,8 +360,10 @@ def test_resume_after_early_stopping_state():
     assert resumed.diagnosis == full.diagnosis
 
 
-@pytest.mark.parametrize("dataset", [{"name": "spirals", "n_samples": 150, "noise": 0.2},
-                                     {"name": "sine", "n_samples": 100}])  # fmt: skip
+@pytest.mark.parametrize(
+    "dataset",
+    [{"name": "spirals", "n_samples": 150, "noise": 0.2}, {"name": "sine", "n_samples": 100}],
+)
 def test_resume_from_flat_records_as_a_database_keeps_them(dataset):
     """The service stores ``flatten_record`` rows as JSON; they are history enough."""
     spec = make_spec(**{k: v for k, v in RESUME_SPEC.items() if k != "name"})
@@ -424,8 +431,11 @@ def test_checkpoint_is_not_a_pickle():
 
 def test_a_damaged_checkpoint_is_a_value_error():
     blobs = []
-    fit(make_spec(hyperparameters={"epochs": 2}), checkpoint_every=1,
-        on_checkpoint=lambda e, b: blobs.append(b))  # fmt: skip
+    fit(
+        make_spec(hyperparameters={"epochs": 2}),
+        checkpoint_every=1,
+        on_checkpoint=lambda e, b: blobs.append(b),
+    )
     blob = blobs[0]
     flipped = bytearray(blob)
     flipped[len(blob) // 2] ^= 0xFF
@@ -566,19 +576,27 @@ def test_more_classes_than_the_network_has_outputs_is_named():
 def test_an_existing_network_trains_on_a_subset_of_its_classes():
     """{1, 2} of iris's three classes: encoded {0, 1} by dataset_from_arrays, and
     decoded back to the network's own indices by fit."""
-    spec = make_spec(dataset={"name": "iris"}, hyperparameters={"epochs": 30, "optimizer": "adam",
-                                                                "learning_rate": 0.05})  # fmt: skip
+    spec = make_spec(
+        dataset={"name": "iris"},
+        hyperparameters={"epochs": 30, "optimizer": "adam", "learning_rate": 0.05},
+    )
     first = fit(spec)
     data = first.data
     assert data is not None
     keep_train, keep_val = data.y_train > 0, data.y_val > 0
-    subset = dataset_from_arrays(data.X_train[keep_train], data.y_train[keep_train],
-                                 data.X_val[keep_val], data.y_val[keep_val])  # fmt: skip
+    subset = dataset_from_arrays(
+        data.X_train[keep_train],
+        data.y_train[keep_train],
+        data.X_val[keep_val],
+        data.y_val[keep_val],
+    )
     assert subset.classes == [1, 2]
-    before = first.network.evaluate(subset.X_val, data.y_val[keep_val],
-                                    data.y_val[keep_val])[1]  # fmt: skip
-    more = fit({**spec, "hyperparameters": {**spec["hyperparameters"], "epochs": 1}},
-               data=subset, network=first.network)  # fmt: skip
+    before = first.network.evaluate(subset.X_val, data.y_val[keep_val], data.y_val[keep_val])[1]
+    more = fit(
+        {**spec, "hyperparameters": {**spec["hyperparameters"], "epochs": 1}},
+        data=subset,
+        network=first.network,
+    )
     assert more.history[0]["val_accuracy"] >= before - 0.1 > 0.5
 
 
