@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from services.db.models import (
@@ -22,6 +23,61 @@ from services.jobs.rows import rowcount
 from services.trainer import flatten_record
 
 METRIC_COLUMNS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
+
+# A job's ``error`` is read by people and shown in MLflow: a few lines at most.
+MAX_ERROR_CHARS = 500
+# Errors whose message is the trainer's word on the spec or the data (SpecError
+# is a ValueError): kept, type and message. Anything else may carry SQL, hosts
+# or paths in its text; the job says what failed in words, the log the rest.
+TRAINER_ERRORS = (ValueError, TypeError, ArithmeticError, RuntimeError, LookupError)
+
+
+def clip_error(text: str) -> str:
+    """``text`` on one line of printable characters, at most MAX_ERROR_CHARS long."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    if len(flat) <= MAX_ERROR_CHARS:
+        return flat
+    return flat[: MAX_ERROR_CHARS - 1].rstrip() + "\u2026"
+
+
+def training_error(err: BaseException) -> str:
+    """What a job's ``error`` says about an exception out of the training (the
+    trainer, or the epoch callback that records its epochs)."""
+    if _database_error(err):
+        return (
+            "the database was unavailable while recording epochs; the worker's log has the details"
+        )
+    if isinstance(err, MemoryError):
+        return "the training ran out of memory"
+    if isinstance(err, TRAINER_ERRORS) and not isinstance(err, OSError):
+        return clip_error(f"{type(err).__name__}: {err}")
+    return (
+        f"the training stopped on an unexpected {type(err).__name__}; "
+        "the worker's log has the details"
+    )
+
+
+def recording_error(err: BaseException) -> str:
+    """What a job's ``error`` says when its final epochs could not be written."""
+    if _database_error(err):
+        return (
+            "the database was unavailable while recording the final epochs; "
+            "the worker's log has the details"
+        )
+    return (
+        f"recording the final epochs failed on an unexpected {type(err).__name__}; "
+        "the worker's log has the details"
+    )
+
+
+def _database_error(err: BaseException) -> bool:
+    """An error of SQLAlchemy or of a DB-API driver (sqlite3, psycopg: their
+    exceptions derive from a class named ``Error`` in a module with ``Error``
+    and ``OperationalError``), whose text holds SQL, parameters or hosts."""
+    if isinstance(err, SQLAlchemyError):
+        return True
+    module = type(err).__module__.split(".")[0]
+    return module in {"sqlite3", "psycopg", "psycopg2"}
 
 
 def jsonable(value: Any) -> Any:
@@ -107,6 +163,8 @@ def record_epochs(
 
 def finish_job(session: Session, *, job_id: str, attempt: int, status: str, **values: Any) -> bool:
     """Set the final status if this attempt still owns the running job."""
+    if values.get("error") is not None:
+        values["error"] = clip_error(str(values["error"]))
     now = utcnow()
     return bool(
         rowcount(

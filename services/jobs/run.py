@@ -33,6 +33,8 @@ from services.jobs.records import (
     load_checkpoint,
     metric_row,
     record_epochs,
+    recording_error,
+    training_error,
 )
 from services.jobs.rows import job_metrics
 from services.mirror import catch_up as mirror
@@ -197,7 +199,7 @@ class JobRun:
         except Exception as err:  # a trainer error fails the job, with its message
             log.exception("job %s failed", self.job_id)
             status, weights = "failed", None
-            values["error"] = f"{type(err).__name__}: {err}"
+            values["error"] = training_error(err)
         else:
             weights = JobWeights(
                 job_id=self.job_id, epoch=len(result.history), data=result.network.to_npz_bytes()
@@ -215,7 +217,7 @@ class JobRun:
                 self.flush()
             except Exception as err:
                 log.exception("final flush failed for job %s", self.job_id)
-                status, values["error"] = "failed", f"recording metrics failed: {err}"
+                status, values["error"] = "failed", recording_error(err)
             if self.stop_reason == "lost":
                 return "lost"
         if status == "pruned":
