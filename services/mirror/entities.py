@@ -4,6 +4,7 @@ tags, params and artifacts a run holds."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,43 +21,107 @@ from services.mirror.names import (
 )
 from services.mirror.snapshots import JobSnapshot, SweepSnapshot, final_weights
 
+log = logging.getLogger(__name__)
+
 # MLflow 3's UI opens an experiment without this tag in its GenAI mode (traces,
 # prompts); ours are model-training experiments, shown with runs and metrics.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
-EXPERIMENT_TAGS = {"sweeplab.managed": "true", EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+MANAGED_TAG = "sweeplab.managed"
+EXPERIMENT_TAGS = {MANAGED_TAG: "true", EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+# How many "<name> (sweeplab N)" stand-ins are tried before the mirror gives up.
+MAX_STAND_INS = 20
 
 
 _experiments: dict[tuple[str, str], str] = {}
 
 
+def experiment_candidates(name: str) -> list[str]:
+    """The names sweeplab may write under for the experiment ``name``, in order."""
+    return [name, f"{name} (sweeplab)"] + [
+        f"{name} (sweeplab {i})" for i in range(2, MAX_STAND_INS + 1)
+    ]
+
+
+def _is_ours(exp: Any) -> bool:
+    return (exp.tags or {}).get(MANAGED_TAG) == "true"
+
+
+def _usable(client: Any, exp: Any) -> str | None:
+    """The id of ``exp`` if sweeplab may write into it, else None (with a warning)."""
+    if exp.lifecycle_stage != "active":
+        log.warning(
+            "MLflow experiment %r (id %s) is deleted: sweeplab leaves it deleted "
+            "and writes under another name",
+            exp.name,
+            exp.experiment_id,
+        )
+        return None
+    if not _is_ours(exp):
+        log.warning(
+            "MLflow experiment %r (id %s) was not created by sweeplab (no %s tag): "
+            "sweeplab does not write into it and uses another name",
+            exp.name,
+            exp.experiment_id,
+            MANAGED_TAG,
+        )
+        return None
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return str(exp.experiment_id)
+
+
 def experiment_id_for(client: Any, tracking_uri: str, name: str) -> str:
+    """The id of the experiment sweeplab writes ``name``'s runs into.
+
+    sweeplab writes only into experiments it created (tagged
+    ``sweeplab.managed=true``) and never restores a deleted one. When ``name``
+    is taken by an experiment that is not ours, or by a deleted one (MLflow
+    keeps the name of a deleted experiment), the runs go to ``"<name>
+    (sweeplab)"`` (then ``"<name> (sweeplab 2)"``, ...), created and tagged by
+    sweeplab; the log says why. The API's links name the experiment used.
+    """
     key = (tracking_uri, name)
     if key in _experiments:
         return _experiments[key]
     from mlflow.exceptions import MlflowException  # late: heavy (mlflow)
 
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        try:
-            exp_id = client.create_experiment(name, tags=EXPERIMENT_TAGS)
-        except MlflowException:  # created by another process in between
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-            exp_id = exp.experiment_id
-    else:
-        exp_id = exp.experiment_id
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp_id)
-        if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
-            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    _experiments[key] = exp_id
-    return exp_id
+    for candidate in experiment_candidates(name):
+        exp = client.get_experiment_by_name(candidate)
+        if exp is None:
+            try:
+                exp_id = str(client.create_experiment(candidate, tags=EXPERIMENT_TAGS))
+            except MlflowException:  # created by another process in between
+                exp = client.get_experiment_by_name(candidate)
+                if exp is None:
+                    raise
+                found = _usable(client, exp)
+                if found is None:
+                    continue
+                exp_id = found
+        else:
+            found = _usable(client, exp)
+            if found is None:
+                continue
+            exp_id = found
+        if candidate != name:
+            log.warning("sweeplab writes the runs of experiment %r into %r", name, candidate)
+        _experiments[key] = exp_id
+        return exp_id
+    raise RuntimeError(
+        f"no MLflow experiment to write into for {name!r}: it and its "
+        f"{MAX_STAND_INS} stand-in names are taken by deleted experiments or ones "
+        "sweeplab did not create"
+    )
 
 
 def find_run(client: Any, experiment_id: str, tag: str, value: str, kind: str) -> str | None:
+    """The active run tagged ``tag = value`` in the experiment, if there is one.
+
+    A run deleted in MLflow stays deleted: the caller creates a new one (and
+    logs everything into it again), as for a run that never existed.
+    """
     from mlflow.entities import ViewType  # late: heavy (mlflow)
 
     runs = client.search_runs(
@@ -66,12 +131,16 @@ def find_run(client: Any, experiment_id: str, tag: str, value: str, kind: str) -
         max_results=5,
         order_by=["attributes.start_time ASC"],
     )
-    if not runs:
-        return None
-    run = runs[0]
-    if run.info.lifecycle_stage == "deleted":
-        client.restore_run(run.info.run_id)
-    return run.info.run_id
+    active = [r for r in runs if r.info.lifecycle_stage == "active"]
+    if runs and not active:
+        log.warning(
+            "the MLflow run of %s %s (run %s) was deleted in MLflow: sweeplab leaves it "
+            "deleted and mirrors into a new run",
+            kind,
+            value,
+            runs[0].info.run_id,
+        )
+    return active[0].info.run_id if active else None
 
 
 def run_tags(pairs: Mapping[str, Any]) -> list[Any]:
