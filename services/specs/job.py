@@ -28,6 +28,7 @@ from services.specs.base import (
     SEED_MAX,
     Strict,
     limits_in,
+    reject_control_characters,
 )
 from services.specs.errors import (
     NOT_OBJECT,
@@ -197,6 +198,11 @@ class JobCreate(Strict):
     dataset: DatasetSpec
     architecture: ArchitectureSpec
     hyperparameters: HyperparametersSpec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _printable(cls, data: Any) -> Any:
+        return reject_control_characters(data)
 
     @model_validator(mode="after")
     def _check_params(self, info: ValidationInfo) -> JobCreate:

@@ -15,7 +15,13 @@ from pydantic import (
 )
 
 from services.config import Limits
-from services.specs.base import OBJECTIVE_METRICS, SEED_MAX, Strict, limits_in
+from services.specs.base import (
+    OBJECTIVE_METRICS,
+    SEED_MAX,
+    Strict,
+    limits_in,
+    reject_control_characters,
+)
 from services.specs.errors import (
     NOT_OBJECT,
     SpecValidationError,
@@ -103,6 +109,11 @@ class SweepCreate(Strict):
     early_stopping: EarlyStoppingPolicy | None = None
     seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
     n_startup_trials: Annotated[int, Field(ge=0, le=100_000)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _printable(cls, data: Any) -> Any:
+        return reject_control_characters(data)
 
     @field_validator("parameters")
     @classmethod
