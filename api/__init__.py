@@ -12,7 +12,8 @@ from __future__ import annotations
 from flask import current_app, g, request
 from flask_openapi3 import Info
 
-from api import health, jobs, openapi, sweeps
+from api import health, jobs, openapi, sweeps, tokens
+from api.auth import SECURITY_SCHEMES, authenticate_request
 from api.context import APIRequest, Services, StrictJSON, json_body, services
 from api.errors import register_error_handlers, validation_failed
 from api.openapi import API_PREFIX, SweeplabAPI
@@ -39,6 +40,7 @@ def create_app(
         validation_error_status=422,
         validation_error_model=ErrorResponse,
         validation_error_callback=validation_failed,
+        security_schemes=SECURITY_SCHEMES,  # type: ignore[arg-type]
         doc_ui=False,  # api.openapi serves the document and the reference page
         static_folder=None,
     )
@@ -52,6 +54,7 @@ def create_app(
         sessions=make_session_factory(engine),
         dispatcher=dispatcher or Dispatcher(settings),
     )
+    app.before_request(authenticate_request)
     app.before_request(_before_request)
     app.teardown_request(_teardown_request)
 
@@ -65,6 +68,7 @@ def create_app(
     app.register_api(health.bp)
     app.register_api(jobs.bp, url_prefix=API_PREFIX)
     app.register_api(sweeps.bp, url_prefix=API_PREFIX)
+    app.register_api(tokens.bp, url_prefix=API_PREFIX)
     app.register_api(openapi.bp, url_prefix=API_PREFIX)
     return app
 

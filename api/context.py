@@ -10,12 +10,13 @@ from typing import Any
 
 from flask import current_app, g, request
 from flask.json.provider import DefaultJSONProvider
-from flask.wrappers import Request
+from flask.wrappers import Request, Response
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import APIError
+from services.auth import Principal
 from services.celery_app import Dispatcher
 from services.config import Settings
 from services.mirror.links import links_for_job, links_for_sweep
@@ -66,6 +67,11 @@ def services() -> Services:
     return current_app.extensions["sweeplab"]
 
 
+def principal() -> Principal:
+    """Who the request acts for (set by ``api.auth.authenticate_request``)."""
+    return g.principal
+
+
 def db() -> Session:
     """The request's session (closed at teardown; views commit)."""
     if "db_session" not in g:
@@ -93,6 +99,13 @@ def json_body() -> Any:
             details=[{"loc": "", "msg": "expected a JSON object"}],
         )
     return data
+
+
+def no_content() -> Response:
+    """An empty 204 answer (no body, so no content type either)."""
+    response = Response(status=204)
+    del response.headers["Content-Type"]
+    return response
 
 
 def reply(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Any:

@@ -9,6 +9,7 @@ from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from services.auth import QuotaExceeded
 from services.specs import SpecValidationError, validation_error
 from services.submit import QueueUnavailable
 
@@ -19,12 +20,15 @@ DRAIN_LIMIT = 16 * 2**20
 
 CODES = {
     400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
+    429: "too_many_active_jobs",
     500: "internal_error",
     503: "unavailable",
 }
@@ -40,11 +44,13 @@ class APIError(Exception):
         *,
         code: str | None = None,
         details: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status, self.message = status, message
         self.code = code or CODES.get(status, "error")
         self.details = details or []
+        self.headers = headers or {}
 
 
 def validation_failed(err: ValidationError) -> NoReturn:
@@ -106,13 +112,23 @@ def drain_refused_body() -> None:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(err: APIError):
-        if err.status == 413:
+        if err.status in (401, 413):  # refused before the body was read: read it now
             drain_refused_body()
-        return error_response(err.status, err.message, code=err.code, details=err.details)
+        response, status = error_response(
+            err.status, err.message, code=err.code, details=err.details
+        )
+        response.headers.update(err.headers)
+        return response, status
 
     @app.errorhandler(QueueUnavailable)
     def _queue_unavailable(err: QueueUnavailable):
         return error_response(503, str(err), code="queue_unavailable")
+
+    @app.errorhandler(QuotaExceeded)
+    def _quota(err: QuotaExceeded):
+        response, status = error_response(429, str(err))
+        response.headers["Retry-After"] = str(err.retry_after)
+        return response, status
 
     @app.errorhandler(SpecValidationError)
     def _spec_error(err: SpecValidationError):

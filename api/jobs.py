@@ -10,7 +10,8 @@ from flask import Response, url_for
 from flask_openapi3 import APIBlueprint, Tag
 from flask_openapi3.types import ResponseDict
 
-from api.context import db, mlflow_links, reply, services
+from api.auth import SECURITY
+from api.context import db, mlflow_links, no_content, principal, reply, services
 from api.errors import APIError
 from api.params import JobListQuery, JobPath, MetricsQuery
 from services import submit
@@ -31,12 +32,13 @@ from services.specs import (
     normalize_job,
 )
 
-bp = APIBlueprint("jobs", __name__, abp_tags=[Tag(name="jobs")])
+bp = APIBlueprint("jobs", __name__, abp_tags=[Tag(name="jobs")], abp_security=SECURITY)
 
 
 def errors(*codes: int) -> ResponseDict:
-    """The error answers a route can give (all in the ErrorResponse format)."""
-    return dict.fromkeys(codes, ErrorResponse)
+    """The error answers a route can give (all in the ErrorResponse format); every
+    route behind a token may also answer 401."""
+    return dict.fromkeys((401, *codes), ErrorResponse)
 
 
 def iso_time(value: Any) -> str | None:
@@ -97,8 +99,10 @@ def job_page(rows: list[Job], next_cursor: str | None) -> JobPage:
 
 
 def _job_or_404(job_id: str) -> Job:
+    """The job, if the request's user may see it (theirs, or any for an admin): another
+    user's job answers exactly as a job that does not exist."""
     job = job_rows.get_job(db(), job_id)
-    if job is None:
+    if job is None or not principal().sees(job):
         raise APIError(404, f"no job {job_id}")
     return job
 
@@ -111,12 +115,15 @@ def bad_cursor(err: Exception) -> APIError:
     "/jobs",
     operation_id="createJob",
     summary="Submit a job",
-    responses={201: JobPublic, **errors(400, 413, 415, 422, 503)},
+    responses={201: JobPublic, **errors(400, 413, 415, 422, 429, 503)},
 )
 def create_job(body: JobCreate):
-    """Validate a job spec, store the job and queue it."""
+    """Validate a job spec, store the job (yours) and queue it; 429 with Retry-After when
+    your queued and running jobs are at the budget (SWEEPLAB_MAX_ACTIVE_JOBS)."""
     svc = services()
-    job = submit.submit_job(db(), svc.dispatcher, spec=normalize_job(body))
+    job = submit.submit_job(
+        db(), svc.dispatcher, spec=normalize_job(body), principal=principal(), settings=svc.settings
+    )
     return reply(job_public(job), 201, {"Location": url_for("jobs.get_job", job_id=job.id)})
 
 
@@ -133,6 +140,7 @@ def list_jobs(query: JobListQuery):
             db(),
             statuses=query.statuses(),
             sweep_id=query.sweep or None,
+            owner_id=principal().owner_filter,
             cursor=query.cursor,
             limit=query.limit,
         )
@@ -185,6 +193,7 @@ def get_metrics(path: JobPath, query: MetricsQuery):
 def cancel_job(path: JobPath):
     """Cancel a queued job, or ask a running one to stop at its next epoch."""
     svc = services()
+    _job_or_404(path.job_id)
     try:
         job = submit.cancel_job(
             db(),
@@ -198,3 +207,27 @@ def cancel_job(path: JobPath):
     except JobFinishedError as err:
         raise APIError(409, f"job {path.job_id} already finished ({err})") from err
     return reply(job_public(job), 202)
+
+
+@bp.delete(
+    "/jobs/<job_id>",
+    operation_id="deleteJob",
+    summary="Delete a finished job",
+    responses={204: None, **errors(404, 409)},
+)
+def delete_job(path: JobPath):
+    """Delete a finished single job with its learning curve, checkpoint and weights
+    (its MLflow run stays). 409 while it is queued or running, or when it is a
+    sweep's trial (delete the sweep)."""
+    session = db()
+    _job_or_404(path.job_id)
+    try:
+        job_rows.delete_job(session, path.job_id)
+    except job_rows.JobActiveError as err:
+        raise APIError(409, f"job {path.job_id} is {err}: cancel it first") from err
+    except job_rows.JobInSweepError as err:
+        raise APIError(
+            409, f"job {path.job_id} is a trial of sweep {err}: delete the sweep instead"
+        ) from err
+    session.commit()
+    return no_content()

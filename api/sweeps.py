@@ -5,7 +5,8 @@ from __future__ import annotations
 from flask import url_for
 from flask_openapi3 import APIBlueprint, Tag
 
-from api.context import db, mlflow_links, reply, services
+from api.auth import SECURITY
+from api.context import db, mlflow_links, no_content, principal, reply, services
 from api.errors import APIError
 from api.jobs import bad_cursor, errors, iso_time, job_page
 from api.params import SweepListQuery, SweepPath, TrialListQuery
@@ -28,7 +29,7 @@ from services.specs import (
 from services.sweeps import scheduler
 from services.sweeps.scheduler import SweepFinishedError, status_counts, sweep_trials
 
-bp = APIBlueprint("sweeps", __name__, abp_tags=[Tag(name="sweeps")])
+bp = APIBlueprint("sweeps", __name__, abp_tags=[Tag(name="sweeps")], abp_security=SECURITY)
 
 
 def _row(rank: int, job: Job) -> LeaderboardRow:
@@ -79,8 +80,9 @@ def sweep_public(sweep: Sweep, *, full: bool = True) -> SweepPublic:
 
 
 def _sweep_or_404(sweep_id: str) -> Sweep:
+    """The sweep, if the request's user may see it (theirs, or any for an admin)."""
     sweep = db().get(Sweep, sweep_id)
-    if sweep is None:
+    if sweep is None or not principal().sees(sweep):
         raise APIError(404, f"no sweep {sweep_id}")
     return sweep
 
@@ -89,13 +91,16 @@ def _sweep_or_404(sweep_id: str) -> Sweep:
     "/sweeps",
     operation_id="createSweep",
     summary="Submit a sweep",
-    responses={201: SweepPublic, **errors(400, 413, 415, 422, 503)},
+    responses={201: SweepPublic, **errors(400, 413, 415, 422, 429, 503)},
 )
 def create_sweep(body: SweepCreate):
-    """Validate a sweep spec, store it and queue its first trials."""
+    """Validate a sweep spec, store it (yours) and queue its first trials; 429 with
+    Retry-After when they would take you over your budget of active jobs."""
     svc = services()
     sweep = check_sweep(body, svc.settings.limits)
-    row = submit.submit_sweep(db(), svc.dispatcher, sweep=sweep, settings=svc.settings)
+    row = submit.submit_sweep(
+        db(), svc.dispatcher, sweep=sweep, settings=svc.settings, principal=principal()
+    )
     return reply(sweep_public(row), 201, {"Location": url_for("sweeps.get_sweep", sweep_id=row.id)})
 
 
@@ -109,7 +114,11 @@ def list_sweeps(query: SweepListQuery):
     """List sweeps, newest first (``status`` filter); leaderboards are left out."""
     try:
         rows, next_cursor = scheduler.list_sweeps(
-            db(), statuses=query.statuses(), cursor=query.cursor, limit=query.limit
+            db(),
+            statuses=query.statuses(),
+            owner_id=principal().owner_filter,
+            cursor=query.cursor,
+            limit=query.limit,
         )
     except BadCursorError as err:
         raise bad_cursor(err) from err
@@ -142,6 +151,7 @@ def list_trials(path: SweepPath, query: TrialListQuery):
             db(),
             statuses=query.statuses(),
             sweep_id=path.sweep_id,
+            owner_id=principal().owner_filter,
             cursor=query.cursor,
             limit=query.limit,
         )
@@ -158,6 +168,7 @@ def list_trials(path: SweepPath, query: TrialListQuery):
 )
 def cancel_sweep(path: SweepPath):
     """Cancel a sweep: queued trials never start, running ones stop within an epoch."""
+    _sweep_or_404(path.sweep_id)
     try:
         sweep = submit.cancel_sweep(db(), sweep_id=path.sweep_id, dispatcher=services().dispatcher)
     except LookupError as err:
@@ -165,3 +176,24 @@ def cancel_sweep(path: SweepPath):
     except SweepFinishedError as err:
         raise APIError(409, f"sweep {path.sweep_id} already finished ({err})") from err
     return reply(sweep_public(sweep), 202)
+
+
+@bp.delete(
+    "/sweeps/<sweep_id>",
+    operation_id="deleteSweep",
+    summary="Delete a sweep that is over, with its trials",
+    responses={204: None, **errors(404, 409)},
+)
+def delete_sweep(path: SweepPath):
+    """Delete a sweep that is done or cancelled, with its trials and their learning
+    curves, checkpoints and weights (its MLflow runs stay). 409 while it runs."""
+    session = db()
+    _sweep_or_404(path.sweep_id)
+    try:
+        scheduler.delete_sweep(session, path.sweep_id)
+    except scheduler.SweepRunningError as err:
+        raise APIError(
+            409, f"sweep {path.sweep_id} still has trials running: cancel it first"
+        ) from err
+    session.commit()
+    return no_content()

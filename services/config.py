@@ -38,6 +38,8 @@ class Limits(BaseModel):
     max_trials: int = 1_000
     max_concurrency: int = 64
     max_body_bytes: int = 1024 * 1024
+    # Budget per user: jobs queued plus running (a sweep's trials count); more is a 429.
+    max_active_jobs: int = 256
 
 
 class Environ(EnvSettingsSource):
@@ -106,6 +108,9 @@ class Settings(BaseSettings):
     flush_seconds: float = Field(0.5, validation_alias="SWEEPLAB_FLUSH_SECONDS")
     blas_threads: int = Field(1, validation_alias="SWEEPLAB_BLAS_THREADS")
     limits: Limits = Field(default_factory=Limits)
+    # Bearer tokens on every /api/v1 route but health, readiness and the docs.
+    # SWEEPLAB_AUTH=off is for a lone user on a laptop: everyone is a local admin.
+    auth: bool = Field(True, validation_alias="SWEEPLAB_AUTH")
 
     @model_validator(mode="before")
     @classmethod

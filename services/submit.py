@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.auth import LOCAL, Principal, check_quota
 from services.celery_app import Dispatcher
 from services.config import Settings
 from services.db.models import Job, Sweep
@@ -27,13 +28,23 @@ class QueueUnavailable(RuntimeError):
         self.cause = cause
 
 
-def submit_job(session: Session, dispatcher: Dispatcher, *, spec: dict) -> Job:
-    """Store a job (normalized ``spec``) and queue it.
+def submit_job(
+    session: Session,
+    dispatcher: Dispatcher,
+    *,
+    spec: dict,
+    principal: Principal = LOCAL,
+    settings: Settings | None = None,
+) -> Job:
+    """Store a job (normalized ``spec``) owned by ``principal`` and queue it.
 
-    Raises :class:`QueueUnavailable` after failing the job if the broker is down,
-    so that no job is left queued that nobody will run.
+    Raises :class:`services.auth.QuotaExceeded` when the owner already has their
+    budget of active jobs, and :class:`QueueUnavailable` after failing the job if
+    the broker is down, so that no job is left queued that nobody will run.
     """
-    job = create_job(session, spec=spec)
+    if settings is not None:
+        check_quota(session, principal, 1, settings.limits.max_active_jobs)
+    job = create_job(session, spec=spec, owner_id=principal.user_id)
     session.commit()
     try:
         dispatcher.enqueue_jobs([job.id])
@@ -45,14 +56,25 @@ def submit_job(session: Session, dispatcher: Dispatcher, *, spec: dict) -> Job:
 
 
 def submit_sweep(
-    session: Session, dispatcher: Dispatcher, *, sweep: SweepCreate, settings: Settings
+    session: Session,
+    dispatcher: Dispatcher,
+    *,
+    sweep: SweepCreate,
+    settings: Settings,
+    principal: Principal = LOCAL,
 ) -> Sweep:
-    """Store a sweep and its first trials, and queue them.
+    """Store a sweep owned by ``principal`` and its first trials, and queue them.
 
-    Raises :class:`QueueUnavailable` after cancelling the sweep and failing its
-    trials if the broker is down, rather than strand them.
+    Its first trials (up to ``max_concurrency``) count against the owner's budget
+    of active jobs (:class:`services.auth.QuotaExceeded`). Raises
+    :class:`QueueUnavailable` after cancelling the sweep and failing its trials
+    if the broker is down, rather than strand them.
     """
-    row, job_ids = create_sweep(session, sweep=sweep, limits=settings.limits)
+    first = min(sweep.max_concurrency, sweep.total_trials())
+    check_quota(session, principal, first, settings.limits.max_active_jobs)
+    row, job_ids = create_sweep(
+        session, sweep=sweep, limits=settings.limits, owner_id=principal.user_id
+    )
     session.commit()
     try:
         dispatcher.enqueue_jobs(job_ids)

@@ -14,6 +14,7 @@ import pytest
 
 from services.config import Settings
 from services.db import make_engine, make_session_factory, upgrade
+from tests.auth_support import authorize, new_token
 
 XOR_JOB: dict[str, Any] = {
     "name": "xor-tiny",
@@ -83,8 +84,15 @@ def app(settings: Settings, dispatcher: FakeDispatcher):
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
+def admin_token(app) -> str:
+    """A token of the admin user in the app's database."""
+    return new_token(app.extensions["sweeplab"].sessions)
+
+
+@pytest.fixture
+def client(app, admin_token):
+    """The app's test client, sending an admin's token with every request."""
+    return authorize(app.test_client(), admin_token)
 
 
 @pytest.fixture

@@ -7,18 +7,23 @@ delivered twice, or a worker that lost its lease, cannot overwrite a result.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from services.db.models import (
     TERMINAL_STATUSES,
     Job,
+    JobCheckpoint,
     JobMetric,
+    JobWeights,
     utcnow,
 )
 from services.db.pages import paginate
+
+log = logging.getLogger(__name__)
 
 
 class JobFinishedError(Exception):
@@ -41,11 +46,13 @@ def create_job(
     proposal: dict[str, Any] | None = None,
     status: str = "queued",
     error: str | None = None,
+    owner_id: str | None = None,
 ) -> Job:
     """Insert a job (``queued`` unless told otherwise) and flush it."""
     hp = spec.get("hyperparameters") or {}
     now = utcnow()
     job = Job(
+        owner_id=owner_id,
         name=name or spec.get("name"),
         status=status,
         sweep_id=sweep_id,
@@ -76,10 +83,14 @@ def list_jobs(
     *,
     statuses: list[str] | None = None,
     sweep_id: str | None = None,
+    owner_id: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
 ) -> tuple[list[Job], str | None]:
+    """Jobs newest first; ``owner_id`` restricts them to one user's (None: everyone's)."""
     stmt = select(Job)
+    if owner_id is not None:
+        stmt = stmt.where(Job.owner_id == owner_id)
     if statuses:
         stmt = stmt.where(Job.status.in_(statuses))
     if sweep_id:
@@ -121,12 +132,40 @@ def request_cancel(session: Session, job_id: str) -> Job:
 
 
 def fail_unqueued(session: Session, job_ids: list[str], err: Exception) -> None:
-    """Mark jobs whose message could not be sent as failed (if nobody took them)."""
+    """Mark jobs whose message could not be sent as failed (if nobody took them).
+
+    The stored error names the cause in words; the broker's own message (hosts,
+    ports) goes to the log only."""
+    log.warning("jobs %s could not be queued", job_ids, exc_info=err)
     now = utcnow()
+    error = "could not be queued: the job queue (Redis) did not accept the message"
     session.execute(
         update(Job)
         .where(Job.id.in_(job_ids), Job.status.in_(("queued", "cancelled")))
-        .values(
-            status="failed", error=f"could not be queued: {err}", finished_at=now, updated_at=now
-        )
+        .values(status="failed", error=error, finished_at=now, updated_at=now)
     )
+
+
+class JobActiveError(Exception):
+    """The job is queued or running (delete is then a 409: cancel it first)."""
+
+
+class JobInSweepError(Exception):
+    """The job is a sweep's trial: it goes with its sweep."""
+
+
+def delete_job(session: Session, job_id: str) -> None:
+    """Delete a finished single job with its epochs, checkpoint and weights.
+
+    Raises ``LookupError``, :class:`JobActiveError` or :class:`JobInSweepError`.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        raise LookupError(job_id)
+    if job.status not in TERMINAL_STATUSES:
+        raise JobActiveError(job.status)
+    if job.sweep_id is not None:
+        raise JobInSweepError(job.sweep_id)
+    for table in (JobMetric, JobCheckpoint, JobWeights):
+        session.execute(delete(table).where(table.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id))

@@ -31,6 +31,7 @@ from services.stack.processes import (
     var_dir,
     wait_for,
 )
+from services.stack.tokens import ensure_local_token, token_file
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 API_HOST = "127.0.0.1"
@@ -113,6 +114,8 @@ def up(*, workers: int = 2, mlflow: bool = True) -> None:
 
     migrate(env)
     print("database: migrated to head")
+    ensure_local_token(env)
+    print(f"admin token: in {token_file()} (readable by you only; local tools use it)")
 
     if mlflow and env.get("MLFLOW_TRACKING_URI"):
         _up_mlflow(env, var)

@@ -10,14 +10,19 @@ from pathlib import Path
 
 from services.stack.commands import API_HOST, API_PORT, service_env, up
 from services.stack.processes import StackError
+from services.stack.tokens import read_local_token
 
 
 def _api(method: str, path: str, body: dict | None = None) -> dict:
+    headers = {"Content-Type": "application/json"}
+    token = read_local_token()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(
         f"http://{API_HOST}:{API_PORT}/api/v1{path}",
         method=method,
         data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers=headers,
     )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:

@@ -8,7 +8,7 @@ of its trials ends."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.celery_app import Dispatcher
@@ -17,6 +17,9 @@ from services.db.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
     Job,
+    JobCheckpoint,
+    JobMetric,
+    JobWeights,
     Sweep,
     utcnow,
 )
@@ -32,13 +35,18 @@ from services.sweeps.samplers import propose
 
 
 def create_sweep(
-    session: Session, *, sweep: SweepCreate, limits: Limits | None = None
+    session: Session,
+    *,
+    sweep: SweepCreate,
+    limits: Limits | None = None,
+    owner_id: str | None = None,
 ) -> tuple[Sweep, list[str]]:
     """Insert the sweep and its first trials; returns (sweep, job ids to enqueue)."""
     spec = sweep.model_dump(mode="json")
     spec["base"] = sweep.base.model_dump(mode="json", exclude_unset=True)
     now = utcnow()
     row = Sweep(
+        owner_id=owner_id,
         name=sweep.name,
         experiment=sweep.experiment,
         status="running",
@@ -96,6 +104,7 @@ def advance_sweep(session: Session, sweep_id: str, *, limits: Limits | None = No
                 trial_index=index,
                 params=params,
                 proposal=proposal,
+                owner_id=sweep.owner_id,
             )
             new_ids.append(job.id)
             active += 1
@@ -112,6 +121,7 @@ def advance_sweep(session: Session, sweep_id: str, *, limits: Limits | None = No
                 proposal=proposal,
                 status="failed",
                 error=f"invalid spec: {msg}",
+                owner_id=sweep.owner_id,
             )
         trials.append(job)
         sweep.n_created = index + 1
@@ -184,10 +194,39 @@ def list_sweeps(
     session: Session,
     *,
     statuses: list[str] | None = None,
+    owner_id: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
 ) -> tuple[list[Sweep], str | None]:
+    """Sweeps newest first; ``owner_id`` restricts them to one user's (None: everyone's)."""
     stmt = select(Sweep)
+    if owner_id is not None:
+        stmt = stmt.where(Sweep.owner_id == owner_id)
     if statuses:
         stmt = stmt.where(Sweep.status.in_(statuses))
     return paginate(session, Sweep, stmt, cursor=cursor, limit=limit)
+
+
+def delete_sweep(session: Session, sweep_id: str) -> None:
+    """Delete a sweep that is over, with its trials and their epochs, checkpoints
+    and weights. Raises ``LookupError`` or :class:`SweepRunningError`."""
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        raise LookupError(sweep_id)
+    if sweep.status == "running":
+        raise SweepRunningError(sweep_id)
+    trials = select(Job.id).where(Job.sweep_id == sweep_id)
+    if session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.sweep_id == sweep_id, Job.status.in_(ACTIVE_STATUSES))
+    ):
+        raise SweepRunningError(sweep_id)  # a cancelled sweep's trial still stopping
+    for table in (JobMetric, JobCheckpoint, JobWeights):
+        session.execute(delete(table).where(table.job_id.in_(trials)))
+    session.execute(delete(Job).where(Job.sweep_id == sweep_id))
+    session.execute(delete(Sweep).where(Sweep.id == sweep_id))
+
+
+class SweepRunningError(Exception):
+    """The sweep still runs trials (delete is then a 409: cancel it first)."""

@@ -14,9 +14,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from api import create_app
 from services.config import Settings
 from services.db import Job, Sweep
 from services.mirror import server as mlflow_server
+from tests.auth_support import authorize
 from tests.integration.harness import Stack, wait_for
 
 
@@ -107,14 +109,12 @@ def params(run: dict[str, Any]) -> dict[str, str]:
 
 def mirroring_stack(backend: str, workdir: Path, redis_base: str, mlflow_url: str) -> Stack:
     """The service developer's Stack, with the mirror switched on (workers and API)."""
-    from api import create_app
-
     stack = Stack(backend, workdir, redis_base)
     old = stack.app.extensions["sweeplab"]
     stack.env["MLFLOW_TRACKING_URI"] = mlflow_url
     stack.settings = Settings.from_env(stack.env)
     stack.app = create_app(stack.settings)
-    stack.client = stack.app.test_client()
+    stack.client = authorize(stack.app.test_client(), stack.token)
     old.dispatcher.close()
     old.engine.dispose()
     return stack

@@ -47,6 +47,7 @@ class Service:
         """Send one request; return (status, content type, body) whatever the status."""
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.stack.token}")
         if data is not None:
             request.add_header("Content-Type", content_type)
         try:
@@ -393,7 +394,8 @@ def test_chunked_body_over_the_limit_is_413(service: Service):
     body = json.dumps({**JOB, "name": "x" * 2**21}).encode()
     head = (
         b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        + f"Authorization: Bearer {service.stack.token}\r\n".encode()
+        + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     )
     with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
         try:

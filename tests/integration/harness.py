@@ -25,9 +25,11 @@ from typing import Any, TypeVar
 import redis
 from sqlalchemy import select
 
+from api import create_app
 from services.config import Settings
 from services.db import Job, JobMetric, make_engine, make_session_factory, upgrade
 from services.db.models import TERMINAL_STATUSES
+from tests.auth_support import authorize, new_token
 
 REPO = Path(__file__).resolve().parents[2]
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -181,10 +183,9 @@ class Stack:
         self.engine = make_engine(self.database_url)
         self.sessions = make_session_factory(self.engine)
         self.workers: list[subprocess.Popen[bytes]] = []
-        from api import create_app
-
         self.app = create_app(self.settings)
-        self.client = self.app.test_client()
+        self.token = new_token(self.sessions)  # an admin's
+        self.client = authorize(self.app.test_client(), self.token)
 
     # --- processes
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.auth_support import authorize
 from tests.unit.api.contract import ContractClient, contract_client
 
 
 @pytest.fixture
-def client(app) -> ContractClient:
-    return contract_client(app)
+def client(app, admin_token) -> ContractClient:
+    """Checks every answer against the document; sends an admin's token."""
+    return authorize(contract_client(app), admin_token)

@@ -12,6 +12,7 @@ import re
 import pytest
 
 from services.config import Limits
+from tests.auth_support import authorize, new_token
 from tests.conftest import XOR_JOB
 from tests.unit.api.contract import Contract, ContractClient, contract_client, path_of
 
@@ -119,7 +120,7 @@ def test_the_apps_limits_reach_the_validated_body(settings, dispatcher):
 
     app = create_app(settings.replace(limits=Limits(max_epochs=3)), dispatcher=dispatcher)
     try:
-        client = contract_client(app)
+        client = authorize(contract_client(app), new_token(app.extensions["sweeplab"].sessions))
         spec = copy.deepcopy(XOR_JOB)
         spec["hyperparameters"]["epochs"] = 4
         response = client.post(f"{API}/jobs", json=spec)

@@ -1,0 +1,165 @@
+"""Who is asking: users, their API tokens, and what each may see and do.
+
+A token reads ``swl_<token id>_<secret>``. The database keeps the token's id
+and the SHA-256 of its secret, never the secret: a leaked database does not
+leak working tokens, and the secret (256 random bits) needs no slow hash. A
+presented token is found by its id and its secret compared in constant time
+(``hmac.compare_digest``). Revoked tokens stop working at once; every token
+records when it was last used (to the minute, so that reads do not all write).
+
+Jobs and sweeps belong to the user who submitted them. A user lists, reads,
+cancels and deletes only their own; another user's id answers as if it did
+not exist (404, not 403). An admin sees and manages everyone's. With
+``SWEEPLAB_AUTH=off`` (a lone user on a laptop) every request is a local admin
+and rows are created without an owner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from services.db.models import ACTIVE_STATUSES, ApiToken, Job, User, utcnow
+
+TOKEN_PREFIX = "swl_"
+TOKEN_PATTERN = re.compile(r"^swl_([0-9a-f]{32})_([A-Za-z0-9_-]{20,200})$")
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+LOCAL_ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The user a request acts for (``user_id`` None: auth is off, a local admin)."""
+
+    user_id: str | None
+    name: str
+    is_admin: bool
+
+    def sees(self, row: Any) -> bool:
+        """May this principal see (and act on) ``row``, a job or a sweep?"""
+        return self.is_admin or (self.user_id is not None and row.owner_id == self.user_id)
+
+    @property
+    def owner_filter(self) -> str | None:
+        """The owner id that lists are restricted to; None for an admin (all rows)."""
+        return None if self.is_admin else self.user_id
+
+
+LOCAL = Principal(user_id=None, name="local", is_admin=True)
+
+
+class QuotaExceeded(Exception):
+    """A submission would take the user over their budget of active jobs."""
+
+    def __init__(self, active: int, asked: int, limit: int, retry_after: int = 30):
+        super().__init__(
+            f"{active} of your jobs are queued or running and this asks for {asked} more; "
+            f"at most {limit} may be at once (SWEEPLAB_MAX_ACTIVE_JOBS): wait for some to end"
+        )
+        self.retry_after = retry_after
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def valid_user_name(name: str) -> bool:
+    return bool(USER_NAME.match(name))
+
+
+def get_or_create_user(session: Session, name: str, *, admin: bool = False) -> User:
+    """The user called ``name``, created if new (``admin`` then decides its role)."""
+    if not valid_user_name(name):
+        raise ValueError(
+            "a user name is 1-100 letters, digits or . _ @ -, starting with a letter or digit"
+        )
+    user = session.scalars(select(User).where(User.name == name)).one_or_none()
+    if user is None:
+        user = User(name=name, is_admin=admin, created_at=utcnow())
+        session.add(user)
+        session.flush()
+    return user
+
+
+def issue_token(
+    session: Session, *, user: str, admin: bool = False, name: str | None = None
+) -> tuple[ApiToken, str]:
+    """A new token for ``user`` (created if new); returns the row and the token text,
+    which is shown this once and never stored."""
+    owner = get_or_create_user(session, user, admin=admin)
+    secret = secrets.token_urlsafe(32)
+    row = ApiToken(user_id=owner.id, name=name, secret_sha256=_digest(secret), created_at=utcnow())
+    session.add(row)
+    session.flush()
+    return row, f"{TOKEN_PREFIX}{row.id}_{secret}"
+
+
+def authenticate(session: Session, token: str) -> Principal | None:
+    """The principal a token stands for; None for a malformed, unknown or revoked one."""
+    match = TOKEN_PATTERN.match(token)
+    # Hash whatever came, so that a malformed token costs what a wrong one does.
+    presented = _digest(match.group(2) if match else token)
+    row = session.get(ApiToken, match.group(1)) if match else None
+    stored = row.secret_sha256 if row is not None else _digest("")
+    if not hmac.compare_digest(presented, stored) or row is None or row.revoked_at is not None:
+        return None
+    user = session.get(User, row.user_id)
+    if user is None:
+        return None
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        row.last_used_at = now
+    return Principal(user_id=user.id, name=user.name, is_admin=user.is_admin)
+
+
+def token_public(session: Session, row: ApiToken) -> dict[str, Any]:
+    user = session.get(User, row.user_id)
+    return {
+        "id": row.id,
+        "user": user.name if user is not None else None,
+        "admin": bool(user.is_admin) if user is not None else False,
+        "name": row.name,
+        "created_at": row.created_at.isoformat(),
+        "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
+        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+    }
+
+
+def list_tokens(session: Session, principal: Principal) -> list[ApiToken]:
+    """Every token for an admin; a user's own otherwise. Newest first."""
+    stmt = select(ApiToken).order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+    if not principal.is_admin:
+        stmt = stmt.where(ApiToken.user_id == principal.user_id)
+    return list(session.scalars(stmt))
+
+
+def revoke_token(session: Session, token_id: str, principal: Principal) -> ApiToken:
+    """Revoke a token (a user their own, an admin any). ``LookupError`` if not visible."""
+    row = session.get(ApiToken, token_id)
+    if row is None or not (principal.is_admin or row.user_id == principal.user_id):
+        raise LookupError(token_id)
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+    return row
+
+
+def check_quota(session: Session, principal: Principal, asked: int, limit: int) -> None:
+    """Raise :class:`QuotaExceeded` if ``asked`` more active jobs would pass ``limit``."""
+    owner = (
+        Job.owner_id.is_(None) if principal.user_id is None else Job.owner_id == principal.user_id
+    )
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(owner, Job.status.in_(ACTIVE_STATUSES))
+    )
+    if int(active or 0) + asked > limit:
+        raise QuotaExceeded(int(active or 0), asked, limit)
