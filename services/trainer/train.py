@@ -82,6 +82,8 @@ def fit(
     history: list[dict] | None = None,
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[int, bytes], None] | None = None,
+    checkpoint_due: Callable[[int], bool] | None = None,
+    interrupt: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train a network as ``spec`` describes.
 
@@ -109,6 +111,15 @@ def fit(
         Ignored without ``resume_from``.
     checkpoint_every : int
         If > 0, call ``on_checkpoint(epoch, blob)`` every that many epochs.
+    checkpoint_due : callable, optional
+        ``checkpoint_due(epoch)`` after each epoch's ``on_epoch``: a truthy
+        return asks for a checkpoint of that epoch as well (say, by time), even
+        when ``on_epoch`` stopped the run.
+    interrupt : callable, optional
+        ``interrupt()`` before each mini-batch; a truthy return ends training
+        at once (status ``"stopped"``) without recording the unfinished epoch:
+        its updates are in ``network`` but in no record, and a resume from the
+        last checkpoint replays it (a warm shutdown, a lost lease).
 
     Returns
     -------
@@ -138,9 +149,12 @@ def fit(
         metrics.shuffle(perm)
         scales = folding.scales(lr)  # per batch: the loss's scale, whether grads are lr * g
         grad_norms: list[float] = []  # stays empty if the epoch diverges before its norm step
-        diverged = False
+        diverged = interrupted = False
         with np.errstate(all="ignore"):
             for i, (Xb, Yb, step) in enumerate(batches):
+                if interrupt is not None and interrupt():  # a batch boundary: stop here
+                    interrupted = True
+                    break
                 scale, prescaled = scales[i]
                 O = step.forward(Xb, rng)  # forward: the outputs (logits for a fused loss)
                 loss = losses.batch(i, O, Yb, step.dO, scale)  # loss, and dL/dO into dO
@@ -158,6 +172,9 @@ def fit(
                     clip_by_global_norm(grads, clip)
                 optimizer.step(params, grads, lr, prescaled)  # step: update the parameters
 
+            if interrupted:  # the unfinished epoch leaves no record
+                status = STOPPED
+                break
             train_loss, measured = None, None  # nothing is measured after a diverged batch
             if not diverged:  # after the epoch's updates
                 train_loss = losses.epoch_mean()
@@ -171,10 +188,12 @@ def fit(
 
         record = run.record(epoch, lr, grad_norms, train_loss, measured, time.perf_counter() - t0)
         status = run.end_epoch(record, diverged, on_epoch)
+        if on_checkpoint is not None and run.checkpoint_due(
+            epoch, status, checkpoint_every, checkpoint_due
+        ):
+            on_checkpoint(epoch, run.checkpoint(epoch))
         if status != COMPLETED:
             break
-        if on_checkpoint is not None and run.checkpoint_due(epoch, checkpoint_every):
-            on_checkpoint(epoch, run.checkpoint(epoch))
     return run.result(status, metrics.info)
 
 
@@ -300,9 +319,17 @@ class _Run:
             seconds,
         )
 
-    def checkpoint_due(self, epoch: int, every: int) -> bool:
-        """Whether to checkpoint after ``epoch`` (never after the last: the run is done)."""
-        return every > 0 and epoch % every == 0 and epoch < self.hp.epochs
+    def checkpoint_due(
+        self, epoch: int, status: str, every: int, due: Callable[[int], bool] | None
+    ) -> bool:
+        """Whether to checkpoint after ``epoch``: every ``every`` epochs of a run that goes
+        on, or when ``due(epoch)`` asks (a stopped run too); never after the last epoch
+        (the run is done), nor after a diverged or early-stopped one."""
+        if epoch >= self.hp.epochs or status not in (COMPLETED, STOPPED):
+            return False
+        if status == COMPLETED and every > 0 and epoch % every == 0:
+            return True
+        return due is not None and bool(due(epoch))
 
     def elapsed(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
