@@ -6,7 +6,11 @@ Messages carry ids only; the database holds everything else.
 
 from __future__ import annotations
 
+import base64
+import json
+import time
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 from celery import Celery
@@ -14,8 +18,27 @@ from celery import Celery
 from services.config import Settings
 
 RUN_JOB = "sweeplab.run_job"
+RECOVER = "sweeplab.recover"
 CANCEL_KEY = "sweeplab:cancel:{job_id}"
 CANCEL_KEY_TTL = 7 * 24 * 3600
+# kombu's Redis transport: a queue is a list of JSON messages named after it (priority
+# 0; other priorities get suffixed lists); delivered but unacknowledged messages sit in
+# a hash, with their delivery times in a sorted set.
+UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
+# At most this many queued messages are read per recover pass (~1 KB each).
+QUEUE_SCAN_CAP = 10_000
+
+
+def control_queue(settings: Settings) -> str:
+    """The queue of recover passes: every worker consumes it beside the trials' queue,
+    and no backlog of trials stands in front of it."""
+    return f"{settings.celery_queue}.control"
+
+
+def worker_queues(settings: Settings) -> str:
+    """The ``--queues`` argument of a worker: trials and control."""
+    return f"{settings.celery_queue},{control_queue(settings)}"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -30,6 +53,7 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.celery_queue,
+        task_routes={RECOVER: {"queue": control_queue(settings)}},
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
@@ -66,6 +90,39 @@ class Dispatcher:
         for job_id in job_ids:
             self.celery.send_task(RUN_JOB, args=[job_id], queue=self.settings.celery_queue)
 
+    def waiting_job_ids(self, *, fresh_seconds: float) -> set[str] | None:
+        """Ids of jobs whose ``run_job`` message is still waiting in the queue, or was
+        delivered to a worker less than ``fresh_seconds`` ago and not acknowledged yet.
+
+        One LRANGE of the queue (at most :data:`QUEUE_SCAN_CAP` messages) and one read
+        of kombu's unacked hash; None when the queue holds more than the cap, so that
+        nothing can be said of the messages beyond it. An unacknowledged message
+        older than ``fresh_seconds`` is not counted: a live worker claims a job within
+        moments of receiving it (one message per process), so such a message belongs
+        to a worker that died; kombu would restore it only after the visibility
+        timeout (hours).
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.llen(self.settings.celery_queue)
+        pipe.lrange(self.settings.celery_queue, 0, QUEUE_SCAN_CAP - 1)
+        pipe.hgetall(UNACKED_KEY)
+        pipe.zrangebyscore(UNACKED_INDEX_KEY, time.time() - fresh_seconds, "+inf")
+        length, queued, unacked, fresh = pipe.execute()
+        if length > QUEUE_SCAN_CAP:
+            return None
+        ids = {job_id for raw in queued if (job_id := run_job_id(raw))}
+        for tag in fresh:
+            entry = unacked.get(tag)
+            if entry is None:
+                continue
+            try:
+                message = json.loads(entry)[0]
+            except (ValueError, TypeError, IndexError, KeyError):
+                continue
+            if job_id := run_job_id(message):
+                ids.add(job_id)
+        return ids
+
     def request_cancel(self, job_ids: Iterable[str]) -> None:
         """Set the per-job cancel flag that running workers poll every epoch."""
         keys = [CANCEL_KEY.format(job_id=job_id) for job_id in job_ids]
@@ -85,3 +142,21 @@ class Dispatcher:
         if self._redis is not None:
             self._redis.close()
             self._redis = None
+
+
+def run_job_id(message: bytes | str | dict[str, Any]) -> str | None:
+    """The job id of a ``run_job`` message as kombu stores it in Redis; None for any
+    other message (another task, a body that does not parse)."""
+    try:
+        if not isinstance(message, dict):
+            message = json.loads(message)
+        if not isinstance(message, dict) or (message.get("headers") or {}).get("task") != RUN_JOB:
+            return None
+        body: Any = message["body"]
+        if (message.get("properties") or {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        body = json.loads(body)
+        args = body["args"] if isinstance(body, dict) else body[0]  # protocol 1 or 2
+        return str(args[0])
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):  # binascii.Error too
+        return None

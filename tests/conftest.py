@@ -40,6 +40,9 @@ class FakeDispatcher:
     def cancel_requested(self, job_id: str) -> bool:
         return job_id in self.cancelled
 
+    def waiting_job_ids(self, *, fresh_seconds: float) -> set[str]:
+        return set()  # nothing is queued for real: every message counts as lost
+
     def ping(self) -> bool:
         return True
 

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from threadpoolctl import threadpool_limits
 
-from services.celery_app import RUN_JOB, Dispatcher
+from services.celery_app import RECOVER, RUN_JOB, Dispatcher, control_queue
 from services.config import Settings
 from services.db import make_engine, make_session_factory
 from services.jobs.lease import LeaseHeldError
@@ -21,7 +21,8 @@ from worker.ticker import Ticker, start_ticker
 
 log = logging.getLogger(__name__)
 
-RECOVER = "sweeplab.recover"
+# execute_job's status for a job that a warm shutdown stopped and released
+RELEASED = "released"
 RECOVER_GUARD = "sweeplab:recover:scheduled"
 
 
@@ -66,26 +67,37 @@ def _on_ready(sender: Any = None, **_kwargs: Any) -> None:
         Ticker(
             settings,
             "recover",
-            lambda: app.send_task(RECOVER, queue=settings.celery_queue),
+            lambda: app.send_task(RECOVER, queue=control_queue(settings)),
             settings.recover_seconds,
             RECOVER_GUARD,
         )
     )
 
 
-@shared_task(name=RUN_JOB, bind=True, acks_late=True, max_retries=None)
-def run_job(self, job_id: str) -> str:
-    """Train one job; a finished job is a no-op, a job running elsewhere is retried later."""
+@shared_task(name=RUN_JOB, acks_late=True)
+def run_job(job_id: str) -> str:
+    """Train one job; a finished job is a no-op, a copy of a job running elsewhere is dropped."""
     rt = runtime()
     try:
-        return execute_job(
+        status = execute_job(
             settings=rt.settings,
             session_factory=rt.sessions,
             dispatcher=rt.dispatcher,
             job_id=job_id,
         )
     except LeaseHeldError as err:
-        raise self.retry(countdown=err.retry_in, max_retries=None) from None
+        # A duplicate (a copy Celery requeued when a worker process died, an old
+        # re-send): ack it now rather than retry it and hold a prefetch slot. Nothing
+        # is lost if the lease's holder dies later: its lease expires and the recover
+        # pass sends the job again (expired_leases), since no copy of it waits then.
+        log.info(
+            "run_job %s: duplicate dropped; it runs elsewhere (lease: %.0fs)", job_id, err.retry_in
+        )
+        return "duplicate"
+    if status == RELEASED:
+        # A warm shutdown stopped it at a batch boundary: another worker resumes it now.
+        rt.dispatcher.enqueue_jobs([job_id])
+    return status
 
 
 @shared_task(name=RECOVER)
@@ -93,6 +105,6 @@ def recover_jobs() -> dict[str, int]:
     """Re-send lost and orphaned jobs, fail hopeless ones, advance stalled sweeps."""
     rt = runtime()
     done = recover(settings=rt.settings, session_factory=rt.sessions, dispatcher=rt.dispatcher)
-    if any(done):
+    if done.expired or done.requeued or done.created or done.failed:  # not news: waiting
         log.warning("recover: %s", {name: len(ids) for name, ids in done._asdict().items()})
     return {name: len(ids) for name, ids in done._asdict().items()}

@@ -148,6 +148,7 @@ def up(*, workers: int = 2, mlflow: bool = True) -> None:
     if running_pid("worker"):
         print("worker: already running")
     else:
+        queue = env.get("SWEEPLAB_QUEUE", "sweeplab")
         argv = [
             find_executable("celery"),
             "-A",
@@ -155,8 +156,8 @@ def up(*, workers: int = 2, mlflow: bool = True) -> None:
             "worker",
             "--concurrency",
             str(workers),
-            "--queues",
-            env.get("SWEEPLAB_QUEUE", "sweeplab"),
+            "--queues",  # trials, and recover passes on their own queue
+            f"{queue},{queue}.control",
             "--loglevel",
             "INFO",
             "--hostname",

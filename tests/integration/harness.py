@@ -202,7 +202,7 @@ class Stack:
             "-P",
             "prefork",
             "-Q",
-            self.queue,
+            f"{self.queue},{self.queue}.control",  # trials, and recover passes
             "-n",
             f"{name}@%h",
             "--without-gossip",
