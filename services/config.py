@@ -40,6 +40,19 @@ class Limits(BaseModel):
     max_body_bytes: int = 1024 * 1024
     # Budget per user: jobs queued plus running (a sweep's trials count); more is a 429.
     max_active_jobs: int = 256
+    # Budgets per job (and per trial of a sweep) at submission, estimated from the spec by
+    # services.budgets; over either one it is a 422. 0 turns a budget off.
+    # Memory: this machine has 24 GiB for 2 worker processes (one per core) beside the API,
+    # Redis, the database and MLflow; 4 GiB a job leaves two jobs at once ~16 GiB of room,
+    # and stays under SWEEPLAB_WORKER_MEMORY_BYTES (6 GiB) with the process's own ~0.5-1 GiB.
+    # The demo sweep's trials need ~4 MiB; the benchmark's 784-256-256-10 net on 16,384
+    # inline rows ~0.4 GiB.
+    max_job_memory_bytes: int = 4 << 30
+    # Compute: 2 PFLOP is ~11 hours at 50 GFLOP/s (float32, one BLAS thread; ~22 h in
+    # float64), a night's run on one core. The demo sweep's trials need ~2 GFLOP (a
+    # million times less); blobs 200k x 100 with five 1024-unit layers over 10,000 epochs
+    # needs ~46 PFLOP (~11 days at 50 GFLOP/s): refused.
+    max_job_flops: float = 2e15
 
 
 class Environ(EnvSettingsSource):
@@ -107,6 +120,12 @@ class Settings(BaseSettings):
     checkpoint_every: int = Field(10, validation_alias="SWEEPLAB_CHECKPOINT_EVERY")
     flush_seconds: float = Field(0.5, validation_alias="SWEEPLAB_FLUSH_SECONDS")
     blas_threads: int = Field(1, validation_alias="SWEEPLAB_BLAS_THREADS")
+    # Each worker process's address space (RLIMIT_AS, bytes; 0: no limit), set by
+    # worker.limits: a job that outgrows its budget estimate gets a MemoryError (a failed
+    # job) instead of the kernel's OOM killer taking the worker. 6 GiB: the 4 GiB job budget
+    # plus the process (interpreter, libraries, BLAS and malloc reservations), x 2 processes
+    # well inside this 24 GiB machine.
+    worker_memory_bytes: int = Field(6 << 30, validation_alias="SWEEPLAB_WORKER_MEMORY_BYTES")
     limits: Limits = Field(default_factory=Limits)
     # Bearer tokens on every /api/v1 route but health, readiness and the docs.
     # SWEEPLAB_AUTH=off is for a lone user on a laptop: everyone is a local admin.

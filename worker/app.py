@@ -19,4 +19,4 @@ from services.config import Settings  # noqa: E402
 
 settings = Settings.from_env()
 app = make_celery(settings)
-app.conf.include = ["worker.tasks", "worker.mirror_tasks", "worker.ticker"]
+app.conf.include = ["worker.tasks", "worker.mirror_tasks", "worker.ticker", "worker.limits"]

@@ -15,11 +15,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from services import budgets
 from services.config import Limits
 from services.specs.base import (
     ACTIVATIONS,
     DATASET_NAMES,
     INITIALIZER_NAMES,
+    LIMITS_IN_FORCE,
     LOSS_NAMES,
     OBJECTIVE_METRICS,
     OPTIMIZER_NAMES,
@@ -247,12 +249,24 @@ def validate_job(data: Any, limits: Limits | None = None) -> dict[str, Any]:
         model = JobCreate.model_validate(data, context={"limits": limits or Limits()})
     except ValidationError as err:
         raise SpecValidationError("invalid job spec", pydantic_details(err)) from err
-    return normalize_job(model)
+    return normalize_job(model, limits)
 
 
-def normalize_job(model: JobCreate) -> dict[str, Any]:
-    """Run the trainer's checks on a validated job spec; return its normalized spec."""
-    return trainer_normalize(model.model_dump(exclude_unset=True))
+def normalize_job(model: JobCreate, limits: Limits | None = None) -> dict[str, Any]:
+    """Run the trainer's checks and the budgets on a validated job spec; return its
+    normalized spec. ``limits``: by default the request's (``LIMITS_IN_FORCE``)."""
+    normalized = trainer_normalize(model.model_dump(exclude_unset=True))
+    check_budgets(normalized, limits or LIMITS_IN_FORCE.get() or Limits())
+    return normalized
+
+
+def check_budgets(spec: dict[str, Any], limits: Limits) -> None:
+    """A 422 if the normalized ``spec``'s estimated memory or FLOPs are over ``limits``."""
+    details = budgets.problems(
+        budgets.estimate(spec), limits.max_job_memory_bytes, limits.max_job_flops
+    )
+    if details:
+        raise SpecValidationError("the job is over its budget", details)
 
 
 def has_validation(spec: dict[str, Any]) -> bool:

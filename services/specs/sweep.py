@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from typing import Annotated, Any, Literal
 
@@ -192,31 +193,106 @@ def check_sweep(sweep: SweepCreate, limits: Limits | None = None) -> SweepCreate
                 }
             ],
         )
-    for path, param in sweep.parameters.items():
-        for i, value in enumerate(param.probe_values()):
-            where = f"parameters.{path}" + (f".values.{i}" if param.values is not None else "")
-            try:
-                spec = apply_params(base, {path: value})
-            except (KeyError, IndexError, TypeError) as err:
-                raise SpecValidationError(
-                    "invalid sweep parameter", [{"loc": f"parameters.{path}", "msg": str(err)}]
-                ) from err
-            try:
-                normalized = validate_job(spec, limits)
-            except SpecValidationError as err:
-                msgs = "; ".join(f"{d['loc']}: {d['msg']}" for d in err.details)
-                raise SpecValidationError(
-                    "a sweep parameter gives an invalid job spec",
-                    [{"loc": where, "msg": f"value {value!r} gives an invalid spec ({msgs})"}],
-                ) from err
-            problem = _objective_problem(sweep.objective.metric, normalized)
-            # blamed on this value if the base is fine, or if this path decides it
-            if problem and (base_problem is None or path in problem[0]):
-                raise SpecValidationError(
-                    "a sweep parameter gives a trial the objective cannot rank",
-                    [{"loc": where, "msg": f"value {value!r}: {problem[1]}"}],
-                )
+    for trial in _trials_to_check(sweep, base, limits):
+        _check_trial(sweep, base, base_problem, trial, limits)
     return sweep
+
+
+#: At most this many inline dataset values x trials are validated as whole job specs
+#: (~1 s of work); a sweep over a larger inline set is checked one parameter value at a
+#: time instead (each value on the base).
+CHECK_INLINE_VALUES = 4_000_000
+
+#: One trial to check: per swept path, ``(index of the value or None, value)``.
+Trial = dict[str, tuple[int | None, Any]]
+
+
+def _trials_to_check(sweep: SweepCreate, base: dict[str, Any], limits: Limits) -> list[Trial]:
+    """Every trial of a grid; for random and TPE every corner of the space (each
+    parameter at its bounds, or each of its choices), which bounds what a drawn trial
+    can ask for. More than ``max_trials`` corners, or a large inline dataset: each value
+    alone on the base."""
+    options = [
+        [(i if param.values is not None else None, v) for i, v in enumerate(param.probe_values())]
+        for param in sweep.parameters.values()
+    ]
+    combinations = math.prod(len(values) for values in options)
+    X = base.get("dataset", {}).get("X") or []
+    inline = sum(len(row) if isinstance(row, list) else 1 for row in X)
+    if combinations <= limits.max_trials and combinations * inline <= CHECK_INLINE_VALUES:
+        return [
+            dict(zip(sweep.parameters, combo, strict=True)) for combo in itertools.product(*options)
+        ]
+    return [
+        {path: value}
+        for path, values in zip(sweep.parameters, options, strict=True)
+        for value in values
+    ]
+
+
+def _where(path: str, index: int | None) -> str:
+    return f"parameters.{path}" + (f".values.{index}" if index is not None else "")
+
+
+def _blame(trial: Trial, locs: list[str]) -> str:
+    """The loc of the swept value a problem at the job spec's ``locs`` comes from: the
+    parameter that sets that field (or a part of it), else the only one, else all."""
+    for path, (index, _) in trial.items():
+        if any(
+            loc == path or loc.startswith(f"{path}.") or path.startswith(f"{loc}.") for loc in locs
+        ):
+            return _where(path, index)
+    if len(trial) == 1:
+        ((path, (index, _)),) = trial.items()
+        return _where(path, index)
+    return "parameters"
+
+
+def _describe(trial: Trial) -> str:
+    if len(trial) == 1:
+        ((_, (_, value)),) = trial.items()
+        return f"value {value!r}"
+    return "trial " + ", ".join(f"{path}={value!r}" for path, (_, value) in trial.items())
+
+
+def _check_trial(
+    sweep: SweepCreate,
+    base: dict[str, Any],
+    base_problem: tuple[tuple[str, ...], str] | None,
+    trial: Trial,
+    limits: Limits,
+) -> None:
+    """A 422 if ``trial`` (its values applied to the base) is not a valid job within
+    the budgets, or has no objective to be ranked by."""
+    spec = base
+    for path, (_, value) in trial.items():  # in the scheduler's order
+        try:
+            spec = apply_params(spec, {path: value})
+        except (KeyError, IndexError, TypeError) as err:
+            raise SpecValidationError(
+                "invalid sweep parameter",
+                [{"loc": f"parameters.{path}", "msg": f"{_describe(trial)}: {err}"}],
+            ) from err
+    try:
+        normalized = validate_job(spec, limits)
+    except SpecValidationError as err:
+        msgs = "; ".join(f"{d['loc']}: {d['msg']}" for d in err.details)
+        raise SpecValidationError(
+            "a sweep parameter gives an invalid job spec",
+            [
+                {
+                    "loc": _blame(trial, [d["loc"] for d in err.details]),
+                    "msg": f"{_describe(trial)} gives an invalid spec ({msgs})",
+                }
+            ],
+        ) from err
+    problem = _objective_problem(sweep.objective.metric, normalized)
+    # blamed on this trial if the base is fine, or if one of its paths decides it
+    if problem and (base_problem is None or set(trial) & set(problem[0])):
+        raise SpecValidationError(
+            "a sweep parameter gives a trial the objective cannot rank",
+            [{"loc": _blame(trial, list(problem[0])), "msg": f"{_describe(trial)}: {problem[1]}"}],
+        )
 
 
 #: Fields of a job spec that decide whether it has validation rows / its task.

@@ -217,6 +217,31 @@ _BUNDLED_GROUPS = {
 }
 
 
+#: ``(n_samples, n_features)`` of scikit-learn's bundled sets, known without loading them.
+BUNDLED_SHAPES = {
+    "iris": (150, 4),
+    "wine": (178, 13),
+    "breast_cancer": (569, 30),
+    "digits": (1797, 64),
+    "diabetes": (442, 10),
+}
+
+
+def dataset_shape(name: str, options: dict) -> tuple[int, int]:
+    """``(n_samples, n_features)`` of a dataset, from its spec alone (no data is made)."""
+    if name in BUNDLED_SHAPES:
+        return BUNDLED_SHAPES[name]
+    if name == "arrays":
+        X = options.get("X") or []
+        return len(X), (int(np.size(X[0])) if len(X) else 1) or 1
+    defaults = DATASETS[name].options
+    n = int(options.get("n_samples", defaults.get("n_samples", 0)))
+    n_features = (
+        1 if name == "sine" else int(options.get("n_features", defaults.get("n_features", 2)))
+    )
+    return n, n_features
+
+
 def generated_group_sizes(name: str, options: dict) -> list[int] | None:
     """The sizes of the groups a named set's split is stratified by (its
     classes; one group for regression), from its options alone; None for
