@@ -27,8 +27,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "diverged", "cancelled", "pruned")
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "diverged", "cancelled", "pruned"})
+JOB_STATUSES = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "diverged",
+    "cancelled",
+    "pruned",
+    "timed_out",
+)
+TERMINAL_STATUSES = frozenset(
+    {"succeeded", "failed", "diverged", "cancelled", "pruned", "timed_out"}
+)
 ACTIVE_STATUSES = frozenset({"queued", "running"})
 SWEEP_STATUSES = ("running", "done", "cancelled")
 

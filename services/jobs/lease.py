@@ -3,10 +3,13 @@ takeover of an expired lease, and the jobs whose workers died too often."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +23,12 @@ from services.db.models import (
 from services.jobs.rows import rowcount
 
 log = logging.getLogger(__name__)
+
+# After a renewal that failed (the database away), the next try comes this soon,
+# then twice as late each time, up to a third of the lease.
+RENEW_BACKOFF = 1.0
+# The exit status of a worker process that gave up on a hung job.
+EXIT_HUNG = 75
 
 
 class LeaseHeldError(Exception):
@@ -152,14 +161,39 @@ class LeaseKeeper:
     dataset, a slow machine); without this, another worker would take over a
     live job. The thread wakes every third of the lease, so it costs one small
     UPDATE every ~20 s and nothing on the training path.
+
+    A renewal that fails because the database is away is tried again (sooner,
+    backing off) and does not lose the lease: ``valid_until`` (monotonic clock)
+    says until when the last successful renewal holds it, and the run decides
+    what to do once it has passed. ``lost`` is set only when the database says
+    that another attempt owns the job.
+
+    Renewal also depends on progress: the run sets ``progress_at`` at each
+    mini-batch; after ``hung_seconds`` without progress the job is declared
+    hung, renewals stop, ``hung`` is set and ``on_hung`` runs (by default the
+    process exits, so that Celery's pool replaces it and the job's expired
+    lease sends it to another worker, or fails it after its attempts).
     """
 
     def __init__(
-        self, *, sessions: sessionmaker[Session], job_id: str, attempt: int, lease_seconds: float
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        job_id: str,
+        attempt: int,
+        lease_seconds: float,
+        hung_seconds: float | None = None,
+        on_hung: Callable[[LeaseKeeper], None] | None = None,
     ):
         self.sessions, self.job_id, self.attempt = sessions, job_id, attempt
         self.lease_seconds = lease_seconds
+        self.hung_seconds = hung_seconds
+        self.on_hung = on_hung or exit_hung_process
         self.lost = threading.Event()
+        self.hung = threading.Event()
+        now = time.monotonic()
+        self.valid_until = now + lease_seconds  # the claim has just set the lease
+        self.progress_at = now
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id[:8]}", daemon=True)
 
@@ -171,8 +205,42 @@ class LeaseKeeper:
         self._stop.set()
         self._thread.join(timeout=self.lease_seconds)
 
+    def renewed(self, started: float) -> None:
+        """A write that began at ``started`` (monotonic) renewed the lease."""
+        self.valid_until = max(self.valid_until, started + self.lease_seconds)
+
+    def expired(self) -> bool:
+        """Whether the lease may have run out (no renewal got through in time)."""
+        return time.monotonic() > self.valid_until
+
+    def check(self) -> bool:
+        """Renew once, now; True if the database answered (the lease renewed, or ``lost``
+        set). A write that failed while this answers was refused for its own sake."""
+        started = time.monotonic()
+        try:
+            with self.sessions() as session:
+                owned = renew_lease(
+                    session,
+                    job_id=self.job_id,
+                    attempt=self.attempt,
+                    lease_seconds=self.lease_seconds,
+                )
+                session.commit()
+        except Exception:
+            return False
+        if owned:
+            self.renewed(started)
+        else:
+            self.lost.set()
+        return True
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 3):
+        tick = self.lease_seconds / 3
+        delay, failures = tick, 0
+        while not self._stop.wait(delay):
+            if self._hung():
+                return
+            started = time.monotonic()
             try:
                 with self.sessions() as session:
                     owned = renew_lease(
@@ -182,9 +250,45 @@ class LeaseKeeper:
                         lease_seconds=self.lease_seconds,
                     )
                     session.commit()
-            except Exception:  # the database is busy or away: try again next tick
-                log.warning("could not renew the lease of job %s", self.job_id, exc_info=True)
+            except Exception:  # the database is busy or away: try again soon
+                failures += 1
+                delay = min(tick, RENEW_BACKOFF * 2 ** (failures - 1))
+                log.warning(
+                    "could not renew the lease of job %s (try %d); it holds for %.1f s more",
+                    self.job_id,
+                    failures,
+                    max(0.0, self.valid_until - time.monotonic()),
+                    exc_info=failures == 1,
+                )
                 continue
             if not owned:
                 self.lost.set()
                 return
+            self.renewed(started)
+            delay, failures = tick, 0
+
+    def _hung(self) -> bool:
+        if self.hung_seconds is None:
+            return False
+        idle = time.monotonic() - self.progress_at
+        if idle <= self.hung_seconds:
+            return False
+        self.hung.set()
+        log.error(
+            "job %s is hung: no training progress for %.0f s (limit %.0f s); "
+            "its lease is no longer renewed and this worker process exits",
+            self.job_id,
+            idle,
+            self.hung_seconds,
+        )
+        self.on_hung(self)
+        return True
+
+
+def exit_hung_process(keeper: LeaseKeeper) -> None:
+    """End this process at once (its pool replaces it): a hung job may be stuck in a
+    call (BLAS, a lock, a socket) that no exception raised from here would interrupt."""
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(EXIT_HUNG)

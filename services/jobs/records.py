@@ -10,7 +10,13 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from services.db.models import (
@@ -78,6 +84,15 @@ def _database_error(err: BaseException) -> bool:
         return True
     module = type(err).__module__.split(".")[0]
     return module in {"sqlite3", "psycopg", "psycopg2"}
+
+
+def transient_error(err: BaseException) -> bool:
+    """Whether ``err`` says the database is away or busy (down, restarting, a dropped
+    connection, a full pool, SQLite's "database is locked"), not that the write is
+    wrong: the infrastructure's fault, which a running job waits out."""
+    if isinstance(err, OperationalError | InterfaceError | PoolTimeoutError):
+        return True
+    return isinstance(err, DBAPIError) and bool(err.connection_invalidated)
 
 
 def jsonable(value: Any) -> Any:
@@ -173,6 +188,28 @@ def finish_job(session: Session, *, job_id: str, attempt: int, status: str, **va
                 .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
                 .values(
                     status=status, finished_at=now, updated_at=now, lease_expires_at=None, **values
+                )
+            )
+        )
+    )
+
+
+def release_job(session: Session, *, job_id: str, attempt: int) -> bool:
+    """Hand the running job back without counting this attempt as a lost worker.
+
+    Its lease ends now (the next claim may take it at once and resumes from its
+    checkpoint), ``released`` grows by one (see ``claim_job``) and it has no
+    worker any more (so that ``make down`` does not release it a second time).
+    False if this attempt no longer owns the job.
+    """
+    now = utcnow()
+    return bool(
+        rowcount(
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
+                .values(
+                    lease_expires_at=now, released=Job.released + 1, worker=None, updated_at=now
                 )
             )
         )

@@ -2,13 +2,26 @@
 epoch by epoch (recording, renewing the lease, checking cancel and pruning),
 finish, and let its sweep start the next trial.
 
-:func:`execute_job` is what a worker runs for one ``run_job`` message."""
+:func:`execute_job` is what a worker runs for one ``run_job`` message.
+
+The infrastructure never fails a job. While the database is away, epochs stay
+buffered and their write is retried with backoff as long as the lease holds;
+an outage that outlasts the lease, or a warm shutdown (:data:`SHUTDOWN`, set
+on SIGTERM by ``worker/shutdown.py``), stops the training at the next
+mini-batch and *releases* the job: no attempt counted, and the next claim
+resumes it from its checkpoint. Checkpoints come every ``checkpoint_every``
+epochs and at the first epoch boundary after ``checkpoint_seconds`` of
+training; a job stops with status ``timed_out`` at its wall-clock limit; a job
+that makes no progress for ``hung_seconds`` is declared hung (see
+:class:`LeaseKeeper`)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, update
@@ -34,7 +47,9 @@ from services.jobs.records import (
     metric_row,
     record_epochs,
     recording_error,
+    release_job,
     training_error,
+    transient_error,
 )
 from services.jobs.rows import job_metrics
 from services.mirror import catch_up as mirror
@@ -44,6 +59,81 @@ from services.sweeps.pruning import PruneFn, policy_for
 from services.sweeps.scheduler import advance_and_enqueue
 
 log = logging.getLogger(__name__)
+
+# Defaults of RunLimits, each overridable by its environment variable.
+CHECKPOINT_SECONDS = 60.0  # SWEEPLAB_CHECKPOINT_SECONDS
+MAX_JOB_SECONDS = 6 * 3600.0  # SWEEPLAB_MAX_JOB_SECONDS
+HUNG_SECONDS = 600.0  # SWEEPLAB_HUNG_SECONDS
+FINAL_WRITE_SECONDS = 300.0  # SWEEPLAB_FINAL_WRITE_SECONDS
+# How long a job stopped by a warm shutdown tries to write its release: within
+# the worker's stop_grace_period (docker-compose.yml) and `make down`'s wait.
+SHUTDOWN_WRITE_SECONDS = 20.0
+# A write that the database refused for being away is tried again after this,
+# then twice as late each time, up to FLUSH_BACKOFF_MAX.
+FLUSH_BACKOFF, FLUSH_BACKOFF_MAX = 0.5, 15.0
+# A write that fails this many times in a row while the database answers the lease
+# renewal right after is refused for its own sake (its data), not for an outage:
+# it fails the job like any other error.
+WRITE_REFUSALS = 3
+
+
+class Flag:
+    """A flag that a signal handler may set or read (a plain attribute: no lock to
+    deadlock on, and cheap enough to read at every mini-batch)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def set(self) -> None:
+        self.requested = True
+
+    def clear(self) -> None:
+        self.requested = False
+
+    def is_set(self) -> bool:
+        return self.requested
+
+
+#: Set on a warm shutdown (SIGTERM, see worker/shutdown.py): the job running in this
+#: process stops at its next mini-batch and is released; none is started after it.
+SHUTDOWN = Flag()
+#: Set while a job trains in this process (worker/shutdown.py: a SIGTERM then stops it).
+TRAINING = Flag()
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """How a run paces its checkpoints and when it gives up; ``from_env`` reads
+    ``SWEEPLAB_CHECKPOINT_SECONDS``, ``SWEEPLAB_MAX_JOB_SECONDS``,
+    ``SWEEPLAB_HUNG_SECONDS`` and ``SWEEPLAB_FINAL_WRITE_SECONDS``."""
+
+    # a checkpoint at the first epoch boundary after this much training since the last
+    checkpoint_seconds: float = CHECKPOINT_SECONDS
+    # training time (all attempts) after which a job ends `timed_out`; a job's spec
+    # may lower it (hyperparameters.max_seconds)
+    max_job_seconds: float = MAX_JOB_SECONDS
+    # no mini-batch for this long: the job is hung and its worker process exits
+    hung_seconds: float = HUNG_SECONDS
+    # how long the last write (final status, release) waits for the database
+    final_write_seconds: float = FINAL_WRITE_SECONDS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RunLimits:
+        env = os.environ if environ is None else environ
+        values = {
+            name: float(raw)
+            for name in ("checkpoint_seconds", "max_job_seconds", "hung_seconds")
+            + ("final_write_seconds",)
+            if (raw := env.get(f"SWEEPLAB_{name.upper()}"))
+        }
+        return cls(**values)
+
+    def for_job(self, spec: Mapping[str, Any]) -> float:
+        """The job's wall-clock limit: the default, or lower if its spec asks."""
+        asked = (spec.get("hyperparameters") or {}).get("max_seconds")
+        if isinstance(asked, int | float) and not isinstance(asked, bool) and asked > 0:
+            return min(float(asked), self.max_job_seconds)
+        return self.max_job_seconds
 
 
 def tell_mirror(hook: Callable[[Settings, str], None], settings: Settings, job_id: str) -> None:
@@ -56,7 +146,8 @@ def tell_mirror(hook: Callable[[Settings, str], None], settings: Settings, job_i
 
 
 class JobRun:
-    """One attempt at one job, wired to the trainer through ``on_epoch``."""
+    """One attempt at one job, wired to the trainer through ``on_epoch``, ``interrupt``
+    and ``checkpoint_due``."""
 
     def __init__(
         self,
@@ -67,8 +158,11 @@ class JobRun:
         job: Job,
         objective: Objective,
         prune: PruneFn | None,
+        limits: RunLimits | None = None,
+        on_hung: Callable[[LeaseKeeper], None] | None = None,
     ):
         self.settings = settings
+        self.limits = limits = limits or RunLimits.from_env()
         self.sessions = session_factory
         self.dispatcher = dispatcher
         self.job_id = job.id
@@ -85,18 +179,45 @@ class JobRun:
         self.prune = prune
         self.buffer: list[dict[str, Any]] = []
         self.pending_checkpoint: tuple[int, bytes] | None = None
-        self.stop_reason: str | None = None  # "cancelled" | "pruned" | "lost"
+        # "cancelled" | "pruned" | "timed_out" | "released" | "lost"
+        self.stop_reason: str | None = None
+        self.release_reason = ""
         self.prune_reason: str | None = None
-        self.last_flush = time.monotonic()
+        self.max_seconds = limits.for_job(job.spec)
+        self.seconds_before = 0.0  # training time of earlier attempts, up to the checkpoint
+        self.started = self.checkpoint_at = self.last_flush = time.monotonic()
+        self.flush_failures, self.retry_at, self.refusals = 0, 0.0, 0
         self.redis_ok = True
         self.lease = LeaseKeeper(
             sessions=session_factory,
             job_id=job.id,
             attempt=job.attempts,
             lease_seconds=settings.lease_seconds,
+            hung_seconds=limits.hung_seconds,
+            on_hung=on_hung,
         )
 
+    # ------------------------------------------------------------------ the trainer's hooks
+
+    def interrupt(self) -> bool:
+        """Before each mini-batch: record progress; stop on a warm shutdown, a lost
+        lease, or a lease that ran out while the database was away."""
+        now = time.monotonic()
+        lease = self.lease
+        lease.progress_at = now
+        if SHUTDOWN.requested:
+            self.stop_reason, self.release_reason = "released", "a warm shutdown"
+        elif lease.lost.is_set() or lease.hung.is_set():
+            self.stop_reason = "lost"
+        elif now > lease.valid_until:
+            self.stop_reason = "released"
+            self.release_reason = "the database was unreachable for longer than the lease"
+        else:
+            return False
+        return True
+
     def on_epoch(self, record: dict[str, Any]) -> bool:
+        self.lease.progress_at = time.monotonic()
         if self.lease.lost.is_set():  # another worker owns the job now
             self.stop_reason = "lost"
             return True
@@ -108,12 +229,27 @@ class JobRun:
             self.stop_reason = "cancelled"
         if self.prune is not None and self.stop_reason is None:
             self._check_prune()
+        if self.stop_reason is None and self.training_seconds() >= self.max_seconds:
+            self.stop_reason = "timed_out"
         if self.stop_reason or time.monotonic() - self.last_flush >= self.settings.flush_seconds:
-            self.flush()
+            self.try_flush()
         return self.stop_reason is not None
+
+    def checkpoint_due(self, _epoch: int) -> bool:
+        """A checkpoint by time (beside every ``checkpoint_every`` epochs), and one at the
+        wall-clock limit."""
+        if self.stop_reason == "timed_out":
+            return True
+        if self.stop_reason is not None:  # cancelled, pruned, lost: nothing to resume
+            return False
+        return time.monotonic() - self.checkpoint_at >= self.limits.checkpoint_seconds
 
     def on_checkpoint(self, epoch: int, blob: bytes) -> None:
         self.pending_checkpoint = (epoch, blob)
+        self.checkpoint_at = time.monotonic()
+
+    def training_seconds(self) -> float:
+        return self.seconds_before + time.monotonic() - self.started
 
     def _cancel_flag(self) -> bool:
         if not self.redis_ok:
@@ -138,28 +274,109 @@ class JobRun:
         if reason:
             self.stop_reason, self.prune_reason = "pruned", reason
 
+    # ------------------------------------------------------------------ writes
+
+    def _write_epochs(self, session: Session) -> bool:
+        """Buffered epochs and the latest checkpoint into ``session``; False (and the
+        run stops) if this attempt no longer owns the job."""
+        started = time.monotonic()
+        result = record_epochs(
+            session,
+            job_id=self.job_id,
+            attempt=self.attempt,
+            rows=self.buffer,
+            progress=self.tracker.progress(),
+            lease_seconds=self.settings.lease_seconds,
+            checkpoint=self.pending_checkpoint,
+        )
+        if not result.owned:
+            self.stop_reason = "lost"
+            return False
+        self.lease.renewed(started)
+        if result.cancel_requested and self.stop_reason is None:
+            self.stop_reason = "cancelled"
+        return True
+
     def flush(self) -> None:
-        """Write buffered epochs (and the latest checkpoint); check cancel."""
+        """Write buffered epochs (and the latest checkpoint); check cancel. Raises
+        what the database raised."""
         with self.sessions() as session:
-            result = record_epochs(
-                session,
-                job_id=self.job_id,
-                attempt=self.attempt,
-                rows=self.buffer,
-                progress=self.tracker.progress(),
-                lease_seconds=self.settings.lease_seconds,
-                checkpoint=self.pending_checkpoint,
-            )
-            if not result.owned:
+            if not self._write_epochs(session):
                 session.rollback()
-                self.stop_reason = "lost"
                 return
-            if result.cancel_requested and self.stop_reason is None:
-                self.stop_reason = "cancelled"
             session.commit()
         self.buffer, self.pending_checkpoint = [], None
         self.last_flush = time.monotonic()
         tell_mirror(mirror.job_progressed, self.settings, self.job_id)
+
+    def try_flush(self) -> bool:
+        """:meth:`flush`, unless a failed one asked to wait; while the database is away
+        the epochs stay buffered and the next try backs off (the lease keeper, and
+        ``interrupt``, decide when the job must be released)."""
+        now = time.monotonic()
+        if now < self.retry_at:
+            return False
+        try:
+            self.flush()
+        except Exception as err:
+            if not transient_error(err) or self._refused():
+                raise
+            self.flush_failures += 1
+            delay = min(FLUSH_BACKOFF_MAX, FLUSH_BACKOFF * 2 ** (self.flush_failures - 1))
+            self.retry_at = now + delay
+            log.warning(
+                "job %s: the database is unavailable (%s); %d epoch(s) buffered, next try "
+                "in %.1f s",
+                self.job_id,
+                type(err).__name__,
+                len(self.buffer),
+                delay,
+                exc_info=self.flush_failures == 1,
+            )
+            return False
+        self.flush_failures, self.retry_at, self.refusals = 0, 0.0, 0
+        return True
+
+    def _refused(self) -> bool:
+        """After a write failed with what looks like an outage: whether the database
+        answers anyway (a renewal of the lease, now), for the WRITE_REFUSALS-th time in
+        a row; then the write itself is at fault."""
+        if self.lease.check():
+            self.refusals += 1
+        return self.refusals >= WRITE_REFUSALS
+
+    def persist(self, write: Callable[[Session], bool], patience: float) -> bool | None:
+        """Run ``write(session)`` and commit, retrying with backoff for up to ``patience``
+        seconds while the database is away. ``write``'s answer (False: not owned, it
+        rolled back), or None if the database stayed away."""
+        deadline = time.monotonic() + patience
+        delay = FLUSH_BACKOFF
+        while True:
+            self.lease.progress_at = time.monotonic()  # waiting on the database is not hung
+            try:
+                with self.sessions() as session:
+                    done = write(session)
+                    if done:
+                        session.commit()
+                    else:
+                        session.rollback()
+                return done
+            except Exception as err:
+                if not transient_error(err) or self._refused():
+                    raise
+                if self.lease.lost.is_set():
+                    return False
+                if time.monotonic() + delay > deadline:
+                    log.error(
+                        "job %s: the database stayed unavailable for %.0f s; giving up on "
+                        "this attempt (its lease runs out, and the job resumes elsewhere)",
+                        self.job_id,
+                        patience,
+                    )
+                    return None
+                log.warning("job %s: final write failed (%s); retrying", self.job_id, err)
+                time.sleep(delay)
+                delay = min(FLUSH_BACKOFF_MAX, delay * 2)
 
     def restore(self, session: Session, checkpoint: JobCheckpoint | None) -> bytes | None:
         """Drop epochs past the checkpoint (they will be replayed) and rebuild the tracker."""
@@ -170,6 +387,9 @@ class JobRun:
         rows = job_metrics(session, self.job_id)
         for row in rows:
             self.tracker.update(row.epoch, row.metrics)
+            seconds = (row.metrics or {}).get("seconds")
+            if isinstance(seconds, int | float):
+                self.seconds_before += float(seconds)
         self.history = [row.metrics for row in rows] if checkpoint is not None else None
         progress = self.tracker.progress()
         session.execute(
@@ -177,12 +397,19 @@ class JobRun:
         )
         return checkpoint.data if checkpoint is not None else None
 
+    # ------------------------------------------------------------------ the run
+
     def run(self, resume_from: bytes | None) -> str:
-        """Train, then record the outcome; returns the final status (or "lost")."""
+        """Train, then record the outcome; returns the final status, "released" or "lost"."""
 
         values: dict[str, Any] = {}
-        with self.lease:
-            return self._run(trainer.fit, resume_from, values)
+        self.started = self.checkpoint_at = time.monotonic()
+        TRAINING.set()
+        try:
+            with self.lease:
+                return self._run(trainer.fit, resume_from, values)
+        finally:
+            TRAINING.clear()
 
     def _run(
         self, fit: Callable[..., Any], resume_from: bytes | None, values: dict[str, Any]
@@ -195,6 +422,8 @@ class JobRun:
                 history=self.history if resume_from is not None else None,
                 checkpoint_every=self.settings.checkpoint_every,
                 on_checkpoint=self.on_checkpoint,
+                checkpoint_due=self.checkpoint_due,
+                interrupt=self.interrupt,
             )
         except Exception as err:  # a trainer error fails the job, with its message
             log.exception("job %s failed", self.job_id)
@@ -210,34 +439,89 @@ class JobRun:
             values["result"] = jsonable(result.summary())
             values["diagnosis"] = jsonable(result.diagnosis)
             values["train_seconds"] = float(result.seconds)
-        if self.stop_reason == "lost":
+        if self.stop_reason == "lost" or self.lease.hung.is_set():
             return "lost"
-        if self.buffer or self.pending_checkpoint:
-            try:
-                self.flush()
-            except Exception as err:
-                log.exception("final flush failed for job %s", self.job_id)
-                status, values["error"] = "failed", recording_error(err)
-            if self.stop_reason == "lost":
-                return "lost"
+        if self.stop_reason == "released":
+            return self._release()
         if status == "pruned":
             values["prune_reason"] = self.prune_reason
-        with self.sessions() as session:
-            owned = finish_job(
-                session,
-                job_id=self.job_id,
-                attempt=self.attempt,
-                status=status,
-                **self.tracker.progress(),
-                **values,
+        if status == "timed_out":
+            values["diagnosis"] = [self._timed_out(), *values.get("diagnosis", [])]
+        try:
+            owned = self.persist(
+                lambda session: self._finish(session, status, values, weights),
+                self.limits.final_write_seconds,
             )
-            if owned and weights is not None:
-                session.merge(weights)
-            session.commit()
+        except Exception as err:  # not the database being away: a write that cannot succeed
+            log.exception("final flush failed for job %s", self.job_id)
+            values["error"], self.buffer, self.pending_checkpoint = recording_error(err), [], None
+            status, weights = "failed", None
+            owned = self.persist(
+                lambda session: self._finish(session, status, values, weights),
+                self.limits.final_write_seconds,
+            )
         if not owned:
             return "lost"
         tell_mirror(mirror.job_finished, self.settings, self.job_id)
         return status
+
+    def _finish(
+        self, session: Session, status: str, values: dict[str, Any], weights: JobWeights | None
+    ) -> bool:
+        if (self.buffer or self.pending_checkpoint) and not self._write_epochs(session):
+            return False
+        owned = finish_job(
+            session,
+            job_id=self.job_id,
+            attempt=self.attempt,
+            status=status,
+            **self.tracker.progress(),
+            **values,
+        )
+        if owned and weights is not None:
+            session.merge(weights)
+        return owned
+
+    def _release(self) -> str:
+        """Write what is buffered and hand the job back (no attempt counted)."""
+        patience = self.limits.final_write_seconds
+        if SHUTDOWN.requested:
+            patience = min(patience, SHUTDOWN_WRITE_SECONDS)
+
+        def release(session: Session) -> bool:
+            if (self.buffer or self.pending_checkpoint) and not self._write_epochs(session):
+                return False
+            return release_job(session, job_id=self.job_id, attempt=self.attempt)
+
+        if not self.persist(release, patience):
+            return "lost"
+        log.warning(
+            "job %s released after %s; it resumes from its checkpoint",
+            self.job_id,
+            self.release_reason,
+        )
+        return "released"
+
+    def _timed_out(self) -> dict[str, Any]:
+        """The diagnosis entry of a job stopped at its wall-clock limit."""
+        done, total = self.tracker.epochs_done, self.spec["hyperparameters"].get("epochs")
+        return {
+            "code": "timed_out",
+            "message": (
+                f"stopped at the wall-clock limit of {self.max_seconds:g} s of training, "
+                f"after epoch {done} of {total}"
+            ),
+            "evidence": {
+                "limit_seconds": self.max_seconds,
+                "training_seconds": round(self.training_seconds(), 3),
+                "epochs_done": done,
+                "epochs": total,
+            },
+            "suggestion": (
+                "fewer epochs, a smaller network or dataset, or a larger "
+                "hyperparameters.max_seconds (up to the server's limit)"
+            ),
+        }
 
 
 def execute_job(
@@ -247,12 +531,17 @@ def execute_job(
     dispatcher: Dispatcher,
     job_id: str,
     worker: str | None = None,
+    limits: RunLimits | None = None,
 ) -> str:
     """Claim ``job_id``, train it (resuming from its checkpoint) and record the outcome.
 
-    Returns the final status, "missing", "finished" (nothing to do) or "lost".
+    Returns the final status, "missing", "finished" (nothing to do), "lost", or
+    "released" (a warm shutdown or a long database outage stopped it: the job
+    is handed back without counting an attempt, and its message should be too).
     Raises :class:`LeaseHeldError` when another worker holds a live lease on it.
     """
+    if SHUTDOWN.requested:  # this worker is stopping: leave the job to the next one
+        return "released"
     with session_factory() as session:
         job = claim_job(
             session,
@@ -280,6 +569,7 @@ def execute_job(
             job=job,
             objective=objective,
             prune=prune,
+            limits=limits,
         )
         resume_from = None
         if job.attempts > 1:
@@ -294,7 +584,7 @@ def execute_job(
         status = "cancelled"
     else:
         status = run.run(resume_from)
-    if sweep_id and status != "lost":
+    if sweep_id and status not in ("lost", "released"):
         advance_and_enqueue(
             settings=settings,
             session_factory=session_factory,

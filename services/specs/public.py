@@ -26,7 +26,9 @@ class ErrorResponse(Public):
     error: ErrorBody
 
 
-JOB_STATUS = Literal["queued", "running", "succeeded", "failed", "diverged", "cancelled", "pruned"]
+JOB_STATUS = Literal[
+    "queued", "running", "succeeded", "failed", "diverged", "cancelled", "pruned", "timed_out"
+]
 
 
 class Progress(Public):
