@@ -7,6 +7,8 @@ from typing import Any, NoReturn
 
 from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from services.auth import QuotaExceeded
@@ -17,6 +19,8 @@ log = logging.getLogger(__name__)
 
 #: A refused body up to this size is read and dropped before the 413 goes out.
 DRAIN_LIMIT = 16 * 2**20
+#: Retry-After (seconds) of a 503 while the database or the broker is unreachable.
+RETRY_AFTER_UNAVAILABLE = 5
 
 CODES = {
     400: "bad_request",
@@ -109,6 +113,19 @@ def drain_refused_body() -> None:
         pass  # the client went away: nothing left to answer
 
 
+def database_unreachable(err: DBAPIError) -> bool:
+    """Whether ``err`` says the database is away (down, restarting, a dropped
+    connection), not that the statement is wrong."""
+    return isinstance(err, OperationalError | InterfaceError) or bool(err.connection_invalidated)
+
+
+def unavailable(message: str, code: str) -> tuple[Response, int]:
+    """A 503 with Retry-After: the database or the broker is unreachable."""
+    response, status = error_response(503, message, code=code)
+    response.headers["Retry-After"] = str(RETRY_AFTER_UNAVAILABLE)
+    return response, status
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(err: APIError):
@@ -122,7 +139,20 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(QueueUnavailable)
     def _queue_unavailable(err: QueueUnavailable):
-        return error_response(503, str(err), code="queue_unavailable")
+        return unavailable(str(err), code="queue_unavailable")
+
+    @app.errorhandler(DBAPIError)
+    def _database_error(err: DBAPIError):
+        if not database_unreachable(err):
+            log.exception("unhandled database error")
+            return error_response(500, "internal error")
+        log.warning("the database is unavailable: %s", type(err.orig).__name__)
+        return unavailable("the database is unavailable; try again shortly", "database_unavailable")
+
+    @app.errorhandler(PoolTimeoutError)
+    def _pool_timeout(_err: PoolTimeoutError):
+        log.warning("no database connection free in the pool")
+        return unavailable("the database is busy; try again shortly", "database_unavailable")
 
     @app.errorhandler(QuotaExceeded)
     def _quota(err: QuotaExceeded):

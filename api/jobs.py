@@ -37,8 +37,9 @@ bp = APIBlueprint("jobs", __name__, abp_tags=[Tag(name="jobs")], abp_security=SE
 
 def errors(*codes: int) -> ResponseDict:
     """The error answers a route can give (all in the ErrorResponse format); every
-    route behind a token may also answer 401."""
-    return dict.fromkeys((401, *codes), ErrorResponse)
+    route behind a token may also answer 401, and 503 (with Retry-After) while the
+    database or the broker is unreachable."""
+    return dict.fromkeys(sorted({401, *codes, 503}), ErrorResponse)
 
 
 def iso_time(value: Any) -> str | None:
