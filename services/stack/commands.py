@@ -38,6 +38,9 @@ API_HOST = "127.0.0.1"
 API_PORT = int(os.environ.get("SWEEPLAB_API_PORT") or 8000)  # where `up` serves the API
 MLFLOW_HOST, MLFLOW_PORT = "127.0.0.1", 5000
 SWEEPLAB_OK = {"status": "ok", "service": "sweeplab"}  # what our API's /healthz says
+# How long `down` waits for the worker's warm shutdown (a mini-batch, then the job's
+# release: SHUTDOWN_WRITE_SECONDS) before SIGKILL; as compose's stop_grace_period.
+WORKER_STOP_SECONDS = 60.0
 
 
 def release_jobs_of(pids: Sequence[int], env: dict[str, str]) -> int:
@@ -193,11 +196,17 @@ def _up_mlflow(env: dict[str, str], var: Path) -> None:
 
 def down() -> None:
     """Stop what ``up`` started, workers first; the jobs they were training are
-    released, so that the next ``up`` resumes them at once."""
+    released, so that the next ``up`` resumes them at once.
+
+    The worker's process group gets SIGTERM (worker/shutdown.py): each job stops at
+    its next mini-batch and releases itself; the worker has WORKER_STOP_SECONDS
+    before SIGKILL, and a job still held by one of its processes then (a job it
+    could not release: the database away) is released here."""
     for name in ("worker", "api", "mlflow", "redis"):
         pgid = recorded_pid(name) if name == "worker" else None
         members = group_members(pgid) if pgid is not None else []
-        print(f"{name}: {'stopped' if stop(name) else 'not started by sweeplab'}")
+        timeout = WORKER_STOP_SECONDS if name == "worker" else 20.0
+        print(f"{name}: {'stopped' if stop(name, timeout=timeout) else 'not started by sweeplab'}")
         if members:
             try:
                 released = release_jobs_of(members, service_env())
