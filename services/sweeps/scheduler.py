@@ -4,11 +4,19 @@ trials queued or running.
 :func:`advance_sweep` creates the next trials under a row lock on the sweep
 (``SELECT ... FOR UPDATE`` on PostgreSQL; on SQLite the write transaction
 serializes writers) and is called when the sweep is created and whenever one
-of its trials ends."""
+of its trials ends.
+
+A sweep is isolated: whatever breaks while one trial is created fails that
+trial (its ``error`` says why) and the sweep goes on; when the sweep itself
+cannot go on (its sampler fails), it ends, its last trial saying why."""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.celery_app import Dispatcher
@@ -32,6 +40,8 @@ from services.specs import (
     validate_job,
 )
 from services.sweeps.samplers import propose
+
+log = logging.getLogger(__name__)
 
 
 def create_sweep(
@@ -92,10 +102,49 @@ def advance_sweep(session: Session, sweep_id: str, *, limits: Limits | None = No
     new_ids: list[str] = []
     while sweep.n_created < sweep.n_trials and active < sweep.max_concurrency:
         index = sweep.n_created
+        job, stop = _create_trial(session, sweep, index, trials, limits)
+        trials.append(job)
+        sweep.n_created = index + 1
+        if job.status == "queued":
+            new_ids.append(job.id)
+            active += 1
+        if stop:
+            _end(sweep)
+            break
+    if sweep.n_created >= sweep.n_trials and active == 0:
+        _end(sweep)
+    sweep.updated_at = utcnow()
+    session.flush()
+    return new_ids
+
+
+def _end(sweep: Sweep) -> None:
+    """Mark the sweep done (trials still running finish; no new one is created)."""
+    if sweep.status == "running":
+        sweep.status = "done"
+        sweep.finished_at = utcnow()
+
+
+def _create_trial(
+    session: Session, sweep: Sweep, index: int, trials: list[Job], limits: Limits | None
+) -> tuple[Job, bool]:
+    """Create trial ``index``: queued, or failed with the reason; (trial, sweep must end).
+
+    Each attempt runs in a savepoint, so that a failed INSERT (a value PostgreSQL
+    refuses) leaves the sweep's transaction usable. An outage of the database is
+    not the trial's fault: it propagates and the caller's transaction rolls back.
+    """
+    name = f"{sweep.name or 'sweep'}-{index}"
+    try:
         params, proposal = propose(sweep, index, trials)
-        spec = apply_params(sweep.spec["base"], params)
-        name = f"{sweep.name or 'sweep'}-{index}"
-        try:
+    except Exception as err:  # the sampler or the stored spec: every later trial would fail too
+        log.exception("sweep %s: no parameters for trial %d; the sweep ends", sweep.id, index)
+        reason = f"the sweep stopped: no parameters for trial {index}: {_describe(err)}"
+        return _failed_trial(session, sweep, index, name, None, None, None, reason), True
+    spec: Any = None
+    try:
+        with session.begin_nested():
+            spec = apply_params(sweep.spec["base"], params)
             job = create_job(
                 session,
                 spec=validate_job(spec, limits),
@@ -106,31 +155,63 @@ def advance_sweep(session: Session, sweep_id: str, *, limits: Limits | None = No
                 proposal=proposal,
                 owner_id=sweep.owner_id,
             )
-            new_ids.append(job.id)
-            active += 1
-        except SpecValidationError as err:
-            # A combination the per-value checks could not foresee: record it as failed.
-            msg = "; ".join(f"{d['loc']}: {d['msg']}" for d in err.details)
-            job = create_job(
-                session,
-                spec=spec,
-                name=name,
-                sweep_id=sweep.id,
-                trial_index=index,
-                params=params,
-                proposal=proposal,
-                status="failed",
-                error=f"invalid spec: {msg}",
-                owner_id=sweep.owner_id,
-            )
-        trials.append(job)
-        sweep.n_created = index + 1
-    if sweep.n_created >= sweep.n_trials and active == 0:
-        sweep.status = "done"
-        sweep.finished_at = utcnow()
-    sweep.updated_at = utcnow()
-    session.flush()
-    return new_ids
+        return job, False
+    except SpecValidationError as err:
+        # A combination the checks at submission could not foresee.
+        msg = "; ".join(f"{d['loc']}: {d['msg']}" for d in err.details)
+        reason = f"invalid spec: {msg}"
+    except DBAPIError as err:
+        if _outage(err):
+            raise
+        log.exception("sweep %s: trial %d could not be stored", sweep.id, index)
+        reason = f"could not create the trial: {_describe(err)}"
+    except Exception as err:  # anything else fails this trial only
+        log.exception("sweep %s: trial %d could not be created", sweep.id, index)
+        reason = f"could not create the trial: {_describe(err)}"
+    return _failed_trial(session, sweep, index, name, spec, params, proposal, reason), False
+
+
+def _failed_trial(
+    session: Session,
+    sweep: Sweep,
+    index: int,
+    name: str,
+    spec: Any,
+    params: dict[str, Any] | None,
+    proposal: dict[str, Any] | None,
+    reason: str,
+) -> Job:
+    """Insert trial ``index`` as failed with ``reason``; without its spec and parameters
+    if they cannot be stored either."""
+    fields: dict[str, Any] = dict(
+        name=name,
+        sweep_id=sweep.id,
+        trial_index=index,
+        status="failed",
+        error=reason[:2000],
+        owner_id=sweep.owner_id,
+    )
+    if isinstance(spec, dict):
+        try:
+            with session.begin_nested():
+                return create_job(session, spec=spec, params=params, proposal=proposal, **fields)
+        except DBAPIError as err:
+            if _outage(err):
+                raise
+        except Exception:
+            pass
+    with session.begin_nested():
+        return create_job(session, spec={}, **fields)
+
+
+def _outage(err: DBAPIError) -> bool:
+    """True when the database is away (not a value it refused)."""
+    return err.connection_invalidated or isinstance(err, (OperationalError, InterfaceError))
+
+
+def _describe(err: BaseException) -> str:
+    text = " ".join(str(err).split())[:500]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def advance_and_enqueue(
@@ -140,12 +221,44 @@ def advance_and_enqueue(
     dispatcher: Dispatcher,
     sweep_id: str,
 ) -> list[str]:
-    """Advance the sweep in its own transaction, then enqueue what it created."""
-    with session_factory() as session:
-        new_ids = advance_sweep(session, sweep_id, limits=settings.limits)
-        session.commit()
+    """Advance the sweep in its own transaction, then enqueue what it created.
+
+    If advancing raises anyway (outside one trial's creation), the sweep ends with
+    a failed trial that says why, unless the database is away: that is no fault of
+    the sweep, and the error propagates (the next recover pass tries again).
+    """
+    try:
+        with session_factory() as session:
+            new_ids = advance_sweep(session, sweep_id, limits=settings.limits)
+            session.commit()
+    except DBAPIError as err:
+        if _outage(err):
+            raise
+        _stop_sweep(session_factory, sweep_id, err)
+        return []
+    except Exception as err:
+        _stop_sweep(session_factory, sweep_id, err)
+        return []
     dispatcher.enqueue_jobs(new_ids)
     return new_ids
+
+
+def _stop_sweep(session_factory: sessionmaker[Session], sweep_id: str, err: Exception) -> None:
+    """End a sweep that cannot advance; its next trial, failed, carries the reason."""
+    log.error("sweep %s could not advance; it ends", sweep_id, exc_info=err)
+    with session_factory() as session:
+        sweep = lock_sweep(session, sweep_id)
+        if sweep is None or sweep.status != "running":
+            return
+        index = sweep.n_created
+        if index < sweep.n_trials:  # the trial it could not create says why
+            reason = f"the sweep stopped: it could not advance: {_describe(err)}"
+            name = f"{sweep.name or 'sweep'}-{index}"
+            _failed_trial(session, sweep, index, name, None, None, None, reason)
+            sweep.n_created = index + 1
+        _end(sweep)
+        sweep.updated_at = utcnow()
+        session.commit()
 
 
 class SweepFinishedError(Exception):
