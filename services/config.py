@@ -127,6 +127,16 @@ class Settings(BaseSettings):
     # well inside this 24 GiB machine.
     worker_memory_bytes: int = Field(6 << 30, validation_alias="SWEEPLAB_WORKER_MEMORY_BYTES")
     limits: Limits = Field(default_factory=Limits)
+    # How a run paces its checkpoints and when it gives up (services.jobs.run.RunLimits):
+    # a checkpoint at the first epoch boundary after this much training since the last,
+    checkpoint_seconds: float = Field(60.0, validation_alias="SWEEPLAB_CHECKPOINT_SECONDS")
+    # a job ends `timed_out` after this much training (its spec's limits.max_seconds
+    # may lower it),
+    max_job_seconds: float = Field(6 * 3600.0, validation_alias="SWEEPLAB_MAX_JOB_SECONDS")
+    # no mini-batch for this long: the job is hung and its worker process exits,
+    hung_seconds: float = Field(600.0, validation_alias="SWEEPLAB_HUNG_SECONDS")
+    # how long the last write of a run (final status, release) waits for the database.
+    final_write_seconds: float = Field(300.0, validation_alias="SWEEPLAB_FINAL_WRITE_SECONDS")
     # Bearer tokens on every /api/v1 route but health, readiness and the docs.
     # SWEEPLAB_AUTH=off is for a lone user on a laptop: everyone is a local admin.
     auth: bool = Field(True, validation_alias="SWEEPLAB_AUTH")

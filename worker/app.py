@@ -19,4 +19,10 @@ from services.config import Settings  # noqa: E402
 
 settings = Settings.from_env()
 app = make_celery(settings)
-app.conf.include = ["worker.tasks", "worker.mirror_tasks", "worker.ticker", "worker.limits"]
+app.conf.include = [
+    "worker.tasks",
+    "worker.mirror_tasks",
+    "worker.ticker",
+    "worker.limits",
+    "worker.shutdown",
+]

@@ -18,7 +18,6 @@ that makes no progress for ``hung_seconds`` is declared hung (see
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,13 +53,13 @@ from services.jobs.records import (
 from services.jobs.rows import job_metrics
 from services.mirror import catch_up as mirror
 from services.ranking import Objective, Tracker
-from services.specs import has_validation
+from services.specs import has_validation, trainer_spec
 from services.sweeps.pruning import PruneFn, policy_for
 from services.sweeps.scheduler import advance_and_enqueue
 
 log = logging.getLogger(__name__)
 
-# Defaults of RunLimits, each overridable by its environment variable.
+# Defaults of RunLimits (the settings' defaults are the same; tests build RunLimits directly).
 CHECKPOINT_SECONDS = 60.0  # SWEEPLAB_CHECKPOINT_SECONDS
 MAX_JOB_SECONDS = 6 * 3600.0  # SWEEPLAB_MAX_JOB_SECONDS
 HUNG_SECONDS = 600.0  # SWEEPLAB_HUNG_SECONDS
@@ -103,9 +102,9 @@ TRAINING = Flag()
 
 @dataclass(frozen=True)
 class RunLimits:
-    """How a run paces its checkpoints and when it gives up; ``from_env`` reads
-    ``SWEEPLAB_CHECKPOINT_SECONDS``, ``SWEEPLAB_MAX_JOB_SECONDS``,
-    ``SWEEPLAB_HUNG_SECONDS`` and ``SWEEPLAB_FINAL_WRITE_SECONDS``."""
+    """How a run paces its checkpoints and when it gives up: from the settings
+    (``SWEEPLAB_CHECKPOINT_SECONDS``, ``SWEEPLAB_MAX_JOB_SECONDS``,
+    ``SWEEPLAB_HUNG_SECONDS``, ``SWEEPLAB_FINAL_WRITE_SECONDS``)."""
 
     # a checkpoint at the first epoch boundary after this much training since the last
     checkpoint_seconds: float = CHECKPOINT_SECONDS
@@ -118,19 +117,21 @@ class RunLimits:
     final_write_seconds: float = FINAL_WRITE_SECONDS
 
     @classmethod
+    def from_settings(cls, settings: Settings) -> RunLimits:
+        return cls(
+            checkpoint_seconds=settings.checkpoint_seconds,
+            max_job_seconds=settings.max_job_seconds,
+            hung_seconds=settings.hung_seconds,
+            final_write_seconds=settings.final_write_seconds,
+        )
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RunLimits:
-        env = os.environ if environ is None else environ
-        values = {
-            name: float(raw)
-            for name in ("checkpoint_seconds", "max_job_seconds", "hung_seconds")
-            + ("final_write_seconds",)
-            if (raw := env.get(f"SWEEPLAB_{name.upper()}"))
-        }
-        return cls(**values)
+        return cls.from_settings(Settings.from_env(environ))
 
     def for_job(self, spec: Mapping[str, Any]) -> float:
         """The job's wall-clock limit: the default, or lower if its spec asks."""
-        asked = (spec.get("hyperparameters") or {}).get("max_seconds")
+        asked = (spec.get("limits") or {}).get("max_seconds")
         if isinstance(asked, int | float) and not isinstance(asked, bool) and asked > 0:
             return min(float(asked), self.max_job_seconds)
         return self.max_job_seconds
@@ -162,7 +163,7 @@ class JobRun:
         on_hung: Callable[[LeaseKeeper], None] | None = None,
     ):
         self.settings = settings
-        self.limits = limits = limits or RunLimits.from_env()
+        self.limits = limits = limits or RunLimits.from_settings(settings)
         self.sessions = session_factory
         self.dispatcher = dispatcher
         self.job_id = job.id
@@ -416,7 +417,7 @@ class JobRun:
     ) -> str:
         try:
             result = fit(
-                self.spec,
+                trainer_spec(self.spec),
                 on_epoch=self.on_epoch,
                 resume_from=resume_from,
                 history=self.history if resume_from is not None else None,

@@ -33,6 +33,7 @@ RUN_STATUS = {
     "failed": "FAILED",
     "diverged": "FAILED",
     "cancelled": "KILLED",
+    "timed_out": "KILLED",
     "pruned": "KILLED",
 }
 

@@ -33,11 +33,13 @@ from services.specs.job import (
     EarlyStoppingSpec,
     HyperparametersSpec,
     JobCreate,
+    JobLimits,
     LayerSpec,
     LRScheduleSpec,
     count_parameters,
     has_validation,
     normalize_job,
+    trainer_spec,
     validate_job,
 )
 from services.specs.public import (
@@ -93,11 +95,13 @@ __all__ = [
     "EarlyStoppingSpec",
     "HyperparametersSpec",
     "JobCreate",
+    "JobLimits",
     "LayerSpec",
     "LRScheduleSpec",
     "count_parameters",
     "has_validation",
     "normalize_job",
+    "trainer_spec",
     "validate_job",
     # sweep
     "EarlyStoppingPolicy",

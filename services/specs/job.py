@@ -193,13 +193,23 @@ class HyperparametersSpec(Strict):
         return value
 
 
+class JobLimits(Strict):
+    """What a run may take besides its budgets: ``max_seconds`` of training (across
+    attempts), at most the server's ``SWEEPLAB_MAX_JOB_SECONDS``; the job then ends
+    ``timed_out`` with its best weights."""
+
+    max_seconds: Annotated[float, Field(gt=0)] | None = None
+
+
 class JobCreate(Strict):
-    """A job spec: the trainer's format (see the trainer's ``parse_spec``)."""
+    """A job spec: the trainer's format (see the trainer's ``parse_spec``), and the
+    service's own ``limits`` (not the trainer's: taken off before it sees the spec)."""
 
     name: Annotated[str, Field(max_length=200)] | None = None
     dataset: DatasetSpec
     architecture: ArchitectureSpec
     hyperparameters: HyperparametersSpec
+    limits: JobLimits | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -255,9 +265,18 @@ def validate_job(data: Any, limits: Limits | None = None) -> dict[str, Any]:
 def normalize_job(model: JobCreate, limits: Limits | None = None) -> dict[str, Any]:
     """Run the trainer's checks and the budgets on a validated job spec; return its
     normalized spec. ``limits``: by default the request's (``LIMITS_IN_FORCE``)."""
-    normalized = trainer_normalize(model.model_dump(exclude_unset=True))
+    spec = model.model_dump(exclude_unset=True)
+    run_limits = spec.pop("limits", None)
+    normalized = trainer_normalize(spec)
     check_budgets(normalized, limits or LIMITS_IN_FORCE.get() or Limits())
+    if run_limits:
+        normalized["limits"] = run_limits
     return normalized
+
+
+def trainer_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The part of a stored job spec that is the trainer's (without the service's ``limits``)."""
+    return {key: value for key, value in spec.items() if key != "limits"}
 
 
 def check_budgets(spec: dict[str, Any], limits: Limits) -> None:

@@ -41,6 +41,7 @@ RUN_STATUS = {
     "failed": "FAILED",
     "cancelled": "KILLED",
     "pruned": "KILLED",
+    "timed_out": "KILLED",
 }
 LRS = [0.01, 0.1, 10.0]  # 10.0 diverges on digits in the first epoch
 

@@ -23,7 +23,7 @@ from services.jobs import lease as job_lease
 from services.jobs import run as job_run
 from services.jobs.rows import create_job
 from services.jobs.run import SHUTDOWN, RunLimits, execute_job
-from services.specs import validate_job
+from services.specs import SpecValidationError, trainer_spec, validate_job
 from tests.conftest import XOR_JOB
 from tests.integration.harness import wait_for
 
@@ -220,8 +220,14 @@ def test_the_wall_clock_limit_ends_the_job_timed_out(settings, sessions, dispatc
 def test_a_spec_may_lower_the_limit_but_not_raise_it():
     limits = RunLimits(max_job_seconds=100.0)
     assert limits.for_job({"hyperparameters": {}}) == 100.0
-    assert limits.for_job({"hyperparameters": {"max_seconds": 30}}) == 30.0
-    assert limits.for_job({"hyperparameters": {"max_seconds": 1000}}) == 100.0
+    assert limits.for_job({"limits": {"max_seconds": 30}}) == 30.0
+    assert limits.for_job({"limits": {"max_seconds": 1000}}) == 100.0
+    # the spec takes it (and keeps it out of the trainer's part)
+    spec = validate_job({**copy.deepcopy(XOR_JOB), "limits": {"max_seconds": 30}})
+    assert spec["limits"] == {"max_seconds": 30.0} and "limits" not in trainer_spec(spec)
+    with pytest.raises(SpecValidationError) as info:
+        validate_job({**copy.deepcopy(XOR_JOB), "limits": {"max_seconds": 0}})
+    assert info.value.details[0]["loc"] == "limits.max_seconds"
     assert RunLimits.from_env({"SWEEPLAB_MAX_JOB_SECONDS": "7"}).max_job_seconds == 7.0
     assert RunLimits.from_env({}).checkpoint_seconds == 60.0
 
