@@ -36,11 +36,6 @@ def control_queue(settings: Settings) -> str:
     return f"{settings.celery_queue}.control"
 
 
-def worker_queues(settings: Settings) -> str:
-    """The ``--queues`` argument of a worker: trials and control."""
-    return f"{settings.celery_queue},{control_queue(settings)}"
-
-
 def make_celery(settings: Settings) -> Celery:
     """Build a Celery app on ``settings.redis_url``; JSON only, late acks, one at a time."""
     app = Celery("sweeplab", broker=settings.redis_url, set_as_current=False)
@@ -94,9 +89,9 @@ class Dispatcher:
         """Ids of jobs whose ``run_job`` message is still waiting in the queue, or was
         delivered to a worker less than ``fresh_seconds`` ago and not acknowledged yet.
 
-        One LRANGE of the queue (at most :data:`QUEUE_SCAN_CAP` messages) and one read
-        of kombu's unacked hash; None when the queue holds more than the cap, so that
-        nothing can be said of the messages beyond it. An unacknowledged message
+        One LRANGE of the queue (at most :data:`QUEUE_SCAN_CAP` messages) and a read of
+        the fresh entries of kombu's unacked hash; None when the queue holds more than
+        the cap, so that nothing can be said of the messages beyond it. An unacknowledged message
         older than ``fresh_seconds`` is not counted: a live worker claims a job within
         moments of receiving it (one message per process), so such a message belongs
         to a worker that died; kombu would restore it only after the visibility
@@ -105,18 +100,16 @@ class Dispatcher:
         pipe = self.redis.pipeline(transaction=False)
         pipe.llen(self.settings.celery_queue)
         pipe.lrange(self.settings.celery_queue, 0, QUEUE_SCAN_CAP - 1)
-        pipe.hgetall(UNACKED_KEY)
         pipe.zrangebyscore(UNACKED_INDEX_KEY, time.time() - fresh_seconds, "+inf")
-        length, queued, unacked, fresh = pipe.execute()
+        length, queued, fresh = pipe.execute()
         if length > QUEUE_SCAN_CAP:
             return None
         ids = {job_id for raw in queued if (job_id := run_job_id(raw))}
-        for tag in fresh:
-            entry = unacked.get(tag)
-            if entry is None:
+        for entry in self.redis.hmget(UNACKED_KEY, fresh) if fresh else []:
+            if entry is None:  # acknowledged since
                 continue
             try:
-                message = json.loads(entry)[0]
+                message = json.loads(entry)[0]  # [message, exchange, routing key]
             except (ValueError, TypeError, IndexError, KeyError):
                 continue
             if job_id := run_job_id(message):
@@ -158,5 +151,11 @@ def run_job_id(message: bytes | str | dict[str, Any]) -> str | None:
         body = json.loads(body)
         args = body["args"] if isinstance(body, dict) else body[0]  # protocol 1 or 2
         return str(args[0])
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):  # binascii.Error too
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+    ):  # binascii.Error is a ValueError
         return None
