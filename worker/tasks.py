@@ -74,8 +74,8 @@ def _on_ready(sender: Any = None, **_kwargs: Any) -> None:
     )
 
 
-@shared_task(name=RUN_JOB, acks_late=True)
-def run_job(job_id: str) -> str:
+@shared_task(name=RUN_JOB, bind=True, acks_late=True, max_retries=None)
+def run_job(self, job_id: str) -> str:
     """Train one job; a finished job is a no-op, a copy of a job running elsewhere is dropped."""
     rt = runtime()
     try:
@@ -86,6 +86,11 @@ def run_job(job_id: str) -> str:
             job_id=job_id,
         )
     except LeaseHeldError as err:
+        if err.holder_died_here:
+            # The copy Celery requeued because the process that ran the job died on this
+            # host: take the job over as soon as its lease runs out (resuming from its
+            # checkpoint) instead of waiting for a recover pass.
+            raise self.retry(countdown=err.retry_in) from None
         # A duplicate (a copy Celery requeued when a worker process died, an old
         # re-send): ack it now rather than retry it and hold a prefetch slot. Nothing
         # is lost if the lease's holder dies later: its lease expires and the recover

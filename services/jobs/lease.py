@@ -32,11 +32,28 @@ EXIT_HUNG = 75
 
 
 class LeaseHeldError(Exception):
-    """Another worker runs this job under a live lease; try again after ``retry_in`` s."""
+    """Another worker runs this job under a live lease; try again after ``retry_in`` s.
 
-    def __init__(self, retry_in: float):
+    ``holder`` is the lease holder's ``host:pid`` (see :func:`worker_name`)."""
+
+    def __init__(self, retry_in: float, holder: str | None = None):
         super().__init__(f"job is running elsewhere; lease ends in {retry_in:.1f}s")
-        self.retry_in = retry_in
+        self.retry_in, self.holder = retry_in, holder
+
+    @property
+    def holder_died_here(self) -> bool:
+        """Whether the holder was a process of this host that no longer exists (killed,
+        out of memory): its lease only has to run out, no other worker will take it."""
+        host, _, pid = (self.holder or "").rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
 
 def worker_name() -> str:

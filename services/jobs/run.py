@@ -561,7 +561,8 @@ def execute_job(
             lease = current.lease_expires_at or utcnow()
             if lease < utcnow():  # not claimable although expired: no attempts left
                 return "exhausted"  # the recover task fails it
-            raise LeaseHeldError(max(0.5, (lease - utcnow()).total_seconds() + 0.5))
+            retry_in = max(0.5, (lease - utcnow()).total_seconds() + 0.5)
+            raise LeaseHeldError(retry_in, holder=current.worker)
         objective, prune = policy_for(session, job)
         run = JobRun(
             settings=settings,
