@@ -199,7 +199,7 @@ class Service:
             "SWEEPLAB_CHECKPOINT_EVERY": "2",
             "SWEEPLAB_FLUSH_SECONDS": "0.2",
             "SWEEPLAB_RECOVER_SECONDS": "5",
-            "SWEEPLAB_REQUEUE_SECONDS": "10",
+            "SWEEPLAB_REQUEUE_SECONDS": "5",
             "SWEEPLAB_MIRROR_CATCH_UP_SECONDS": "5",
             "PYTHONPATH": str(REPO),
             **env,

@@ -109,8 +109,10 @@ class Settings(BaseSettings):
     # has used this many is failed instead of being handed to the next worker.
     max_attempts: int = Field(5, validation_alias="SWEEPLAB_MAX_ATTEMPTS")
     # A job still queued after this long may have lost its message (the sender
-    # died between commit and send, or Redis lost it): the recover task sends it again.
-    requeue_seconds: float = Field(300.0, validation_alias="SWEEPLAB_REQUEUE_SECONDS")
+    # died between commit and send, or Redis lost it): the recover task sends it again,
+    # if no copy waits in the queue or was just delivered (so this can be short: it
+    # only has to cover the moment between a commit and its send).
+    requeue_seconds: float = Field(30.0, validation_alias="SWEEPLAB_REQUEUE_SECONDS")
     # How often each worker asks for a recover pass (at most one runs per period).
     recover_seconds: float = Field(30.0, validation_alias="SWEEPLAB_RECOVER_SECONDS")
     # How often each worker asks for an MLflow catch-up pass (at most one per period).
