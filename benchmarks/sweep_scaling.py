@@ -104,7 +104,8 @@ class Service:
         celery = str(Path(sys.executable).with_name("celery"))
         argv = [
             *(celery, "-A", "worker.app", "worker", "--concurrency", str(concurrency)),
-            *("-P", "prefork", "-Q", self.queue, "-n", f"bench-{concurrency}@%h"),
+            *("-P", "prefork", "-Q", f"{self.queue},{self.queue}.control"),
+            *("-n", f"bench-{concurrency}@%h"),
             *("-l", "INFO"),  # the same worker options as `make up`
         ]
         with open(log, "wb") as out:
