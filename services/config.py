@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     # well inside this 24 GiB machine.
     worker_memory_bytes: int = Field(6 << 30, validation_alias="SWEEPLAB_WORKER_MEMORY_BYTES")
     limits: Limits = Field(default_factory=Limits)
-    # How a run paces its checkpoints and when it gives up (services.jobs.run.RunLimits):
+    # How a run paces its checkpoints and when it gives up (services.jobs.limits.RunLimits):
     # a checkpoint at the first epoch boundary after this much training since the last,
     checkpoint_seconds: float = Field(60.0, validation_alias="SWEEPLAB_CHECKPOINT_SECONDS")
     # a job ends `timed_out` after this much training (its spec's limits.max_seconds

@@ -15,7 +15,7 @@ as "exited with signal 15"). So the handler is installed when a child starts a
 task (``task_prerun``, in the child), on top of billiard's, which it calls when
 no job trains: an idle child ends as before.
 
-While a job trains, SIGTERM sets :data:`services.jobs.run.SHUTDOWN` (the
+While a job trains, SIGTERM sets :data:`services.jobs.limits.SHUTDOWN` (the
 trainer's ``interrupt`` sees it before the next mini-batch; the job is
 released, no attempt counted, and ``execute_job`` returns "released", which
 ``run_job`` hands back to the queue). In the main process,
@@ -35,7 +35,7 @@ from typing import Any
 from celery import signals
 from celery.worker import state as worker_state
 
-from services.jobs.run import SHUTDOWN, TRAINING
+from services.jobs.limits import SHUTDOWN, TRAINING
 
 _previous: Any = signal.SIG_DFL  # billiard's handler, for a child with no job in training
 

@@ -14,9 +14,9 @@ from threadpoolctl import threadpool_limits
 from services.celery_app import RECOVER, RUN_JOB, Dispatcher, control_queue
 from services.config import Settings
 from services.db import make_engine, make_session_factory
+from services.jobs.execute import execute_job
 from services.jobs.lease import LeaseHeldError
 from services.jobs.recovery import recover
-from services.jobs.run import execute_job
 from worker.ticker import Ticker, start_ticker
 
 log = logging.getLogger(__name__)

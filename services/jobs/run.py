@@ -2,7 +2,8 @@
 epoch by epoch (recording, renewing the lease, checking cancel and pruning),
 finish, and let its sweep start the next trial.
 
-:func:`execute_job` is what a worker runs for one ``run_job`` message.
+:class:`JobRun` is one attempt at one job; ``services.jobs.execute.execute_job`` is
+what a worker runs for one ``run_job`` message.
 
 The infrastructure never fails a job. While the database is away, epochs stay
 buffered and their write is retried with backoff as long as the lease holds;
@@ -13,14 +14,19 @@ resumes it from its checkpoint. Checkpoints come every ``checkpoint_every``
 epochs and at the first epoch boundary after ``checkpoint_seconds`` of
 training; a job stops with status ``timed_out`` at its wall-clock limit; a job
 that makes no progress for ``hung_seconds`` is declared hung (see
-:class:`LeaseKeeper`)."""
+:class:`LeaseKeeper`).
+
+At about 450 lines this module is longer than the house's 400 on purpose: it
+is one class, :class:`JobRun`, whose steps (epochs, checkpoints, writes that
+wait out an outage, stops, release) share one attempt's state (the buffered
+epochs, the lease, the stop reason); cut apart, that state would travel
+between modules as arguments."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete, update
@@ -30,19 +36,26 @@ from services import trainer
 from services.celery_app import Dispatcher
 from services.config import Settings
 from services.db.models import (
-    TERMINAL_STATUSES,
     Job,
     JobCheckpoint,
     JobMetric,
     JobWeights,
     utcnow,
 )
-from services.jobs.lease import LeaseHeldError, LeaseKeeper, claim_job, worker_name
+from services.jobs.lease import LeaseKeeper
+from services.jobs.limits import (
+    FLUSH_BACKOFF,
+    FLUSH_BACKOFF_MAX,
+    SHUTDOWN,
+    SHUTDOWN_WRITE_SECONDS,
+    TRAINING,
+    WRITE_REFUSALS,
+    RunLimits,
+)
 from services.jobs.records import (
     finish_job,
     flat_record,
     jsonable,
-    load_checkpoint,
     metric_row,
     record_epochs,
     recording_error,
@@ -54,87 +67,9 @@ from services.jobs.rows import job_metrics
 from services.mirror import catch_up as mirror
 from services.ranking import Objective, Tracker
 from services.specs import has_validation, trainer_spec
-from services.sweeps.pruning import PruneFn, policy_for
-from services.sweeps.scheduler import advance_and_enqueue
+from services.sweeps.pruning import PruneFn
 
 log = logging.getLogger(__name__)
-
-# Defaults of RunLimits (the settings' defaults are the same; tests build RunLimits directly).
-CHECKPOINT_SECONDS = 60.0  # SWEEPLAB_CHECKPOINT_SECONDS
-MAX_JOB_SECONDS = 6 * 3600.0  # SWEEPLAB_MAX_JOB_SECONDS
-HUNG_SECONDS = 600.0  # SWEEPLAB_HUNG_SECONDS
-FINAL_WRITE_SECONDS = 300.0  # SWEEPLAB_FINAL_WRITE_SECONDS
-# How long a job stopped by a warm shutdown tries to write its release: within
-# the worker's stop_grace_period (docker-compose.yml) and `make down`'s wait.
-SHUTDOWN_WRITE_SECONDS = 20.0
-# A write that the database refused for being away is tried again after this,
-# then twice as late each time, up to FLUSH_BACKOFF_MAX.
-FLUSH_BACKOFF, FLUSH_BACKOFF_MAX = 0.5, 15.0
-# A write that fails this many times in a row while the database answers the lease
-# renewal right after is refused for its own sake (its data), not for an outage:
-# it fails the job like any other error.
-WRITE_REFUSALS = 3
-
-
-class Flag:
-    """A flag that a signal handler may set or read (a plain attribute: no lock to
-    deadlock on, and cheap enough to read at every mini-batch)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def set(self) -> None:
-        self.requested = True
-
-    def clear(self) -> None:
-        self.requested = False
-
-    def is_set(self) -> bool:
-        return self.requested
-
-
-#: Set on a warm shutdown (SIGTERM, see worker/shutdown.py): the job running in this
-#: process stops at its next mini-batch and is released; none is started after it.
-SHUTDOWN = Flag()
-#: Set while a job trains in this process (worker/shutdown.py: a SIGTERM then stops it).
-TRAINING = Flag()
-
-
-@dataclass(frozen=True)
-class RunLimits:
-    """How a run paces its checkpoints and when it gives up: from the settings
-    (``SWEEPLAB_CHECKPOINT_SECONDS``, ``SWEEPLAB_MAX_JOB_SECONDS``,
-    ``SWEEPLAB_HUNG_SECONDS``, ``SWEEPLAB_FINAL_WRITE_SECONDS``)."""
-
-    # a checkpoint at the first epoch boundary after this much training since the last
-    checkpoint_seconds: float = CHECKPOINT_SECONDS
-    # training time (all attempts) after which a job ends `timed_out`; a job's spec
-    # may lower it (hyperparameters.max_seconds)
-    max_job_seconds: float = MAX_JOB_SECONDS
-    # no mini-batch for this long: the job is hung and its worker process exits
-    hung_seconds: float = HUNG_SECONDS
-    # how long the last write (final status, release) waits for the database
-    final_write_seconds: float = FINAL_WRITE_SECONDS
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RunLimits:
-        return cls(
-            checkpoint_seconds=settings.checkpoint_seconds,
-            max_job_seconds=settings.max_job_seconds,
-            hung_seconds=settings.hung_seconds,
-            final_write_seconds=settings.final_write_seconds,
-        )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RunLimits:
-        return cls.from_settings(Settings.from_env(environ))
-
-    def for_job(self, spec: Mapping[str, Any]) -> float:
-        """The job's wall-clock limit: the default, or lower if its spec asks."""
-        asked = (spec.get("limits") or {}).get("max_seconds")
-        if isinstance(asked, int | float) and not isinstance(asked, bool) and asked > 0:
-            return min(float(asked), self.max_job_seconds)
-        return self.max_job_seconds
 
 
 def tell_mirror(hook: Callable[[Settings, str], None], settings: Settings, job_id: str) -> None:
@@ -523,74 +458,3 @@ class JobRun:
                 "hyperparameters.max_seconds (up to the server's limit)"
             ),
         }
-
-
-def execute_job(
-    *,
-    settings: Settings,
-    session_factory: sessionmaker[Session],
-    dispatcher: Dispatcher,
-    job_id: str,
-    worker: str | None = None,
-    limits: RunLimits | None = None,
-) -> str:
-    """Claim ``job_id``, train it (resuming from its checkpoint) and record the outcome.
-
-    Returns the final status, "missing", "finished" (nothing to do), "lost", or
-    "released" (a warm shutdown or a long database outage stopped it: the job
-    is handed back without counting an attempt, and its message should be too).
-    Raises :class:`LeaseHeldError` when another worker holds a live lease on it.
-    """
-    if SHUTDOWN.requested:  # this worker is stopping: leave the job to the next one
-        return "released"
-    with session_factory() as session:
-        job = claim_job(
-            session,
-            job_id=job_id,
-            worker=worker or worker_name(),
-            lease_seconds=settings.lease_seconds,
-            max_attempts=settings.max_attempts,
-        )
-        if job is None:
-            current = session.get(Job, job_id)
-            session.commit()
-            if current is None:
-                return "missing"
-            if current.status in TERMINAL_STATUSES:
-                return "finished"
-            lease = current.lease_expires_at or utcnow()
-            if lease < utcnow():  # not claimable although expired: no attempts left
-                return "exhausted"  # the recover task fails it
-            retry_in = max(0.5, (lease - utcnow()).total_seconds() + 0.5)
-            raise LeaseHeldError(retry_in, holder=current.worker)
-        objective, prune = policy_for(session, job)
-        run = JobRun(
-            settings=settings,
-            session_factory=session_factory,
-            dispatcher=dispatcher,
-            job=job,
-            objective=objective,
-            prune=prune,
-            limits=limits,
-        )
-        resume_from = None
-        if job.attempts > 1:
-            resume_from = run.restore(session, load_checkpoint(session, job_id))
-        cancelled = job.cancel_requested
-        sweep_id = job.sweep_id
-        session.commit()
-    if cancelled:
-        with session_factory() as session:
-            finish_job(session, job_id=job_id, attempt=run.attempt, status="cancelled")
-            session.commit()
-        status = "cancelled"
-    else:
-        status = run.run(resume_from)
-    if sweep_id and status not in ("lost", "released"):
-        advance_and_enqueue(
-            settings=settings,
-            session_factory=session_factory,
-            dispatcher=dispatcher,
-            sweep_id=sweep_id,
-        )
-    return status

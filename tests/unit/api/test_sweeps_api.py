@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from services.jobs.run import execute_job
+from services.jobs.execute import execute_job
 from tests.conftest import XOR_JOB
 
 API = "/api/v1"

@@ -14,9 +14,9 @@ from sqlalchemy.exc import OperationalError
 import services.trainer
 from services.db.models import Job
 from services.jobs import run as job_run
+from services.jobs.execute import execute_job
 from services.jobs.records import MAX_ERROR_CHARS, clip_error, recording_error, training_error
 from services.jobs.rows import create_job
-from services.jobs.run import execute_job
 from services.specs import validate_job
 from services.trainer import SpecError
 from tests.conftest import XOR_JOB

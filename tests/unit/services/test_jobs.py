@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from services.db.models import Job, JobCheckpoint, JobMetric, JobWeights, utcnow
 from services.db.pages import BadCursorError, decode_cursor
 from services.jobs import run as job_run
+from services.jobs.execute import execute_job
 from services.jobs.lease import (
     LeaseHeldError,
     LeaseKeeper,
@@ -23,7 +24,6 @@ from services.jobs.lease import (
 )
 from services.jobs.records import jsonable, record_epochs
 from services.jobs.rows import JobFinishedError, create_job, list_jobs, request_cancel
-from services.jobs.run import execute_job
 from services.ranking import Objective, Tracker
 from services.specs import has_validation, validate_job
 from tests.conftest import XOR_JOB

@@ -21,8 +21,9 @@ import services.trainer
 from services.db.models import Job, JobCheckpoint, JobMetric, JobWeights
 from services.jobs import lease as job_lease
 from services.jobs import run as job_run
+from services.jobs.execute import execute_job
+from services.jobs.limits import SHUTDOWN, RunLimits
 from services.jobs.rows import create_job
-from services.jobs.run import SHUTDOWN, RunLimits, execute_job
 from services.specs import SpecValidationError, trainer_spec, validate_job
 from tests.conftest import XOR_JOB
 from tests.integration.harness import wait_for
