@@ -11,6 +11,8 @@ dataset catalogue in ``data``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .data import (
@@ -151,3 +153,34 @@ def _standardize(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = train.mean(axis=0)
     std = train.std(axis=0)
     return mean, np.where(std == 0, 1.0, std)
+
+
+def with_ones_column(X: np.ndarray, net: Network) -> np.ndarray:
+    """``[X, 1]`` in the network's dtype: rows with a column of ones appended."""
+    out = np.ones((len(X), net.layers[0].n_in + 1), net.dtype)
+    out[:, :-1] = X
+    return out
+
+
+def as_indices_of(data: Dataset, width: int) -> Dataset:
+    """``data`` whose encoded labels are integer class indices of a network with
+    ``width`` classes, decoded back to them (``dataset_from_arrays`` encodes a
+    subset such as {1, 2} as {0, 1}); any other ``data`` as it is."""
+    classes = np.asarray(data.classes)
+    if classes.dtype.kind not in "iu" or classes.min() < 0 or classes.max() >= width:
+        return data
+    return dataclasses.replace(
+        data,
+        y_train=classes[data.y_train],
+        y_val=classes[data.y_val],
+        n_classes=width,
+        classes=None,
+    )
+
+
+def as_dataset(data) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, dict):
+        return load_dataset(data)
+    raise TypeError(f"data must be a Dataset or a dataset spec dict, got {type(data).__name__}")

@@ -40,14 +40,20 @@ once per epoch (a non-finite weight makes the next batch's loss non-finite).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from .build import build_network, generators, load_dataset
+from .build import (
+    as_dataset,
+    as_indices_of,
+    build_network,
+    generators,
+    load_dataset,
+    with_ones_column,
+)
 from .checkpoint import Checkpoint, dump_checkpoint, load_checkpoint
 from .data import CLASSIFICATION, Dataset
 from .diagnostics import diagnose
@@ -205,7 +211,7 @@ class _Run:
         self.started = time.perf_counter()
         self.spec = spec = parse_spec(spec)
         self.hp = hp = spec.hyperparameters
-        data = _as_dataset(data) if data is not None else load_dataset(spec.dataset)
+        data = as_dataset(data) if data is not None else load_dataset(spec.dataset)
         if len(data.X_train) == 0:
             raise ValueError("the training set is empty")
         es_metric = hp.early_stopping.metric if hp.early_stopping is not None else ""
@@ -224,7 +230,7 @@ class _Run:
         self.classification = classification = data.task == CLASSIFICATION
         n_out = net.layers[-1].n_out
         if network is not None and classification and data.classes:
-            data = _as_indices_of(data, max(n_out, 2))
+            data = as_indices_of(data, max(n_out, 2))
         if classification and data.n_classes is not None and data.n_classes > max(n_out, 2):
             raise ValueError(
                 f"the data has {data.n_classes} classes but the network {n_out} outputs"
@@ -232,7 +238,7 @@ class _Run:
         self.net, self.data = net, data
         # Inputs with a column of ones appended: the first layer's bias rides in
         # its matrix product (see backprop.TrainingPass).
-        self.X_train = _with_ones(data.X_train, net)
+        self.X_train = with_ones_column(data.X_train, net)
         self.Y_train = net.encode_targets(data.y_train)
         self.optimizer = get_optimizer(hp.optimizer, net.n_weights, **hp.optimizer_options())
         es = hp.early_stopping
@@ -259,7 +265,7 @@ class _Run:
             self.X_train,
             self.Y_train,
             labels,
-            _with_ones(data.X_val, net),
+            with_ones_column(data.X_val, net),
             Y_val,
             labels_val,
             bounds,
@@ -388,34 +394,3 @@ class _Run:
             data,
             train_metrics,
         )
-
-
-def _with_ones(X: np.ndarray, net: Network) -> np.ndarray:
-    """``[X, 1]`` in the network's dtype: rows with a column of ones appended."""
-    out = np.ones((len(X), net.layers[0].n_in + 1), net.dtype)
-    out[:, :-1] = X
-    return out
-
-
-def _as_indices_of(data: Dataset, width: int) -> Dataset:
-    """``data`` whose encoded labels are integer class indices of a network with
-    ``width`` classes, decoded back to them (``dataset_from_arrays`` encodes a
-    subset such as {1, 2} as {0, 1}); any other ``data`` as it is."""
-    classes = np.asarray(data.classes)
-    if classes.dtype.kind not in "iu" or classes.min() < 0 or classes.max() >= width:
-        return data
-    return dataclasses.replace(
-        data,
-        y_train=classes[data.y_train],
-        y_val=classes[data.y_val],
-        n_classes=width,
-        classes=None,
-    )
-
-
-def _as_dataset(data) -> Dataset:
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, dict):
-        return load_dataset(data)
-    raise TypeError(f"data must be a Dataset or a dataset spec dict, got {type(data).__name__}")
