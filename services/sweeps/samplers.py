@@ -73,7 +73,7 @@ def tpe_study(sweep: Sweep, trials: list[Job], index: int):  # -> optuna.Study
         value = trial.objective if trial.objective is not None else None
         if trial.status in ACTIVE_STATUSES:
             state, value = TrialState.RUNNING, None
-        elif trial.status == "pruned":
+        elif trial.status in ("pruned", "timed_out"):  # stopped early: its value so far
             state = TrialState.PRUNED
         elif trial.status in ("succeeded", "diverged") and value is not None:
             state = TrialState.COMPLETE
