@@ -365,7 +365,7 @@ def scenario_sigkill(service: Service, quick: bool) -> Row:
     specs = [job_spec(seed, epochs, 40_000) for seed in range(n_jobs)]  # ~3 s a job
     service.start_worker()
     ids = [service.post("/jobs", spec)["id"] for spec in specs]
-    killed = 0
+    killed, victims = 0, set()
     while killed < kills:
         running = [j for j in service.jobs(ids=ids) if j.status == "running" and j.epochs_done >= 1]
         if not running:
@@ -373,7 +373,9 @@ def scenario_sigkill(service: Service, quick: bool) -> Row:
                 break
             time.sleep(0.2)
             continue
-        victim = running[0]
+        fresh = [j for j in running if j.id not in victims] or running
+        victim = fresh[0]
+        victims.add(victim.id)
         pid = int(str(victim.worker).rsplit(":", 1)[1])
         try:
             os.kill(pid, signal.SIGKILL)
