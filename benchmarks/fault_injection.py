@@ -411,16 +411,22 @@ def scenario_sigkill(service: Service, quick: bool) -> Row:
 
 def scenario_sigterm(service: Service, quick: bool) -> Row:
     stops = 2 if quick else 3
-    sweep = service.post("/sweeps", sweep_spec(6, 60, 40_000))
+    # trials of ~10-20 s, so that every stop finds two of them mid-training
+    sweep = service.post("/sweeps", sweep_spec(4, 60 if quick else 100, 200_000))
     service.start_worker()
     lost: list[float] = []  # seconds of training redone after a stop, per released trial
+    seen: dict[str, int] = {}  # epochs at the last (re)start: a stop must find new progress
     for _ in range(stops):
         wait_for(
-            lambda: any(
-                j.status == "running" and j.epochs_done >= 3 for j in service.jobs(sweep["id"])
+            lambda seen=seen: (
+                sum(
+                    j.status == "running" and j.epochs_done >= seen.get(j.id, 0) + 3
+                    for j in service.jobs(sweep["id"])
+                )
+                >= 2
             ),
-            120,
-            "a running trial",
+            300,
+            "two trials training since the last start",
         )
         released_before = {j.id: j.released for j in service.jobs(sweep["id"])}
         service.stop_workers(signal.SIGTERM)
@@ -434,6 +440,7 @@ def scenario_sigterm(service: Service, quick: bool) -> Row:
                 kept = ckpt.epoch if ckpt is not None else 0
                 pace = [s for s in service.metric(job.id, "seconds") if s]
                 lost.append((job.epochs_done - kept + 1) * (max(pace) if pace else 0.0))
+        seen = {j.id: j.epochs_done for j in service.jobs(sweep["id"])}
         service.start_worker()
     jobs = service.wait_sweep(sweep["id"], 900)
     service.stop_workers()
@@ -606,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter outages, fewer jobs")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=SCENARIOS)
+    parser.add_argument("--keep", action="store_true", help="keep the workers' logs and data")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="sweeplab-faults-"))
     rows: list[Row] = []
@@ -642,7 +650,10 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     print(
         f"\n{sum(r['ok'] for r in rows)}/{len(rows)} scenarios met their target "
         f"in {time.monotonic() - started:.0f} s"
