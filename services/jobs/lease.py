@@ -235,14 +235,7 @@ class LeaseKeeper:
         set). A write that failed while this answers was refused for its own sake."""
         started = time.monotonic()
         try:
-            with self.sessions() as session:
-                owned = renew_lease(
-                    session,
-                    job_id=self.job_id,
-                    attempt=self.attempt,
-                    lease_seconds=self.lease_seconds,
-                )
-                session.commit()
+            owned = self._renew()
         except Exception:
             return False
         if owned:
@@ -250,6 +243,15 @@ class LeaseKeeper:
         else:
             self.lost.set()
         return True
+
+    def _renew(self) -> bool:
+        """One renewal in its own transaction: True if this attempt still owns the job."""
+        with self.sessions() as session:
+            owned = renew_lease(
+                session, job_id=self.job_id, attempt=self.attempt, lease_seconds=self.lease_seconds
+            )
+            session.commit()
+        return owned
 
     def _loop(self) -> None:
         tick = self.lease_seconds / 3
@@ -259,14 +261,7 @@ class LeaseKeeper:
                 return
             started = time.monotonic()
             try:
-                with self.sessions() as session:
-                    owned = renew_lease(
-                        session,
-                        job_id=self.job_id,
-                        attempt=self.attempt,
-                        lease_seconds=self.lease_seconds,
-                    )
-                    session.commit()
+                owned = self._renew()
             except Exception:  # the database is busy or away: try again soon
                 failures += 1
                 delay = min(tick, RENEW_BACKOFF * 2 ** (failures - 1))
