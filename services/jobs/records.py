@@ -181,17 +181,22 @@ def finish_job(session: Session, *, job_id: str, attempt: int, status: str, **va
     if values.get("error") is not None:
         values["error"] = clip_error(str(values["error"]))
     now = utcnow()
-    return bool(
-        rowcount(
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
-                .values(
-                    status=status, finished_at=now, updated_at=now, lease_expires_at=None, **values
-                )
-            )
-        )
+    return _update_owned(
+        session,
+        job_id,
+        attempt,
+        status=status,
+        finished_at=now,
+        updated_at=now,
+        lease_expires_at=None,
+        **values,
     )
+
+
+def _update_owned(session: Session, job_id: str, attempt: int, **values: Any) -> bool:
+    """Compare-and-set: write ``values`` if ``attempt`` still owns the running job."""
+    owned = update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
+    return bool(rowcount(session.execute(owned.values(**values))))
 
 
 def release_job(session: Session, *, job_id: str, attempt: int) -> bool:
@@ -203,14 +208,12 @@ def release_job(session: Session, *, job_id: str, attempt: int) -> bool:
     False if this attempt no longer owns the job.
     """
     now = utcnow()
-    return bool(
-        rowcount(
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
-                .values(
-                    lease_expires_at=now, released=Job.released + 1, worker=None, updated_at=now
-                )
-            )
-        )
+    return _update_owned(
+        session,
+        job_id,
+        attempt,
+        lease_expires_at=now,
+        released=Job.released + 1,
+        worker=None,
+        updated_at=now,
     )
