@@ -89,6 +89,16 @@ def sweep_trials(session: Session, sweep_id: str) -> list[Job]:
     return list(session.scalars(stmt))
 
 
+def active_count(session: Session, sweep_id: str) -> int:
+    """How many of the sweep's trials are queued or running."""
+    stmt = (
+        select(func.count())
+        .select_from(Job)
+        .where(Job.sweep_id == sweep_id, Job.status.in_(ACTIVE_STATUSES))
+    )
+    return int(session.scalar(stmt) or 0)
+
+
 def advance_sweep(session: Session, sweep_id: str, *, limits: Limits | None = None) -> list[str]:
     """Create trials up to ``max_concurrency`` active; mark the sweep done when all ended.
 
@@ -97,13 +107,18 @@ def advance_sweep(session: Session, sweep_id: str, *, limits: Limits | None = No
     sweep = lock_sweep(session, sweep_id)
     if sweep is None or sweep.status != "running":
         return []
-    trials = sweep_trials(session, sweep_id)
-    active = sum(t.status in ACTIVE_STATUSES for t in trials)
+    # Counted in SQL, not by loading the sweep: a grid or random trial's parameters
+    # depend only on its index; only TPE learns from the trials so far.
+    active = active_count(session, sweep_id)
+    trials: list[Job] | None = None
     new_ids: list[str] = []
     while sweep.n_created < sweep.n_trials and active < sweep.max_concurrency:
         index = sweep.n_created
-        job, stop = _create_trial(session, sweep, index, trials, limits)
-        trials.append(job)
+        if trials is None and sweep.method == "tpe":
+            trials = sweep_trials(session, sweep_id)
+        job, stop = _create_trial(session, sweep, index, trials or [], limits)
+        if trials is not None:
+            trials.append(job)
         sweep.n_created = index + 1
         if job.status == "queued":
             new_ids.append(job.id)
