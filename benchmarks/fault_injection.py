@@ -22,6 +22,9 @@ Scenarios (the issue's figures):
     mlflow     MLflow stopped for 60 s mid-sweep: every run and metric point
                arrives later, once
     recovery   10 recovery periods with waiting jobs: 0 duplicate messages
+
+One script (over the house's 400 lines) so that it runs alone: six scenarios and the
+throwaway servers they break; what other benchmarks share is in ``support.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +42,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,7 @@ import redis  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from api import create_app  # noqa: E402
+from benchmarks.support import free_port, start_worker, stop_workers, wait_for  # noqa: E402
 from services.config import Settings  # noqa: E402
 from services.db import (  # noqa: E402
     Job,
@@ -68,26 +71,6 @@ from services.mirror import server as mlflow_server  # noqa: E402
 from services.stack.processes import start_redis  # noqa: E402
 from services.trainer import fit  # noqa: E402
 from tests.auth_support import authorize, new_token  # noqa: E402
-
-CELERY = str(Path(sys.executable).with_name("celery"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
 
 # --------------------------------------------------------------------------- servers
 
@@ -220,55 +203,14 @@ class Service:
         self.client = authorize(self.app.test_client(), new_token(self.sessions))
         self.workers: list[subprocess.Popen[bytes]] = []
 
-    def queues(self) -> str:
-        return ",".join([self.settings.celery_queue, f"{self.settings.celery_queue}.control"])
-
     def start_worker(self) -> subprocess.Popen[bytes]:
         name = f"w{len(self.workers)}-{uuid.uuid4().hex[:4]}"
-        log = self.root / f"{name}.log"
-        argv = [
-            CELERY,
-            "-A",
-            "worker.app",
-            "worker",
-            "--concurrency",
-            "2",
-            "-P",
-            "prefork",
-            "-Q",
-            self.queues(),
-            "-n",
-            f"{name}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-l",
-            "INFO",
-        ]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = start_worker(self.env, self.settings.celery_queue, self.root / f"{name}.log", name)
         self.workers.append(proc)
-        wait_for(lambda: b" ready." in log.read_bytes() or proc.poll() is not None, 60, name)
         return proc
 
     def stop_workers(self, sig: int = signal.SIGTERM) -> None:
-        for proc in self.workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-        for proc in self.workers:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_workers(self.workers, sig)
         self.workers = []
 
     def close(self) -> None:

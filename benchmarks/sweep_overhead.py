@@ -26,6 +26,9 @@ What it measures (issue 12, "Per-trial overhead"):
 
 Everything it starts (Redis, the worker, MLflow, the PostgreSQL database) is
 stopped or dropped whatever happens; ``--timeout`` bounds the whole run.
+
+One script (over the house's 400 lines) so that it runs alone: the measurement, the
+bare Pool and the per-phase profile; what other benchmarks share is in ``support.py``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ import os
 import pstats
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,6 +62,14 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 from sqlalchemy import select  # noqa: E402
 
 from api import create_app  # noqa: E402
+from benchmarks.support import (  # noqa: E402
+    create_pg_database,
+    drop_pg_database,
+    free_port,
+    start_worker,
+    stop_workers,
+    wait_for,
+)
 from services.celery_app import Dispatcher  # noqa: E402
 from services.config import Settings  # noqa: E402
 from services.db import make_engine, make_session_factory, upgrade  # noqa: E402
@@ -67,7 +77,6 @@ from services.db.models import Job, Sweep  # noqa: E402
 from services.stack.processes import start_redis  # noqa: E402
 from tests.auth_support import authorize, new_token  # noqa: E402
 
-CELERY = str(Path(sys.executable).with_name("celery"))
 PROCESSES = 2
 REDIS_PID: list[int] = []  # the private Redis server, for its CPU time
 
@@ -94,27 +103,6 @@ def cpu_seconds(worker_pid: int | None) -> dict[str, float]:
     )
     out["this process (API, polling)"] = cpu(psutil.Process())
     return out
-
-
-class Timeout(Exception):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise Timeout(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------- the trials
@@ -192,39 +180,14 @@ class Service:
         self.worker: subprocess.Popen[bytes] | None = None
 
     def start_worker(self) -> None:
-        log = self.root / f"worker-{uuid.uuid4().hex[:4]}.log"
         queue = self.settings.celery_queue
-        argv = [
-            *(CELERY, "-A", "worker.app", "worker", "--concurrency", str(PROCESSES)),
-            *("-P", "prefork", "-Q", f"{queue},{queue}.control", "-n", f"overhead-{queue}@%h"),
-            *("--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"),
-        ]
-        with open(log, "wb") as out:
-            self.worker = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        proc = self.worker
-        wait_for(lambda: b" ready." in log.read_bytes() or proc.poll() is not None, 60, "worker")
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker did not start:\n{log.read_text()[-2000:]}")
+        log = self.root / f"worker-{uuid.uuid4().hex[:4]}.log"
+        self.worker = start_worker(self.env, queue, log, f"overhead-{queue}", PROCESSES)
 
     def stop_worker(self) -> None:
-        if self.worker is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.worker.pid, signal.SIGTERM)
-        try:
-            self.worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.worker.pid, signal.SIGKILL)
-            self.worker.wait(timeout=10)
-        self.worker = None
+        if self.worker is not None:
+            stop_workers([self.worker])
+            self.worker = None
 
     def close(self) -> None:
         self.stop_worker()
@@ -431,7 +394,7 @@ def drive(service: Service, body: dict[str, Any], deadline: float) -> tuple[int,
     n, start = 0, time.perf_counter()
     while dispatcher.pending:
         if time.monotonic() > deadline:
-            raise Timeout("in-process profile")
+            raise TimeoutError("in-process profile")
         status = execute_job(
             settings=settings,
             session_factory=service.sessions,
@@ -537,27 +500,6 @@ def profile(service: Service, trials: int, args: argparse.Namespace, deadline: f
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-def _pg_dsn(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-def create_pg_database(admin_url: str) -> str:
-    import psycopg
-
-    name = f"sweeplab_overhead_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_pg_dsn(admin_url), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return admin_url.rsplit("/", 1)[0] + f"/{name}"
-
-
-def drop_pg_database(admin_url: str, url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(_pg_dsn(admin_url), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -635,7 +577,7 @@ def main() -> None:
         args.profile_trials = args.trials
 
     def on_alarm(*_: object) -> None:
-        raise Timeout(f"the run took longer than --timeout {args.timeout:g} s")
+        raise TimeoutError(f"the run took longer than --timeout {args.timeout:g} s")
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(max(1, int(args.timeout)))
@@ -673,7 +615,7 @@ def main() -> None:
         for label, url in backends:
             rows.append(measure(label, url, redis_url, mlflow_url, root, args, deadline))
         if args.postgres:
-            pg_url = create_pg_database(args.postgres)
+            pg_url = create_pg_database(args.postgres, "sweeplab_overhead")
             try:
                 rows.append(
                     measure("postgresql", pg_url, redis_url, mlflow_url, root, args, deadline)
