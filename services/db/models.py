@@ -1,5 +1,5 @@
-"""SQLAlchemy 2.0 models: users and their API tokens, sweeps, jobs, per-epoch
-metrics and checkpoints.
+"""SQLAlchemy 2.0 models: users and their API tokens, datasets, sweeps, jobs,
+per-epoch metrics and checkpoints.
 
 The schema is created by the Alembic migrations in ``migrations/`` only.
 """
@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -109,6 +110,42 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class DatasetBlob(Base):
+    """The bytes of a validated dataset (a canonical npz), once per content hash."""
+
+    __tablename__ = "dataset_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Dataset(Base):
+    """A user's dataset: what it holds (shape, task, classes) and which blob has its bytes."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("owner_id", "sha256"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    sha256: Mapped[str] = mapped_column(ForeignKey("dataset_blobs.sha256"), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    format: Mapped[str] = mapped_column(String(8))
+    task: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str | None] = mapped_column(String(200))
+    n_rows: Mapped[int] = mapped_column(Integer)
+    n_features: Mapped[int] = mapped_column(Integer)
+    n_classes: Mapped[int | None] = mapped_column(Integer)
+    classes: Mapped[list[Any] | None] = mapped_column(JSON)
+    class_counts: Mapped[list[int] | None] = mapped_column(JSON)
+    feature_names: Mapped[list[str] | None] = mapped_column(JSON)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
 class Sweep(Base):
     __tablename__ = "sweeps"
 
@@ -119,6 +156,10 @@ class Sweep(Base):
     )
     name: Mapped[str | None] = mapped_column(String(200))
     experiment: Mapped[str | None] = mapped_column(String(200))
+    # the uploaded dataset its trials train on (a running sweep keeps it from being deleted)
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True
+    )
     status: Mapped[str] = mapped_column(String(16), default="running", index=True)
     method: Mapped[str] = mapped_column(String(16))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -148,6 +189,10 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
     trial_index: Mapped[int | None] = mapped_column(Integer)
+    # the uploaded dataset it trains on (a queued or running job keeps it from being deleted)
+    dataset_id: Mapped[str | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"), index=True
+    )
     params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     proposal: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
