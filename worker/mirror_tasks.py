@@ -20,6 +20,7 @@ from services.mirror import catch_up, sync
 from services.mirror.names import enabled
 from services.mirror.plumbing import (
     LOW_PRIORITY,
+    MIRROR_FINISHED_TASK,
     MIRROR_JOB_TASK,
     MIRROR_PENDING_TASK,
     MIRROR_SWEEP_TASK,
@@ -74,6 +75,21 @@ def mirror_sweep(self, sweep_id: str) -> str:
     if state is False:  # ended (or ending) but not closed yet: look again shortly
         raise self.retry(countdown=2.0 + random.random(), priority=LOW)
     return "closed" if state else "running"
+
+
+@shared_task(name=MIRROR_FINISHED_TASK, bind=True, max_retries=200, acks_late=True)
+def mirror_finished(self) -> dict[str, Any]:
+    """Mirror the short jobs that finished since the last pass (a sweep's trials), in
+    batches, then close their sweeps' parent runs once those are final."""
+    settings = Settings.from_env()
+    counts: dict[str, Any] = {}
+    _mirror_or_retry(
+        self, lambda: counts.update(catch_up.mirror_finished(settings)), "finished jobs"
+    )
+    for sweep_id in counts.get("sweeps", []):
+        if sweep_mirror_final(settings, sweep_id) is False:
+            send_task(settings, MIRROR_SWEEP_TASK, [sweep_id], countdown=2)
+    return counts
 
 
 @shared_task(name=MIRROR_PENDING_TASK, bind=True, acks_late=True)

@@ -78,26 +78,24 @@ def claim_job(
     takeover = and_(Job.status == "running", Job.lease_expires_at < now)
     if max_attempts is not None:
         takeover = and_(takeover, _lost() < max_attempts)
-    claimed = rowcount(
-        session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                or_(Job.status == "queued", takeover),
-            )
-            .values(
-                status="running",
-                worker=worker,
-                attempts=Job.attempts + 1,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                started_at=func.coalesce(Job.started_at, now),
-                updated_at=now,
-            )
+    # One statement: the compare-and-set, and the claimed row back (RETURNING).
+    return session.scalars(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            or_(Job.status == "queued", takeover),
         )
-    )
-    if not claimed:
-        return None
-    return session.get(Job, job_id, populate_existing=True)
+        .values(
+            status="running",
+            worker=worker,
+            attempts=Job.attempts + 1,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=func.coalesce(Job.started_at, now),
+            updated_at=now,
+        )
+        .returning(Job),
+        execution_options={"synchronize_session": False, "populate_existing": True},
+    ).one_or_none()
 
 
 def _lost() -> Any:

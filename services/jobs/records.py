@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, update
 from sqlalchemy.exc import (
     DBAPIError,
     InterfaceError,
@@ -152,16 +152,14 @@ def record_epochs(
     lease expired finds ``owned=False`` and must stop.
     """
     now = utcnow()
-    owned = rowcount(
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
-            .values(
-                lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now, **progress
-            )
-        )
-    )
-    if not owned:
+    # One statement renews the lease, writes the progress and reads the cancel flag.
+    flag = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now, **progress)
+        .returning(Job.cancel_requested)
+    ).scalar()
+    if flag is None:
         return FlushResult(owned=False)
     if rows:
         session.execute(
@@ -172,7 +170,6 @@ def record_epochs(
         session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == job_id))
         session.add(JobCheckpoint(job_id=job_id, epoch=epoch, data=data, updated_at=now))
         session.flush()
-    flag = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
     return FlushResult(owned=True, cancel_requested=bool(flag))
 
 

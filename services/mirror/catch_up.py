@@ -4,6 +4,7 @@ catch-up pass that mirrors whatever lags."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -14,13 +15,16 @@ from typing import Any
 
 from services.mirror.names import enabled
 from services.mirror.plumbing import (
+    FINISHED_GUARD_S,
     LONG_JOB_S,
-    LOW_PRIORITY,
+    MIRROR_FINISHED_TASK,
     MIRROR_JOB_TASK,
     MirrorBusy,
+    finished_keys,
+    redis_client,
     send_task,
 )
-from services.mirror.snapshots import lagging
+from services.mirror.snapshots import lagging, sweep_ids_of
 from services.mirror.sync import mirror_job, mirror_sweep
 
 log = logging.getLogger(__name__)
@@ -143,10 +147,15 @@ def job_progressed(settings: Any, job_id: str) -> None:
 
 
 def job_finished(settings: Any, job_id: str) -> None:
-    """Hand the finished job to the ``sweeplab.mirror_job`` task; returns at once.
+    """Hand the finished job to the mirror; returns at once.
 
-    Sending the message needs Redis only; a failure to send is logged, and the
-    periodic ``sweeplab.mirror_pending`` task picks the job up later.
+    A job that ran LONG_JOB_S or more gets its own ``sweeplab.mirror_job`` task at
+    trial priority (its user watches MLflow). A short one (a sweep's tiny trial)
+    joins a Redis set that one low-priority ``sweeplab.mirror_finished`` task
+    drains in batches: one Redis round trip here instead of a Celery message and a
+    task per trial. Either needs Redis only; a failure is logged, and the periodic
+    ``sweeplab.mirror_pending`` task picks the job up later (the database says
+    what MLflow lacks).
     """
     if not enabled(settings):
         return
@@ -154,8 +163,65 @@ def job_finished(settings: Any, job_id: str) -> None:
     if _mirrorer is not None and _mirrorer.pid == os.getpid():
         ran = _mirrorer.forget(job_id)
     try:
-        send_task(
-            settings, MIRROR_JOB_TASK, [job_id], priority=0 if ran >= LONG_JOB_S else LOW_PRIORITY
-        )
+        if ran >= LONG_JOB_S:
+            send_task(settings, MIRROR_JOB_TASK, [job_id], priority=0)
+        else:
+            note_finished(settings, [job_id])
     except Exception:
         log.warning("could not enqueue the MLflow mirror of job %s", job_id, exc_info=True)
+
+
+def note_finished(settings: Any, job_ids: list[str]) -> None:
+    """Add jobs to the finished set; send a ``mirror_finished`` task unless one is due."""
+    members, guard = finished_keys(settings)
+    pipe = redis_client(settings).pipeline(transaction=False)
+    if job_ids:
+        pipe.sadd(members, *job_ids)
+    pipe.set(guard, "1", nx=True, ex=FINISHED_GUARD_S)
+    if pipe.execute()[-1]:
+        send_task(settings, MIRROR_FINISHED_TASK, [])
+
+
+#: Jobs taken from the finished set per round of :func:`mirror_finished`.
+FINISHED_BATCH = 100
+
+
+def mirror_finished(settings: Any) -> dict[str, Any]:
+    """Drain the finished set: mirror each job's final state, then each of their sweeps.
+
+    Jobs whose mirror another process holds go back into the set, and so do the
+    ones not reached when MLflow fails (the error propagates: the task retries).
+    Returns counts and the sweeps touched (``sweeps``), whose parent runs the
+    caller closes once they are final.
+    """
+    members, guard = finished_keys(settings)
+    r = redis_client(settings)
+    counts: dict[str, Any] = {"done": 0, "busy": 0, "sweeps": []}
+    busy: list[str] = []
+    touched: set[str] = set()
+    try:
+        while batch := [m.decode() for m in r.spop(members, FINISHED_BATCH) or []]:
+            for i, job_id in enumerate(batch):
+                try:
+                    mirror_job(settings, job_id, finalize=True, then_sweep=False)
+                except MirrorBusy:
+                    busy.append(job_id)
+                except Exception:
+                    r.sadd(members, *batch[i:])
+                    raise
+                else:
+                    counts["done"] += 1
+            touched.update(sweep_ids_of(settings, batch))
+        for sweep_id in sorted(touched):
+            with contextlib.suppress(MirrorBusy):  # its holder, or mirror_pending, closes it
+                mirror_sweep(settings, sweep_id, finalize=True)
+    finally:
+        if busy:
+            r.sadd(members, *busy)
+        counts["busy"], counts["sweeps"] = len(busy), sorted(touched)
+    # After a failure the guard stays (until it expires): the retrying task covers
+    # what is noted meanwhile, instead of one more task per finished job.
+    r.delete(guard)
+    if r.scard(members):  # noted after the last round, or busy: another pass soon
+        note_finished(settings, [])
+    return counts

@@ -24,6 +24,20 @@ MIRROR_PENDING_TASK = "sweeplab.mirror_pending"
 MIRROR_SWEEP_TASK = "sweeplab.mirror_sweep"
 
 
+MIRROR_FINISHED_TASK = "sweeplab.mirror_finished"
+
+
+def finished_keys(settings: Any) -> tuple[str, str]:
+    """Redis keys of the short jobs that finished and wait for their final mirror (a
+    set), and of the guard that says a ``mirror_finished`` task is on its way."""
+    base = f"sweeplab:{settings.celery_queue}:mirror:finished"
+    return base, f"{base}:scheduled"
+
+
+#: A guard older than this is taken for lost (its task, or the send, failed).
+FINISHED_GUARD_S = 60
+
+
 HTTP_TIMEOUT_S = "5"
 
 

@@ -219,6 +219,13 @@ def job_sweep_id(settings: Any, job_id: str) -> str | None:
         return job.sweep_id if job is not None else None
 
 
+def sweep_ids_of(settings: Any, job_ids: list[str]) -> set[str]:
+    """The sweeps these jobs belong to."""
+    with session_scope(settings) as session:
+        stmt = select(Job.sweep_id).where(Job.id.in_(job_ids), Job.sweep_id.is_not(None))
+        return {sweep_id for sweep_id in session.scalars(stmt.distinct()) if sweep_id}
+
+
 def sweep_mirror_final(settings: Any, sweep_id: str) -> bool | None:
     """Return True when the sweep's mirror is closed, False when it should be, None if not yet.
 

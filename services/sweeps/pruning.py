@@ -28,17 +28,46 @@ PruneFn = Callable[[Session, int, dict[int, float | None]], str | None]
 MEDIAN_CHECK_SECONDS = 0.1
 
 
+#: sweep id -> (objective, early-stopping policy): what a trial needs of its sweep,
+#: read once per process (a sweep's objective and policy never change).
+_SWEEP_RULES: dict[str, tuple[Objective, EarlyStoppingPolicy | None]] = {}
+_SWEEP_RULES_MAX = 256
+
+
+def sweep_rules(session: Session, sweep_id: str) -> tuple[Objective, EarlyStoppingPolicy | None]:
+    """A sweep's objective and pruning policy (cached per process); LookupError if gone."""
+    rules = _SWEEP_RULES.get(sweep_id)
+    if rules is None:
+        row = session.execute(
+            select(Sweep.objective_metric, Sweep.objective_goal, Sweep.spec).where(
+                Sweep.id == sweep_id
+            )
+        ).one_or_none()
+        if row is None:
+            raise LookupError(sweep_id)
+        raw = (row.spec or {}).get("early_stopping")
+        policy = EarlyStoppingPolicy.model_validate(raw) if raw else None
+        rules = (Objective(row.objective_metric, row.objective_goal), policy)
+        if len(_SWEEP_RULES) >= _SWEEP_RULES_MAX:
+            _SWEEP_RULES.pop(next(iter(_SWEEP_RULES)))
+        _SWEEP_RULES[sweep_id] = rules
+    return rules
+
+
 def policy_for(session: Session, job: Job) -> tuple[Objective, PruneFn | None]:
     """The objective a job is ranked by, and its sweep's pruning rule (if any)."""
-    objective = objective_for(session, job)
-    sweep = session.get(Sweep, job.sweep_id) if job.sweep_id else None
-    raw = sweep.spec.get("early_stopping") if sweep is not None else None
-    if sweep is None or not raw:
+    if not job.sweep_id:
+        return objective_for(session, job), None
+    try:
+        objective, policy = sweep_rules(session, job.sweep_id)
+    except LookupError:
+        return objective_for(session, job), None
+    if policy is None:
         return objective, None
-    policy = EarlyStoppingPolicy.model_validate(raw)
+    sweep_id = job.sweep_id
     state: dict[str, float] = {"checked": 0, "queried_at": -math.inf}
     epochs_total = job.epochs_total
-    job_id, sweep_id = job.id, sweep.id
+    job_id = job.id
 
     def prune(session: Session, epoch: int, running_best: dict[int, float | None]) -> str | None:
         """Called at each epoch boundary: ASHA at its rungs, the median rule at

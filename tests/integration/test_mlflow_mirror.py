@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 from services.db import Job, JobMetric
 from services.mirror import sync
-from services.mirror.catch_up import mirror_pending
+from services.mirror.catch_up import mirror_finished, mirror_pending
+from services.mirror.plumbing import finished_keys
 from tests.e2e.mlflow_support import (
     MlflowServer,
     mirroring_stack,
@@ -353,3 +355,35 @@ def test_workers_catch_up_by_themselves_when_a_hook_was_lost(stack: Stack, mlflo
     runs = mlflow.runs(exp_id, f"tags.`sweeplab.job_id` = '{job['id']}'")
     assert len(runs) == 1
     assert_run_mirrors_job(mlflow, runs[0], stack.job(job["id"]), stack)
+
+
+def test_short_jobs_are_mirrored_in_batches_from_the_finished_set(
+    stack: Stack, mlflow: MlflowServer
+):
+    """A short job's hook only adds it to a Redis set; ``mirror_finished`` drains the set
+    (here in this process, the set filled by hand as the hooks would) and leaves it empty."""
+    jobs = [stack.post("/jobs", trial_spec(epochs=2, learning_rate=lr)) for lr in (0.01, 0.02)]
+    for job in jobs:
+        stack.wait_job(job["id"])
+        wait_job_mirrored(stack, job["id"])
+    with stack.sessions() as session:  # forget the final mirror in the database
+        for job in jobs:
+            row = session.get(Job, job["id"])
+            assert row is not None
+            row.mlflow_synced_status = None
+        session.commit()
+    members, guard = finished_keys(stack.settings)
+    r = redis.Redis.from_url(stack.redis_url)
+    r.sadd(members, *[job["id"] for job in jobs])
+    deadline = time.monotonic() + 30
+    while r.scard(members) and time.monotonic() < deadline:
+        mirror_finished(stack.settings)  # a job comes back while the worker's catch-up holds it
+    assert r.scard(members) == 0 and not r.exists(guard)
+    for job in jobs:
+        row = wait_job_mirrored(stack, job["id"])
+        assert row.mlflow_synced_status == row.status == "succeeded"
+        runs = mlflow.runs(
+            mlflow.experiment_id(DEFAULT_EXPERIMENT), f"tags.`sweeplab.job_id` = '{job['id']}'"
+        )
+        assert len(runs) == 1  # the run is found again, never a second one
+        assert_run_mirrors_job(mlflow, runs[0], stack.job(job["id"]), stack)
