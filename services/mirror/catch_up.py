@@ -171,7 +171,7 @@ def job_finished(settings: Any, job_id: str) -> None:
         log.warning("could not enqueue the MLflow mirror of job %s", job_id, exc_info=True)
 
 
-def note_finished(settings: Any, job_ids: list[str]) -> None:
+def note_finished(settings: Any, job_ids: list[str], countdown: float = 0) -> None:
     """Add jobs to the finished set; send a ``mirror_finished`` task unless one is due."""
     members, guard = finished_keys(settings)
     pipe = redis_client(settings).pipeline(transaction=False)
@@ -179,49 +179,60 @@ def note_finished(settings: Any, job_ids: list[str]) -> None:
         pipe.sadd(members, *job_ids)
     pipe.set(guard, "1", nx=True, ex=FINISHED_GUARD_S)
     if pipe.execute()[-1]:
-        send_task(settings, MIRROR_FINISHED_TASK, [])
+        send_task(settings, MIRROR_FINISHED_TASK, [], countdown=countdown)
 
 
-#: Jobs taken from the finished set per round of :func:`mirror_finished`.
-FINISHED_BATCH = 100
+#: At most this many jobs, and about this long, per ``mirror_finished`` task: then
+#: it sends itself again at low priority, so that queued trials go first.
+FINISHED_BATCH = 50
+FINISHED_PASS_S = 1.0
 
 
 def mirror_finished(settings: Any) -> dict[str, Any]:
-    """Drain the finished set: mirror each job's final state, then each of their sweeps.
+    """Mirror a batch of the finished set's jobs, then their sweeps' parent runs.
 
-    Jobs whose mirror another process holds go back into the set, and so do the
-    ones not reached when MLflow fails (the error propagates: the task retries).
-    Returns counts and the sweeps touched (``sweeps``), whose parent runs the
-    caller closes once they are final.
+    One pass takes at most FINISHED_BATCH jobs and about FINISHED_PASS_S seconds
+    (a task that drained the set while a sweep keeps filling it would hold a
+    worker process for the sweep's whole length); what is left, and what comes
+    in meanwhile, is the next task's. Jobs whose mirror another process holds go
+    back into the set, and so do the ones not reached when MLflow fails (the
+    error propagates: the task retries). Returns counts and the sweeps touched
+    (``sweeps``), whose parent runs the caller closes once they are final.
     """
     members, guard = finished_keys(settings)
     r = redis_client(settings)
     counts: dict[str, Any] = {"done": 0, "busy": 0, "sweeps": []}
-    busy: list[str] = []
-    touched: set[str] = set()
+    batch = [m.decode() for m in r.spop(members, FINISHED_BATCH) or []]
+    left: list[str] = []
+    deadline = time.monotonic() + FINISHED_PASS_S
     try:
-        while batch := [m.decode() for m in r.spop(members, FINISHED_BATCH) or []]:
-            for i, job_id in enumerate(batch):
-                try:
-                    mirror_job(settings, job_id, finalize=True, then_sweep=False)
-                except MirrorBusy:
-                    busy.append(job_id)
-                except Exception:
-                    r.sadd(members, *batch[i:])
-                    raise
-                else:
-                    counts["done"] += 1
-            touched.update(sweep_ids_of(settings, batch))
-        for sweep_id in sorted(touched):
+        for i, job_id in enumerate(batch):
+            if time.monotonic() > deadline:
+                left.extend(batch[i:])
+                break
+            try:
+                mirror_job(settings, job_id, finalize=True, then_sweep=False)
+            except MirrorBusy:
+                left.append(job_id)
+                counts["busy"] += 1
+            except Exception:
+                left.extend(batch[i:])
+                raise
+            else:
+                counts["done"] += 1
+        done = [j for j in batch if j not in set(left)]
+        counts["sweeps"] = sorted(sweep_ids_of(settings, done)) if done else []
+        for sweep_id in counts["sweeps"]:
             with contextlib.suppress(MirrorBusy):  # its holder, or mirror_pending, closes it
-                mirror_sweep(settings, sweep_id, finalize=True)
+                # trials still behind (never ran, or busy) go back to the set
+                mirror_sweep(settings, sweep_id, finalize=True, lagging_trials=left.extend)
     finally:
-        if busy:
-            r.sadd(members, *busy)
-        counts["busy"], counts["sweeps"] = len(busy), sorted(touched)
+        if left:
+            r.sadd(members, *left)
     # After a failure the guard stays (until it expires): the retrying task covers
     # what is noted meanwhile, instead of one more task per finished job.
     r.delete(guard)
-    if r.scard(members):  # noted after the last round, or busy: another pass soon
-        note_finished(settings, [])
+    if r.scard(members):  # left over, or noted meanwhile: the next pass, behind trials
+        # only jobs another process holds: look again in a moment, not at once
+        note_finished(settings, [], countdown=0 if counts["done"] else 1.0)
     return counts

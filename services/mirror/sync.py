@@ -9,7 +9,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +125,13 @@ def _log_epochs(
     *,
     fresh: bool = False,
     tags: Mapping[str, Any] | None = None,
+    final_metrics: Sequence[Any] = (),
 ) -> None:
     """Log every epoch after the last one MLflow has, whole epochs per request.
 
     The params ride along in the first request when the run is new (``fresh``)
-    or this process is not sure of it, and ``tags`` in the last one: a short
-    job's whole run is then one create and one ``log_batch``.
+    or this process is not sure of it, and ``tags`` and ``final_metrics`` in the
+    last one: a short job's whole run is then one create and one ``log_batch``.
     """
     from mlflow.entities import Metric  # late: heavy (mlflow)
 
@@ -150,12 +151,15 @@ def _log_epochs(
     # Keep every metric of a request in the first of the client's chunks (it
     # sends at most 100 params and 100 tags, then fills up to 1000 entities).
     budget = MAX_METRICS_PER_REQUEST - min(len(params), 100) - min(len(final_tags), 100)
+    budget -= len(final_metrics)
     batch: list[Any] = []
     batch_last = done
 
     def flush(last: bool) -> None:
         nonlocal batch, done, params
         extra = final_tags if last else []
+        if last:
+            batch.extend(final_metrics)
         if batch or params or extra:
             _confirmed.pop(run_id, None)
             client.log_batch(run_id, metrics=batch, params=params, tags=extra, synchronous=True)
@@ -181,24 +185,28 @@ def _log_epochs(
     flush(last=True)
 
 
-def _finalize_job(settings: Any, client: Any, snap: JobSnapshot, run_id: str) -> None:
+def _best_metric(settings: Any, snap: JobSnapshot) -> list[Any]:
+    """The number the job is ranked by, as ``best_<metric>``, so that MLflow's compare
+    view sorts trials as the API's leaderboard does (the per-epoch metrics end at
+    the last epoch). Its timestamp and step come from the row: a pass that is redone
+    logs the very same point, which MLflow stores once."""
     from mlflow.entities import Metric  # late: heavy (mlflow)
 
     with session_scope(settings) as session:
-        full = load_job(session, snap.id, after_epoch=0)
         key = objective_key(session, snap.id)
+    value = snap.objective
+    if not key or value is None or not math.isfinite(value):
+        return []
+    stamp = to_ms(snap.finished_at) or to_ms(snap.started_at) or to_ms(snap.created_at) or 0
+    return [Metric(f"best_{key}", float(value), stamp, snap.best_epoch or 0)]
+
+
+def _finalize_job(settings: Any, client: Any, snap: JobSnapshot, run_id: str) -> None:
+    with session_scope(settings) as session:
+        full = load_job(session, snap.id, after_epoch=0)
     history = [{"epoch": e, **rec} for e, _, rec in (full.epochs if full else [])]
     if full is not None and full.result:
         snap.result = full.result
-    # The number the job is ranked by, so that MLflow's compare view can sort the
-    # trials as the API's leaderboard does (the per-epoch metrics end at the last epoch).
-    value = snap.objective
-    if key and value is not None and math.isfinite(value):
-        name = f"best_{key}"
-        if name not in client.get_run(run_id).data.metrics:  # once, if this pass is redone
-            stamp = to_ms(snap.finished_at) or int(time.time() * 1000)
-            metric = Metric(name, float(value), stamp, snap.best_epoch or 0)
-            client.log_batch(run_id, metrics=[metric], synchronous=True)
     with tempfile.TemporaryDirectory(prefix="sweeplab-mirror-") as tmp:
         for name, data in run_artifacts(settings, snap, history).items():
             Path(tmp, name).write_bytes(data)
@@ -239,7 +247,8 @@ def mirror_job(
         run_id, fresh = _ensure_job_run(settings, client, snap)
         final = finalize and snap.status in TERMINAL and snap.synced_status != snap.status
         tags = job_tags(snap, None) if final else None
-        _log_epochs(settings, client, snap, run_id, fresh=fresh, tags=tags)
+        best = _best_metric(settings, snap) if final else []
+        _log_epochs(settings, client, snap, run_id, fresh=fresh, tags=tags, final_metrics=best)
         if snap.status not in TERMINAL:
             return True
         if not finalize:
@@ -321,12 +330,20 @@ def _finalize_sweep(
 
 
 def mirror_sweep(
-    settings: Any, sweep_id: str, *, finalize: bool = True, client: Any = None
+    settings: Any,
+    sweep_id: str,
+    *,
+    finalize: bool = True,
+    client: Any = None,
+    lagging_trials: Callable[[list[str]], None] | None = None,
 ) -> tuple[str, str]:
     """Create the sweep's parent run once; with ``finalize``, close it when the sweep is over.
 
     The parent is closed (best trial's params and objective, the learning-rate
     plot, status) only once the sweep has ended and every trial's run is final.
+    Trials whose final state MLflow lacks are mirrored here, one after another,
+    unless ``lagging_trials`` is given: it is handed their ids instead (so that
+    both worker processes share them) and the parent stays open for now.
     Returns (parent run id, experiment id). Raises MirrorBusy.
     """
     client = client or mlflow_client(settings)
@@ -360,9 +377,16 @@ def mirror_sweep(
             trials = sweep_trials(settings, sweep_id)
             # Trials that never ran (cancelled while queued, invalid) get no
             # job_finished: mirror them here. Raises MirrorBusy if one is held.
-            for t in trials:
-                if t["status"] in TERMINAL and t["synced_status"] != t["status"]:
-                    mirror_job(settings, t["id"], client=client, then_sweep=False)
+            behind = [
+                t["id"]
+                for t in trials
+                if t["status"] in TERMINAL and t["synced_status"] != t["status"]
+            ]
+            if behind and lagging_trials is not None:
+                lagging_trials(behind)
+                return run_id, exp_id
+            for job_id in behind:
+                mirror_job(settings, job_id, client=client, then_sweep=False)
             trials = sweep_trials(settings, sweep_id)
             if all(t["status"] in TERMINAL and t["synced_status"] == t["status"] for t in trials):
                 _finalize_sweep(settings, client, sweep, run_id, trials)
