@@ -53,6 +53,7 @@ def create_app(
         engine=engine,
         sessions=make_session_factory(engine),
         dispatcher=dispatcher or Dispatcher(settings),
+        read_sessions=make_session_factory(engine, read=True),
     )
     app.before_request(authenticate_request)
     app.before_request(_before_request)
