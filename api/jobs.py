@@ -30,7 +30,6 @@ from services.specs import (
     MetricRow,
     MetricsPublic,
     Progress,
-    normalize_job,
 )
 
 bp = APIBlueprint("jobs", __name__, abp_tags=[Tag(name="jobs")], abp_security=SECURITY)
@@ -135,8 +134,9 @@ def create_job(body: JobCreate):
     """Validate a job spec, store the job (yours) and queue it; 429 with Retry-After when
     your queued and running jobs are at the budget (SWEEPLAB_MAX_ACTIVE_JOBS)."""
     svc = services()
+    spec = submit.prepare_job(db(), body, principal=principal(), limits=svc.settings.limits)
     job = submit.submit_job(
-        db(), svc.dispatcher, spec=normalize_job(body), principal=principal(), settings=svc.settings
+        db(), svc.dispatcher, spec=spec, principal=principal(), settings=svc.settings
     )
     return reply(job_public(job), 201, {"Location": url_for("jobs.get_job", job_id=job.id)})
 

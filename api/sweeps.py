@@ -126,7 +126,9 @@ def create_sweep(body: SweepCreate):
     """Validate a sweep spec, store it (yours) and queue its first trials; 429 with
     Retry-After when they would take you over your budget of active jobs."""
     svc = services()
-    sweep = check_sweep(body, svc.settings.limits)
+    limits = svc.settings.limits
+    body = submit.prepare_sweep(db(), body, principal=principal(), limits=limits)
+    sweep = check_sweep(body, limits)
     row = submit.submit_sweep(
         db(), svc.dispatcher, sweep=sweep, settings=svc.settings, principal=principal()
     )

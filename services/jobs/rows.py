@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, load_only
 
+from services.datasets.attach import refers_to
 from services.db.models import (
     TERMINAL_STATUSES,
     Job,
@@ -60,6 +61,7 @@ def create_job(
         params=params,
         proposal=proposal,
         spec=spec,
+        dataset_id=refers_to(spec),
         epochs_total=int(hp.get("epochs") or 0),
         epochs_done=0,
         error=error,
