@@ -12,7 +12,7 @@ from __future__ import annotations
 from flask import current_app, g, request
 from flask_openapi3 import Info
 
-from api import health, jobs, openapi, sweeps, tokens
+from api import datasets, health, jobs, openapi, sweeps, tokens
 from api.auth import SECURITY_SCHEMES, authenticate_request
 from api.context import APIRequest, Services, StrictJSON, json_body, services
 from api.errors import register_error_handlers, validation_failed
@@ -53,6 +53,7 @@ def create_app(
         engine=engine,
         sessions=make_session_factory(engine),
         dispatcher=dispatcher or Dispatcher(settings),
+        read_sessions=make_session_factory(engine, read=True),
     )
     app.before_request(authenticate_request)
     app.before_request(_before_request)
@@ -68,6 +69,7 @@ def create_app(
     app.register_api(health.bp)
     app.register_api(jobs.bp, url_prefix=API_PREFIX)
     app.register_api(sweeps.bp, url_prefix=API_PREFIX)
+    app.register_api(datasets.bp, url_prefix=API_PREFIX)
     app.register_api(tokens.bp, url_prefix=API_PREFIX)
     app.register_api(openapi.bp, url_prefix=API_PREFIX)
     return app

@@ -3,11 +3,12 @@ and its docs page; the request's principal for the views (``api.context.principa
 
 from __future__ import annotations
 
-from flask import g, request
+from flask import current_app, g, request
+from sqlalchemy.exc import DBAPIError
 
-from api.context import db, services
+from api.context import READ_METHODS, db, services
 from api.errors import APIError
-from services.auth import LOCAL, authenticate
+from services.auth import LOCAL, Principal, authenticate, record_use, use_due
 
 #: Endpoints anyone may call: liveness, readiness, the document and its page.
 PUBLIC_BLUEPRINTS = frozenset({"health", "docs"})
@@ -35,5 +36,23 @@ def authenticate_request() -> None:
     principal = authenticate(session, token.strip())
     if principal is None:
         raise APIError(401, "the token is not valid (unknown or revoked)", headers=CHALLENGE)
-    session.commit()  # last_used_at
+    if use_due(principal):
+        _record_use(principal)
+    session.commit()  # the view's reads start a fresh snapshot (last_used_at included)
     g.principal = principal
+
+
+def _record_use(principal: Principal) -> None:
+    """Record the token's use (at most once a minute): in the request's own write
+    transaction for a write, else in a short transaction of its own, so that a read
+    request stays a read (it never takes SQLite's write lock for its whole length)."""
+    assert principal.token_id is not None
+    if request.method not in READ_METHODS:
+        record_use(db(), principal.token_id)
+        return
+    try:
+        with services().sessions() as session:
+            record_use(session, principal.token_id)
+            session.commit()
+    except DBAPIError:  # bookkeeping: a busy database must not fail the read itself
+        current_app.logger.warning("could not record the use of token %s", principal.token_id)

@@ -25,12 +25,16 @@ from services.specs import MlflowLinks
 
 @dataclass
 class Services:
-    """What the views share: settings, the database and the dispatcher."""
+    """What the views share: settings, the database and the dispatcher.
+
+    ``sessions`` write (BEGIN IMMEDIATE on SQLite); ``read_sessions`` only read
+    (a deferred BEGIN: under WAL they never block a writer)."""
 
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     dispatcher: Dispatcher
+    read_sessions: sessionmaker[Session]
 
 
 def _reject_constant(name: str) -> Any:
@@ -72,10 +76,17 @@ def principal() -> Principal:
     return g.principal
 
 
+#: Requests that only read: their session never takes SQLite's write lock.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def db() -> Session:
-    """The request's session (closed at teardown; views commit)."""
+    """The request's session (closed at teardown; views commit): a read session
+    for GET and HEAD, a write session otherwise."""
     if "db_session" not in g:
-        g.db_session = services().sessions()
+        svc = services()
+        read = request.method in READ_METHODS
+        g.db_session = (svc.read_sessions if read else svc.sessions)()
     return g.db_session
 
 

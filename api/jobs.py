@@ -25,11 +25,11 @@ from services.specs import (
     JobLinks,
     JobPage,
     JobPublic,
+    JobSummary,
     JobTimings,
     MetricRow,
     MetricsPublic,
     Progress,
-    normalize_job,
 )
 
 bp = APIBlueprint("jobs", __name__, abp_tags=[Tag(name="jobs")], abp_security=SECURITY)
@@ -52,26 +52,37 @@ def _seconds(start: Any, end: Any) -> float | None:
 
 def job_public(job: Job) -> JobPublic:
     """The job as the API shows it."""
-    total = job.epochs_total
     return JobPublic(
+        **_summary_fields(job),
+        spec=job.spec,
+        latest_metrics=job.latest_metrics,
+        best_metrics=job.best_metrics,
+        result=job.result,
+        diagnosis=job.diagnosis,
+    )
+
+
+def job_summary(job: Job) -> JobSummary:
+    """The job as a list shows it (from ``services.jobs.rows.SUMMARY_COLUMNS`` only)."""
+    return JobSummary(**_summary_fields(job))
+
+
+def _summary_fields(job: Job) -> dict[str, Any]:
+    total = job.epochs_total
+    return dict(
         id=job.id,
         name=job.name,
-        status=job.status,  # type: ignore[arg-type]  # a str column holding a JOB_STATUS
+        status=job.status,
         sweep_id=job.sweep_id,
         trial_index=job.trial_index,
         params=job.params,
-        spec=job.spec,
         progress=Progress(
             epoch=job.epochs_done,
             epochs=total,
             fraction=round(job.epochs_done / total, 4) if total else None,
         ),
-        latest_metrics=job.latest_metrics,
-        best_metrics=job.best_metrics,
         best_epoch=job.best_epoch,
         objective=job.objective,
-        result=job.result,
-        diagnosis=job.diagnosis,
         error=job.error,
         prune_reason=job.prune_reason,
         cancel_requested=job.cancel_requested,
@@ -96,13 +107,14 @@ def job_public(job: Job) -> JobPublic:
 
 
 def job_page(rows: list[Job], next_cursor: str | None) -> JobPage:
-    return JobPage(items=[job_public(j) for j in rows], next_cursor=next_cursor)
+    return JobPage(items=[job_summary(j) for j in rows], next_cursor=next_cursor)
 
 
-def _job_or_404(job_id: str) -> Job:
+def _job_or_404(job_id: str, *columns: Any) -> Job:
     """The job, if the request's user may see it (theirs, or any for an admin): another
-    user's job answers exactly as a job that does not exist."""
-    job = job_rows.get_job(db(), job_id)
+    user's job answers exactly as a job that does not exist. With ``columns``, only
+    those are read (the owner is always)."""
+    job = job_rows.get_job(db(), job_id, *((Job.owner_id, *columns) if columns else ()))
     if job is None or not principal().sees(job):
         raise APIError(404, f"no job {job_id}")
     return job
@@ -122,8 +134,9 @@ def create_job(body: JobCreate):
     """Validate a job spec, store the job (yours) and queue it; 429 with Retry-After when
     your queued and running jobs are at the budget (SWEEPLAB_MAX_ACTIVE_JOBS)."""
     svc = services()
+    spec = submit.prepare_job(db(), body, principal=principal(), limits=svc.settings.limits)
     job = submit.submit_job(
-        db(), svc.dispatcher, spec=normalize_job(body), principal=principal(), settings=svc.settings
+        db(), svc.dispatcher, spec=spec, principal=principal(), settings=svc.settings
     )
     return reply(job_public(job), 201, {"Location": url_for("jobs.get_job", job_id=job.id)})
 
@@ -169,7 +182,7 @@ def get_job(path: JobPath):
 )
 def get_metrics(path: JobPath, query: MetricsQuery):
     """Show the learning curve, one row per epoch (JSON, or CSV with ?format=csv)."""
-    _job_or_404(path.job_id)
+    _job_or_404(path.job_id, Job.id)
     rows = job_metrics(db(), path.job_id)
     if query.format == "csv":
         columns = sorted({k for r in rows for k in r.metrics} - {"epoch"})

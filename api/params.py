@@ -23,14 +23,11 @@ class SweepPath(BaseModel):
     sweep_id: str
 
 
-class PageQuery(BaseModel):
-    """A page of a list, newest first: ``limit`` rows after ``cursor``, of some ``status``."""
-
-    KNOWN_STATUSES: ClassVar[tuple[str, ...]] = JOB_STATUSES
+class CursorQuery(BaseModel):
+    """A page of a list: ``limit`` rows after ``cursor``."""
 
     cursor: str | None = Field(None, description="next_cursor of the previous page")
     limit: Annotated[int, Field(ge=1, le=200)] = 50
-    status: str | None = Field(None, description="comma-separated statuses")
 
     @field_validator("cursor", mode="before")
     @classmethod
@@ -46,6 +43,14 @@ class PageQuery(BaseModel):
         ):
             raise ValueError("limit must be an integer from 1 to 200")
         return value
+
+
+class PageQuery(CursorQuery):
+    """A page of a list, newest first: ``limit`` rows after ``cursor``, of some ``status``."""
+
+    KNOWN_STATUSES: ClassVar[tuple[str, ...]] = JOB_STATUSES
+
+    status: str | None = Field(None, description="comma-separated statuses")
 
     @field_validator("status")
     @classmethod
@@ -67,6 +72,10 @@ class JobListQuery(PageQuery):
 
 class TrialListQuery(PageQuery):
     pass
+
+
+class LeaderboardQuery(CursorQuery):
+    """A page of a sweep's leaderboard, best first."""
 
 
 class SweepListQuery(PageQuery):

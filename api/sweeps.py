@@ -1,33 +1,45 @@
-"""/api/v1/sweeps: submit, read (counts, best trial, leaderboard), list trials, cancel."""
+"""/api/v1/sweeps: submit, read (counts, best trial, top of the leaderboard), list
+trials, page through the leaderboard, cancel.
+
+A sweep reads in a number of queries and bytes that does not grow with its trials:
+its counts, its best trial and the top of its leaderboard; the trials and the
+whole leaderboard come a page at a time."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import url_for
 from flask_openapi3 import APIBlueprint, Tag
+from sqlalchemy import select
+from sqlalchemy.orm import defer
 
 from api.auth import SECURITY
 from api.context import db, mlflow_links, no_content, principal, reply, services
 from api.errors import APIError
 from api.jobs import bad_cursor, errors, iso_time, job_page
-from api.params import SweepListQuery, SweepPath, TrialListQuery
+from api.params import LeaderboardQuery, SweepListQuery, SweepPath, TrialListQuery
 from services import submit
 from services.db.models import Job, Sweep
 from services.db.pages import BadCursorError
 from services.jobs.rows import list_jobs
-from services.ranking import best_trial, leaderboard
+from services.ranking import BoardPage, best_trial_in, leaderboard_page
 from services.specs import (
+    LEADERBOARD_TOP,
     JobPage,
+    LeaderboardPage,
     LeaderboardRow,
     SweepCreate,
     SweepLinks,
     SweepObjective,
     SweepPage,
     SweepPublic,
+    SweepSummary,
     SweepTimings,
     check_sweep,
 )
 from services.sweeps import scheduler
-from services.sweeps.scheduler import SweepFinishedError, status_counts, sweep_trials
+from services.sweeps.scheduler import SweepFinishedError, trial_totals
 
 bp = APIBlueprint("sweeps", __name__, abp_tags=[Tag(name="sweeps")], abp_security=SECURITY)
 
@@ -47,13 +59,26 @@ def _row(rank: int, job: Job) -> LeaderboardRow:
     )
 
 
-def sweep_public(sweep: Sweep, *, full: bool = True) -> SweepPublic:
-    """The sweep as the API shows it (the leaderboard only when ``full``)."""
+def _rows(page: BoardPage) -> list[LeaderboardRow]:
+    return [_row(page.first_rank + i, t) for i, t in enumerate(page.trials)]
+
+
+def sweep_public(sweep: Sweep) -> SweepPublic:
+    """The sweep as the API shows it: the top of its leaderboard, never every trial."""
+    top = leaderboard_page(db(), sweep, limit=LEADERBOARD_TOP)
+    return SweepPublic(**_summary_fields(sweep, top), leaderboard=_rows(top), spec=sweep.spec)
+
+
+def sweep_summary(sweep: Sweep) -> SweepSummary:
+    """The sweep as a list shows it (no spec, no leaderboard)."""
+    return SweepSummary(**_summary_fields(sweep, leaderboard_page(db(), sweep, limit=1)))
+
+
+def _summary_fields(sweep: Sweep, top: BoardPage) -> dict[str, Any]:
     session = db()
-    trials = sweep_trials(session, sweep.id)
-    board = leaderboard(sweep, trials)
-    best = best_trial(sweep, board)
-    return SweepPublic(
+    counts, epochs_done = trial_totals(session, sweep.id)
+    best = best_trial_in(session, sweep, top)
+    return dict(
         id=sweep.id,
         name=sweep.name,
         experiment=sweep.experiment,
@@ -63,25 +88,29 @@ def sweep_public(sweep: Sweep, *, full: bool = True) -> SweepPublic:
         max_concurrency=sweep.max_concurrency,
         n_trials=sweep.n_trials,
         n_created=sweep.n_created,
-        counts=status_counts(session, sweep.id),
-        best_trial=_row(board.index(best) + 1, best) if best is not None else None,
-        leaderboard=[_row(i + 1, t) for i, t in enumerate(board)] if full else [],
-        spec=sweep.spec,
+        counts=counts,
+        epochs_done=epochs_done,
+        best_trial=_row(best[1], best[0]) if best is not None else None,
         timings=SweepTimings(
             created_at=iso_time(sweep.created_at), finished_at=iso_time(sweep.finished_at)
         ),
         links=SweepLinks(
             self=url_for("sweeps.get_sweep", sweep_id=sweep.id),
             trials=url_for("sweeps.list_trials", sweep_id=sweep.id),
+            leaderboard=url_for("sweeps.get_leaderboard", sweep_id=sweep.id),
             cancel=url_for("sweeps.cancel_sweep", sweep_id=sweep.id),
         ),
         mlflow=mlflow_links("sweep", sweep),
     )
 
 
-def _sweep_or_404(sweep_id: str) -> Sweep:
-    """The sweep, if the request's user may see it (theirs, or any for an admin)."""
-    sweep = db().get(Sweep, sweep_id)
+def _sweep_or_404(sweep_id: str, *, spec: bool = True) -> Sweep:
+    """The sweep, if the request's user may see it (theirs, or any for an admin);
+    without its spec unless ``spec``."""
+    stmt = select(Sweep).where(Sweep.id == sweep_id)
+    if not spec:
+        stmt = stmt.options(defer(Sweep.spec, raiseload=True))
+    sweep = db().scalars(stmt).one_or_none()
     if sweep is None or not principal().sees(sweep):
         raise APIError(404, f"no sweep {sweep_id}")
     return sweep
@@ -97,7 +126,9 @@ def create_sweep(body: SweepCreate):
     """Validate a sweep spec, store it (yours) and queue its first trials; 429 with
     Retry-After when they would take you over your budget of active jobs."""
     svc = services()
-    sweep = check_sweep(body, svc.settings.limits)
+    limits = svc.settings.limits
+    body = submit.prepare_sweep(db(), body, principal=principal(), limits=limits)
+    sweep = check_sweep(body, limits)
     row = submit.submit_sweep(
         db(), svc.dispatcher, sweep=sweep, settings=svc.settings, principal=principal()
     )
@@ -111,7 +142,8 @@ def create_sweep(body: SweepCreate):
     responses={200: SweepPage, **errors(400)},
 )
 def list_sweeps(query: SweepListQuery):
-    """List sweeps, newest first (``status`` filter); leaderboards are left out."""
+    """List sweeps, newest first (``status`` filter): summaries, without specs or
+    leaderboards."""
     try:
         rows, next_cursor = scheduler.list_sweeps(
             db(),
@@ -122,19 +154,38 @@ def list_sweeps(query: SweepListQuery):
         )
     except BadCursorError as err:
         raise bad_cursor(err) from err
-    items = [sweep_public(s, full=False) for s in rows]
+    items = [sweep_summary(s) for s in rows]
     return reply(SweepPage(items=items, next_cursor=next_cursor))
 
 
 @bp.get(
     "/sweeps/<sweep_id>",
     operation_id="getSweep",
-    summary="Show a sweep with its leaderboard",
+    summary="Show a sweep with the top of its leaderboard",
     responses={200: SweepPublic, **errors(404)},
 )
 def get_sweep(path: SweepPath):
-    """Show a sweep: status, counts, best trial and the leaderboard."""
+    """Show a sweep: status, counts, best trial and the top of the leaderboard (its
+    size does not grow with the trials; ``links`` page through them)."""
     return reply(sweep_public(_sweep_or_404(path.sweep_id)))
+
+
+@bp.get(
+    "/sweeps/<sweep_id>/leaderboard",
+    operation_id="getLeaderboard",
+    summary="A sweep's leaderboard, a page at a time",
+    responses={200: LeaderboardPage, **errors(400, 404)},
+)
+def get_leaderboard(path: SweepPath, query: LeaderboardQuery):
+    """List a sweep's trials best first (trials without an objective last, unranked)."""
+    sweep = _sweep_or_404(path.sweep_id, spec=False)
+    try:
+        page = leaderboard_page(db(), sweep, cursor=query.cursor, limit=query.limit)
+    except BadCursorError as err:
+        raise bad_cursor(err) from err
+    return reply(
+        LeaderboardPage(sweep_id=sweep.id, items=_rows(page), next_cursor=page.next_cursor)
+    )
 
 
 @bp.get(
@@ -145,7 +196,7 @@ def get_sweep(path: SweepPath):
 )
 def list_trials(path: SweepPath, query: TrialListQuery):
     """List a sweep's trials (jobs), newest first."""
-    _sweep_or_404(path.sweep_id)
+    _sweep_or_404(path.sweep_id, spec=False)
     try:
         rows, next_cursor = list_jobs(
             db(),

@@ -5,7 +5,9 @@ and the SHA-256 of its secret, never the secret: a leaked database does not
 leak working tokens, and the secret (256 random bits) needs no slow hash. A
 presented token is found by its id and its secret compared in constant time
 (``hmac.compare_digest``). Revoked tokens stop working at once; every token
-records when it was last used (to the minute, so that reads do not all write).
+records when it was last used, to the minute: :func:`authenticate` only reads,
+and :func:`record_use` writes at most once a minute per token, so that reads
+do not all write.
 
 Jobs and sweeps belong to the user who submitted them. A user lists, reads,
 cancels and deletes only their own; another user's id answers as if it did
@@ -21,10 +23,10 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from services.db.models import ACTIVE_STATUSES, ApiToken, Job, User, utcnow
@@ -43,6 +45,9 @@ class Principal:
     user_id: str | None
     name: str
     is_admin: bool
+    #: the token the request came with, and when its use was last recorded
+    token_id: str | None = None
+    last_used_at: datetime | None = None
 
     def sees(self, row: Any) -> bool:
         """May this principal see (and act on) ``row``, a job or a sweep?"""
@@ -104,7 +109,9 @@ def issue_token(
 
 
 def authenticate(session: Session, token: str) -> Principal | None:
-    """The principal a token stands for; None for a malformed, unknown or revoked one."""
+    """The principal a token stands for; None for a malformed, unknown or revoked one.
+
+    Reads only: record the use with :func:`record_use` when ``use_due``."""
     match = TOKEN_PATTERN.match(token)
     # Hash whatever came, so that a malformed token costs what a wrong one does.
     presented = _digest(match.group(2) if match else token)
@@ -115,10 +122,34 @@ def authenticate(session: Session, token: str) -> Principal | None:
     user = session.get(User, row.user_id)
     if user is None:
         return None
-    now = utcnow()
-    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
-        row.last_used_at = now
-    return Principal(user_id=user.id, name=user.name, is_admin=user.is_admin)
+    return Principal(
+        user_id=user.id,
+        name=user.name,
+        is_admin=user.is_admin,
+        token_id=row.id,
+        last_used_at=row.last_used_at,
+    )
+
+
+def use_due(principal: Principal, now: datetime | None = None) -> bool:
+    """Is the token's last use older than ``LAST_USED_RESOLUTION`` (or never recorded)?"""
+    if principal.token_id is None:
+        return False
+    last = principal.last_used_at
+    return last is None or (now or utcnow()) - last >= LAST_USED_RESOLUTION
+
+
+def record_use(session: Session, token_id: str, now: datetime | None = None) -> bool:
+    """Record that the token was used now, unless another request did within the
+    resolution (a compare-and-set: concurrent requests write once). Flushes."""
+    now = now or utcnow()
+    stale = or_(
+        ApiToken.last_used_at.is_(None), ApiToken.last_used_at <= now - LAST_USED_RESOLUTION
+    )
+    result = session.execute(
+        update(ApiToken).where(ApiToken.id == token_id, stale).values(last_used_at=now)
+    )
+    return bool(getattr(result, "rowcount", 0))
 
 
 def token_public(session: Session, row: ApiToken) -> dict[str, Any]:

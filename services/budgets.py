@@ -102,6 +102,8 @@ def _outputs(spec: dict[str, Any]) -> int:
     if task == CLASSIFICATION:
         k = int(n_classes or 2)
         return 1 if k == 2 and spec["architecture"].get("output_activation") == "sigmoid" else k
+    if ds["name"] == "uploaded":
+        return int(ds.get("n_targets") or 1)
     y = ds.get("y")
     if ds["name"] == "arrays" and y and isinstance(y[0], list):
         return max(len(y[0]), 1)

@@ -38,6 +38,10 @@ class Limits(BaseModel):
     max_trials: int = 1_000
     max_concurrency: int = 64
     max_body_bytes: int = 1024 * 1024
+    # An uploaded dataset (POST /datasets): the request body, and its stored form (X as
+    # float64). 512 MiB: parsing one takes a few times that for a moment in the API process,
+    # and a worker keeps it in its cache, inside this 24 GiB, 2-worker machine's budgets.
+    max_dataset_bytes: int = 512 << 20
     # Budget per user: jobs queued plus running (a sweep's trials count); more is a 429.
     max_active_jobs: int = 256
     # Budgets per job (and per trial of a sweep) at submission, estimated from the spec by
@@ -129,6 +133,9 @@ class Settings(BaseSettings):
     # well inside this 24 GiB machine.
     worker_memory_bytes: int = Field(6 << 30, validation_alias="SWEEPLAB_WORKER_MEMORY_BYTES")
     limits: Limits = Field(default_factory=Limits)
+    # Each worker process keeps the datasets its jobs trained on, by content hash, up to
+    # this many bytes (least recently used out first): a sweep's trials read theirs once.
+    dataset_cache_bytes: int = Field(1 << 30, validation_alias="SWEEPLAB_DATASET_CACHE_BYTES")
     # How a run paces its checkpoints and when it gives up (services.jobs.limits.RunLimits):
     # a checkpoint at the first epoch boundary after this much training since the last,
     checkpoint_seconds: float = Field(60.0, validation_alias="SWEEPLAB_CHECKPOINT_SECONDS")

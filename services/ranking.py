@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, func, not_, or_, select
+from sqlalchemy.orm import Session, load_only
 
 from services.db.models import Job, Sweep
+from services.db.pages import BadCursorError, decode_key, encode_key
 from services.specs import has_validation
 from services.trainer import improves
 
@@ -139,3 +141,130 @@ def best_trial(sweep: Sweep, board: list[Job]) -> Job | None:
     done = [t for t in ranked if t.status == "succeeded"]
     candidates = done or ranked
     return candidates[0] if candidates else None
+
+
+# -- the same rule in SQL: a sweep's leaderboard a page at a time ---------------------
+
+#: What a leaderboard row shows of a trial (never its spec, result or weights).
+BOARD_COLUMNS = (
+    Job.id,
+    Job.sweep_id,
+    Job.trial_index,
+    Job.status,
+    Job.objective,
+    Job.params,
+    Job.best_epoch,
+    Job.epochs_done,
+    Job.prune_reason,
+)
+
+
+def _board_key(sweep: Sweep) -> tuple[Any, Any, Any, Any]:
+    """The leaderboard's sort key in SQL: (no objective, objective, index, id); the
+    objective ascending for ``minimize``, descending for ``maximize``."""
+    return (
+        Job.objective.is_(None),
+        Job.objective if sweep.objective_goal == "minimize" else -Job.objective,
+        func.coalesce(Job.trial_index, 0),
+        Job.id,
+    )
+
+
+def board_order(sweep: Sweep) -> list[Any]:
+    """ORDER BY clauses listing a sweep's trials as :func:`leaderboard` does."""
+    unranked, value, index, row_id = _board_key(sweep)
+    return [unranked.asc(), value.asc(), index.asc(), row_id.asc()]
+
+
+def _after(sweep: Sweep, trial: Job) -> Any:
+    """The trials that come after ``trial`` on the leaderboard (a keyset condition)."""
+    _, value, index, row_id = _board_key(sweep)
+    tie = or_(
+        index > (trial.trial_index or 0), and_(index == (trial.trial_index or 0), row_id > trial.id)
+    )
+    if trial.objective is None:
+        return and_(Job.objective.is_(None), tie)
+    mine = trial.objective if sweep.objective_goal == "minimize" else -trial.objective
+    return or_(Job.objective.is_(None), value > mine, and_(value == mine, tie))
+
+
+def _board_select(sweep: Sweep) -> Any:
+    return (
+        select(Job)
+        .options(load_only(*BOARD_COLUMNS, raiseload=True))
+        .where(Job.sweep_id == sweep.id)
+        .order_by(*board_order(sweep))
+    )
+
+
+@dataclass
+class BoardPage:
+    """A page of a sweep's leaderboard: its trials, the rank of the first, the next cursor."""
+
+    trials: list[Job]
+    first_rank: int
+    next_cursor: str | None
+
+
+def leaderboard_page(
+    session: Session, sweep: Sweep, *, cursor: str | None = None, limit: int = 10
+) -> BoardPage:
+    """``limit`` trials of the leaderboard after ``cursor`` (one query, whatever the
+    sweep's size). Ranks count every trial listed before; trials without an objective
+    come last (``rank`` null in the API). Raises ``BadCursorError``."""
+    stmt, rank = _board_select(sweep), 1
+    if cursor:
+        rank, objective, index, row_id = decode_key(cursor, 4)
+        if not (
+            isinstance(rank, int)
+            and rank >= 1
+            and (objective is None or isinstance(objective, (int, float)))
+            and isinstance(index, int)
+            and isinstance(row_id, str)
+        ):
+            raise BadCursorError("cursor is not one this API handed out")
+        last = Job(id=row_id, trial_index=index, objective=objective)
+        stmt = stmt.where(_after(sweep, last))
+    rows = list(session.scalars(stmt.limit(limit + 1)))
+    more, rows = len(rows) > limit, rows[:limit]
+    next_cursor = None
+    if more and rows:
+        end = rows[-1]
+        next_cursor = encode_key([rank + len(rows), end.objective, end.trial_index or 0, end.id])
+    return BoardPage(rows, rank, next_cursor)
+
+
+def best_trial_in(session: Session, sweep: Sweep, top: BoardPage) -> tuple[Job, int] | None:
+    """The best trial as :func:`best_trial` picks it, and its rank; ``top`` is the
+    leaderboard's first page (the answer is usually on it: no query then)."""
+    ranked = [t for t in top.trials if t.objective is not None]
+    if not ranked:
+        return None
+    done = next(
+        (
+            i
+            for i, t in enumerate(top.trials)
+            if t.status == "succeeded" and t.objective is not None
+        ),
+        None,
+    )
+    if done is not None:
+        return top.trials[done], top.first_rank + done
+    if len(ranked) == len(top.trials) and top.next_cursor is not None:
+        stmt = _board_select(sweep).where(
+            Job.objective.is_not(None), Job.status == "succeeded", _after(sweep, ranked[-1])
+        )
+        best = session.scalars(stmt.limit(1)).first()
+        if best is not None:
+            before = (
+                select(func.count())
+                .select_from(Job)
+                .where(
+                    Job.sweep_id == sweep.id,
+                    Job.objective.is_not(None),
+                    not_(_after(sweep, best)),
+                    Job.id != best.id,
+                )
+            )
+            return best, int(session.scalar(before) or 0) + 1
+    return ranked[0], top.first_rank

@@ -8,14 +8,24 @@ committed, and a row whose message could not leave must not stay queued.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.auth import LOCAL, Principal, check_quota
 from services.celery_app import Dispatcher
-from services.config import Settings
+from services.config import Limits, Settings
+from services.datasets import attach_dataset, refers_to
 from services.db.models import Job, Sweep
 from services.jobs.rows import create_job, fail_unqueued, request_cancel
-from services.specs import SweepCreate
+from services.specs import (
+    JobCreate,
+    SpecValidationError,
+    SweepCreate,
+    normalize_job,
+    validate_job,
+)
+from services.specs.job import trainer_normalize
 from services.sweeps import scheduler
 from services.sweeps.scheduler import advance_and_enqueue, create_sweep
 
@@ -26,6 +36,57 @@ class QueueUnavailable(RuntimeError):
     def __init__(self, cause: Exception):
         super().__init__(f"the job queue is unavailable ({type(cause).__name__}); try again")
         self.cause = cause
+
+
+#: what a sweep may not change in its base's dataset: which data the trials train on
+_DATASET_FIELDS = ("dataset", "dataset.name", "dataset.id", "dataset.X", "dataset.y")
+
+
+def prepare_job(
+    session: Session, body: JobCreate, *, principal: Principal = LOCAL, limits: Limits
+) -> dict[str, Any]:
+    """The normalized spec of a job request: an ``uploaded`` dataset gets the stored
+    dataset's facts (a 422 at ``dataset.id`` if it is not the principal's), inline
+    ``arrays`` become a stored dataset (flushed: committed with the job) and the spec
+    refers to it."""
+    if body.dataset.name not in ("arrays", "uploaded"):
+        return normalize_job(body, limits)
+    if body.dataset.name == "arrays":
+        normalize_job(body, limits)  # the trainer's checks of the rows, with their messages
+    spec, _ = attach_dataset(session, body.model_dump(exclude_unset=True), principal)
+    return validate_job(spec, limits)
+
+
+def prepare_sweep(
+    session: Session, sweep: SweepCreate, *, principal: Principal = LOCAL, limits: Limits
+) -> SweepCreate:
+    """``sweep`` whose base refers to a stored dataset (see :func:`prepare_job`): its
+    trials' specs hold the reference, never rows. A sweep cannot vary the dataset
+    itself (its id, name or rows), only how each trial splits it."""
+    base = sweep.base.model_dump(exclude_unset=True)
+    if sweep.base.dataset.name not in ("arrays", "uploaded"):
+        return sweep
+    for path in sweep.parameters:
+        if path in _DATASET_FIELDS or any(path.startswith(f"{f}.") for f in _DATASET_FIELDS[2:]):
+            raise SpecValidationError(
+                "invalid sweep spec",
+                [
+                    {
+                        "loc": f"parameters.{path}",
+                        "msg": "a sweep over stored or inline data cannot change the data; "
+                        "submit one sweep per dataset",
+                    }
+                ],
+            )
+    if sweep.base.dataset.name == "arrays":
+        trainer_normalize(base, prefix="base")
+    base, _ = attach_dataset(session, base, principal, prefix="base.")
+    data = sweep.model_dump(exclude_unset=True)
+    data["base"] = base
+    try:
+        return SweepCreate.model_validate(data, context={"limits": limits})
+    except Exception as err:  # the reference is valid where the rows were: a bug
+        raise RuntimeError(f"the sweep with its dataset attached is invalid: {err}") from err
 
 
 def submit_job(
@@ -75,6 +136,7 @@ def submit_sweep(
     row, job_ids = create_sweep(
         session, sweep=sweep, limits=settings.limits, owner_id=principal.user_id
     )
+    row.dataset_id = refers_to(row.spec["base"])
     session.commit()
     try:
         dispatcher.enqueue_jobs(job_ids)

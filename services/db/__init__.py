@@ -19,7 +19,7 @@ from services.db.models import (
     Sweep,
     User,
 )
-from services.db.session import make_engine, make_session_factory
+from services.db.session import ReadOnlySessionError, begin_read, make_engine, make_session_factory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,9 +35,11 @@ __all__ = [
     "JobCheckpoint",
     "JobMetric",
     "JobWeights",
+    "ReadOnlySessionError",
     "Sweep",
     "User",
     "alembic_config",
+    "begin_read",
     "make_engine",
     "make_session_factory",
     "upgrade",

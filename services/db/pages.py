@@ -34,6 +34,23 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return created_at, row_id
 
 
+def encode_key(values: list[Any]) -> str:
+    """An opaque cursor holding a page's last sort key (JSON values)."""
+    raw = json.dumps(values, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_key(cursor: str, n: int) -> list[Any]:
+    """The ``n`` values of a cursor made by :func:`encode_key`; BadCursorError otherwise."""
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except ValueError as err:
+        raise BadCursorError("cursor is not one this API handed out") from err
+    if not isinstance(values, list) or len(values) != n:
+        raise BadCursorError("cursor is not one this API handed out")
+    return values
+
+
 def paginate(session: Session, model: Any, stmt: Any, *, cursor: str | None, limit: int):
     """Newest first, keyset pagination on (created_at, id); returns (rows, next_cursor)."""
     if cursor:

@@ -11,8 +11,9 @@ import logging
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
+from services.datasets.attach import refers_to
 from services.db.models import (
     TERMINAL_STATUSES,
     Job,
@@ -60,6 +61,7 @@ def create_job(
         params=params,
         proposal=proposal,
         spec=spec,
+        dataset_id=refers_to(spec),
         epochs_total=int(hp.get("epochs") or 0),
         epochs_done=0,
         error=error,
@@ -74,8 +76,40 @@ def create_job(
     return job
 
 
-def get_job(session: Session, job_id: str) -> Job | None:
-    return session.get(Job, job_id)
+#: The columns a job shows in a list (never its spec, metrics, result or weights).
+SUMMARY_COLUMNS = (
+    Job.id,
+    Job.owner_id,
+    Job.name,
+    Job.status,
+    Job.sweep_id,
+    Job.trial_index,
+    Job.params,
+    Job.epochs_total,
+    Job.epochs_done,
+    Job.best_epoch,
+    Job.objective,
+    Job.error,
+    Job.prune_reason,
+    Job.cancel_requested,
+    Job.attempts,
+    Job.worker,
+    Job.train_seconds,
+    Job.created_at,
+    Job.started_at,
+    Job.finished_at,
+    Job.mlflow_run_id,
+    Job.mlflow_experiment_id,
+    Job.mlflow_synced_status,
+)
+
+
+def get_job(session: Session, job_id: str, *columns: Any) -> Job | None:
+    """The job; with ``columns``, only those are read (any other attribute raises)."""
+    if not columns:
+        return session.get(Job, job_id)
+    stmt = select(Job).options(load_only(*columns, raiseload=True)).where(Job.id == job_id)
+    return session.scalars(stmt).one_or_none()
 
 
 def list_jobs(
@@ -87,8 +121,9 @@ def list_jobs(
     cursor: str | None = None,
     limit: int = 50,
 ) -> tuple[list[Job], str | None]:
-    """Jobs newest first; ``owner_id`` restricts them to one user's (None: everyone's)."""
-    stmt = select(Job)
+    """Jobs newest first, their ``SUMMARY_COLUMNS`` only; ``owner_id`` restricts them to
+    one user's (None: everyone's)."""
+    stmt = select(Job).options(load_only(*SUMMARY_COLUMNS, raiseload=True))
     if owner_id is not None:
         stmt = stmt.where(Job.owner_id == owner_id)
     if statuses:

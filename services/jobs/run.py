@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services import trainer
 from services.celery_app import Dispatcher
 from services.config import Settings
+from services.datasets import fit_data
 from services.db.models import (
     Job,
     JobCheckpoint,
@@ -353,6 +354,7 @@ class JobRun:
         try:
             result = fit(
                 trainer_spec(self.spec),
+                data=fit_data(self.spec, self.sessions, self.settings),  # datasets: uploaded rows
                 on_epoch=self.on_epoch,
                 resume_from=resume_from,
                 history=self.history if resume_from is not None else None,

@@ -9,6 +9,11 @@ from sqlalchemy.orm import object_session
 
 from services.db import Job
 from services.mirror.names import enabled, ui_links
+from services.ranking import board_order
+
+#: How many trials a sweep's compare link holds: the top of its leaderboard (a
+#: link, and an answer of the API, that does not grow with the sweep).
+COMPARE_TRIALS = 20
 
 #: The links of a job or sweep that has no MLflow run yet (mirroring is on).
 NOT_YET_MIRRORED = {
@@ -38,11 +43,12 @@ def links_for_job(settings: Any, job: Any) -> dict[str, Any] | None:
 
 
 def links_for_sweep(settings: Any, sweep: Any) -> dict[str, Any] | None:
-    """Return the sweep's MLflow ids and UI links (compare = its trials); None when
-    mirroring is off, ``NOT_YET_MIRRORED`` while the sweep has no run yet.
+    """Return the sweep's MLflow ids and UI links (compare = its best trials, the top
+    ``COMPARE_TRIALS`` of its leaderboard); None when mirroring is off,
+    ``NOT_YET_MIRRORED`` while the sweep has no run yet.
 
     ``sweep`` must be attached to a session (the trials' run ids are read
-    from the database, ordered by trial index).
+    from the database, in leaderboard order).
     """
     if not enabled(settings):
         return None
@@ -56,7 +62,8 @@ def links_for_sweep(settings: Any, sweep: Any) -> dict[str, Any] | None:
             session.scalars(
                 select(Job.mlflow_run_id)
                 .where(Job.sweep_id == sweep.id, Job.mlflow_run_id.is_not(None))
-                .order_by(Job.trial_index, Job.created_at)
+                .order_by(*board_order(sweep))
+                .limit(COMPARE_TRIALS)
             )
         )
     ui = settings.mlflow_ui_url or settings.mlflow_tracking_uri

@@ -44,13 +44,16 @@ from services.specs.job import (
 )
 from services.specs.public import (
     JOB_STATUS,
+    LEADERBOARD_TOP,
     ErrorBody,
     ErrorDetail,
     ErrorResponse,
     JobLinks,
     JobPage,
     JobPublic,
+    JobSummary,
     JobTimings,
+    LeaderboardPage,
     LeaderboardRow,
     MetricRow,
     MetricsPublic,
@@ -61,6 +64,7 @@ from services.specs.public import (
     SweepObjective,
     SweepPage,
     SweepPublic,
+    SweepSummary,
     SweepTimings,
 )
 from services.specs.sweep import (
@@ -113,13 +117,16 @@ __all__ = [
     "validate_sweep",
     # public
     "JOB_STATUS",
+    "LEADERBOARD_TOP",
     "ErrorBody",
     "ErrorDetail",
     "ErrorResponse",
     "JobLinks",
     "JobPage",
     "JobPublic",
+    "JobSummary",
     "JobTimings",
+    "LeaderboardPage",
     "LeaderboardRow",
     "MetricRow",
     "MetricsPublic",
@@ -130,5 +137,6 @@ __all__ = [
     "SweepObjective",
     "SweepPage",
     "SweepPublic",
+    "SweepSummary",
     "SweepTimings",
 ]

@@ -27,6 +27,7 @@ DATASET_NAMES = Literal[
     "breast_cancer",
     "diabetes",
     "arrays",
+    "uploaded",
 ]
 INITIALIZER_NAMES = Literal["he", "xavier", "normal"]
 LOSS_NAMES = Literal["cross_entropy", "binary_cross_entropy", "mse"]

@@ -13,6 +13,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from services import budgets
@@ -82,6 +83,14 @@ class DatasetSpec(Strict):
     X: list[list[float]] | list[float] | None = None
     y: list[int | float | str | bool | list[float]] | None = None
     task: Literal["classification", "regression"] | None = None
+    # "uploaded": the id of a stored dataset (POST /datasets); the rest are its facts,
+    # filled in from the stored dataset at submission (a value given here is replaced)
+    # (left out of the OpenAPI document: a request has no need of them)
+    id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    sha256: SkipJsonSchema[Annotated[str, Field(max_length=64)] | None] = None
+    n_rows: SkipJsonSchema[Annotated[int, Field(ge=2)] | None] = None
+    class_counts: SkipJsonSchema[list[Annotated[int, Field(ge=1)]] | None] = None
+    n_targets: SkipJsonSchema[Annotated[int, Field(ge=1)] | None] = None
 
     @field_validator("n_samples")
     @classmethod
@@ -96,6 +105,12 @@ class DatasetSpec(Strict):
         if value is not None and len(value) > limits_in(info).max_samples:
             raise ValueError(f"at most {limits_in(info).max_samples} samples")
         return value
+
+    @model_validator(mode="after")
+    def _uploaded_id(self) -> DatasetSpec:
+        if self.name == "uploaded" and self.id is None:
+            raise error_at("id", "is required for 'uploaded': the id POST /datasets answered")
+        return self
 
     @model_validator(mode="after")
     def _check_size(self, info: ValidationInfo) -> DatasetSpec:
@@ -232,6 +247,8 @@ def count_parameters(spec: JobCreate) -> int:
     """Weights and biases of the network (the output width estimated where unknown)."""
     ds = spec.dataset
     n_in, n_out = _DATASET_SHAPES.get(ds.name, (ds.n_features or 2, ds.centers or ds.arms or 3))
+    if ds.name == "uploaded" and ds.n_rows is not None:
+        n_out = len(ds.class_counts) if ds.class_counts else (ds.n_targets or 1)
     if ds.name == "arrays" and ds.X:
         first = ds.X[0]
         n_in = len(first) if isinstance(first, list) else 1

@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: How many rows of its leaderboard a sweep shows (GET /sweeps/<id>).
+LEADERBOARD_TOP = 10
+
 
 class Public(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -89,8 +92,31 @@ class JobPublic(Public):
     mlflow: MlflowLinks | None = Field(description="null when mirroring is off")
 
 
+class JobSummary(Public):
+    """A job in a list: what it is and how it does, without its spec, metrics or result
+    (``links.self`` shows them)."""
+
+    id: str
+    name: str | None
+    status: JOB_STATUS
+    sweep_id: str | None
+    trial_index: int | None
+    params: dict[str, Any] | None = Field(description="the swept values, by dotted path")
+    progress: Progress
+    best_epoch: int | None
+    objective: float | None
+    error: str | None
+    prune_reason: str | None
+    cancel_requested: bool
+    timings: JobTimings
+    attempts: int
+    worker: str | None
+    links: JobLinks
+    mlflow: MlflowLinks | None = Field(description="null when mirroring is off")
+
+
 class JobPage(Public):
-    items: list[JobPublic]
+    items: list[JobSummary]
     next_cursor: str | None
 
 
@@ -134,11 +160,14 @@ class SweepTimings(Public):
 
 class SweepLinks(Public):
     self: str
-    trials: str
+    trials: str = Field(description="the trials, a page at a time (newest first)")
+    leaderboard: str = Field(description="the whole leaderboard, a page at a time")
     cancel: str
 
 
-class SweepPublic(Public):
+class SweepSummary(Public):
+    """A sweep in a list: counts and best trial, without its spec or leaderboard."""
+
     id: str
     name: str | None
     experiment: str | None
@@ -149,14 +178,31 @@ class SweepPublic(Public):
     n_trials: int
     n_created: int
     counts: dict[str, int] = Field(description="trials by status")
+    epochs_done: int = Field(description="epochs trained, summed over the trials")
     best_trial: LeaderboardRow | None
-    leaderboard: list[LeaderboardRow] = Field(description="empty in lists of sweeps")
-    spec: dict[str, Any]
     timings: SweepTimings
     links: SweepLinks
     mlflow: MlflowLinks | None = Field(description="null when mirroring is off")
 
 
+class SweepPublic(SweepSummary):
+    """A sweep: its size does not grow with its trials (the top of the leaderboard;
+    ``links.leaderboard`` and ``links.trials`` page through the rest)."""
+
+    leaderboard: list[LeaderboardRow] = Field(
+        description=f"the top {LEADERBOARD_TOP} trials (links.leaderboard pages through all)"
+    )
+    spec: dict[str, Any]
+
+
 class SweepPage(Public):
-    items: list[SweepPublic]
+    items: list[SweepSummary]
+    next_cursor: str | None
+
+
+class LeaderboardPage(Public):
+    """A page of a sweep's leaderboard: best first, trials without an objective last."""
+
+    sweep_id: str
+    items: list[LeaderboardRow]
     next_cursor: str | None

@@ -38,8 +38,9 @@ def _fmt(value: object) -> str:
 
 
 def print_leaderboard(sweep: dict) -> None:
-    """Print a sweep's leaderboard as a table."""
+    """Print the top of a sweep's leaderboard as a table."""
     rows = sweep.get("leaderboard") or []
+    listed = sum((sweep.get("counts") or {}).values())
     objective = sweep.get("objective") or {}
     goal = f"{objective.get('metric')}, {objective.get('goal')}"
     print(f"\nleaderboard of sweep {sweep['id']} ({goal})")
@@ -52,6 +53,10 @@ def print_leaderboard(sweep: dict) -> None:
         print(
             f"{rank:>4}  {row.get('status', '-'):<10} {_fmt(row.get('objective')):>10} "
             f"{_fmt(row.get('best_epoch')):>7}  {params}"
+        )
+    if listed > len(rows):
+        print(
+            f"  ... {listed - len(rows)} more: GET {(sweep.get('links') or {}).get('leaderboard')}"
         )
 
 
@@ -70,7 +75,7 @@ def _progress_line(sweep: dict, epochs_per_trial: int | None) -> str:
     counts = sweep.get("counts") or {}
     line = "  ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v)
     if epochs_per_trial and sweep.get("n_trials"):
-        done = sum(row.get("epochs_done") or 0 for row in sweep.get("leaderboard") or [])
+        done = sweep.get("epochs_done") or 0
         line += f"  epochs {done}/{sweep['n_trials'] * epochs_per_trial}"
     return line
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from services.celery_app import Dispatcher
 from services.config import Limits, Settings
@@ -312,10 +312,22 @@ def cancel_sweep(session: Session, sweep_id: str) -> tuple[Sweep, list[str]]:
 
 
 def status_counts(session: Session, sweep_id: str) -> dict[str, int]:
-    stmt = select(Job.status, func.count()).where(Job.sweep_id == sweep_id).group_by(Job.status)
+    return trial_totals(session, sweep_id)[0]
+
+
+def trial_totals(session: Session, sweep_id: str) -> tuple[dict[str, int], int]:
+    """The sweep's trials by status, and the epochs they trained (one query)."""
+    stmt = (
+        select(Job.status, func.count(), func.coalesce(func.sum(Job.epochs_done), 0))
+        .where(Job.sweep_id == sweep_id)
+        .group_by(Job.status)
+    )
     counts = {status: 0 for status in ("queued", "running", *sorted(TERMINAL_STATUSES))}
-    counts.update({status: int(n) for status, n in session.execute(stmt)})
-    return counts
+    epochs = 0
+    for status, n, done in session.execute(stmt):
+        counts[status] = int(n)
+        epochs += int(done)
+    return counts, epochs
 
 
 def list_sweeps(
@@ -326,8 +338,9 @@ def list_sweeps(
     cursor: str | None = None,
     limit: int = 50,
 ) -> tuple[list[Sweep], str | None]:
-    """Sweeps newest first; ``owner_id`` restricts them to one user's (None: everyone's)."""
-    stmt = select(Sweep)
+    """Sweeps newest first, without their specs (any access to one raises); ``owner_id``
+    restricts them to one user's (None: everyone's)."""
+    stmt = select(Sweep).options(defer(Sweep.spec, raiseload=True))
     if owner_id is not None:
         stmt = stmt.where(Sweep.owner_id == owner_id)
     if statuses:

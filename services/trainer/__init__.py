@@ -9,7 +9,7 @@ bundled datasets). Entry points::
                   "hyperparameters": {"learning_rate": 0.1}})
 """
 
-from .build import build_network, load_dataset
+from .build import build_network, load_dataset, load_uploaded
 from .data import Dataset, dataset_from_arrays
 from .diagnostics import diagnose
 from .gradcheck import gradient_check
@@ -33,6 +33,7 @@ __all__ = [
     "gradient_check",
     "improves",
     "load_dataset",
+    "load_uploaded",
     "lr_range_test",
     "parse_spec",
 ]

@@ -43,6 +43,10 @@ def load_dataset(dataset_spec) -> Dataset:
     ds = dataset_spec if isinstance(dataset_spec, DatasetSpec) else parse_dataset(dataset_spec)
     rng = np.random.default_rng(ds.seed)
     info = DATASETS[ds.name]
+    if ds.name == "uploaded":
+        raise SpecError(
+            "dataset.name", "the rows of an 'uploaded' dataset come as fit's data (load_uploaded)"
+        )
     if ds.name == "arrays":
         X = np.asarray(ds.options["X"], dtype=np.float64)
         if X.ndim == 1:
@@ -63,7 +67,40 @@ def load_dataset(dataset_spec) -> Dataset:
         n_classes = len(classes)
     else:
         y = np.asarray(y, dtype=np.float64)
+    return _split(ds, rng, X, y, task, n_classes, classes)
 
+
+def load_uploaded(
+    dataset_spec, X: np.ndarray, y: np.ndarray, classes: list | None = None
+) -> Dataset:
+    """Split and standardize rows kept outside the spec, as ``load_dataset`` does for
+    inline ``arrays`` with the same rows (bit for bit), without checking them again.
+
+    Parameters
+    ----------
+    dataset_spec : dict or spec.DatasetSpec
+        An ``uploaded`` dataset spec (its split and standardization options, its facts).
+    X : ndarray, shape (n, n_features), float64
+        Checked already (finite); it is not modified.
+    y : ndarray, shape (n,) int64 class indices ``0..k-1`` (classification), or
+        (n,) / (n, d) float64 targets (regression)
+    classes : list, optional
+        The original label of each class index.
+    """
+    ds = dataset_spec if isinstance(dataset_spec, DatasetSpec) else parse_dataset(dataset_spec)
+    if ds.name != "uploaded":
+        raise SpecError("dataset.name", f"load_uploaded takes 'uploaded' data, got {ds.name!r}")
+    task = ds.options["task"]
+    n_classes = len(ds.options["class_counts"]) if task == CLASSIFICATION else None
+    expected = (ds.options["n_rows"], ds.options["n_features"])
+    if X.shape != expected or len(y) != expected[0]:
+        raise ValueError(f"the rows have shape {X.shape}, the spec says {expected}")
+    rng = np.random.default_rng(ds.seed)
+    return _split(ds, rng, X, y, task, n_classes, classes)
+
+
+def _split(ds, rng, X, y, task, n_classes, classes) -> Dataset:
+    """Split ``X, y`` (y encoded) by ``ds``'s options and standardize them."""
     train_idx, val_idx = stratified_split(y, ds.validation_split, rng, task == CLASSIFICATION)
     if len(train_idx) == 0:
         raise SpecError(

@@ -3,9 +3,15 @@
 A checkpoint is an ``.npz`` archive (``np.savez``) holding the arrays (the
 flat parameter vector, the optimizer's moment buffers, the best parameters
 kept for early stopping) and one more array, ``meta``: UTF-8 JSON with
-everything else (epoch, spec, architecture, optimizer step count, the
-training generator's ``bit_generator.state``, early-stopping state). It
-loads with ``allow_pickle=False``.
+the rest of the training state (epoch, architecture, optimizer step count,
+the training generator's ``bit_generator.state``, early-stopping state) and
+``spec_sha256``, the digest of the spec that took it (:func:`spec_digest`),
+which resuming checks. It loads with ``allow_pickle=False``.
+
+The spec itself is not in it: with inline data it carries the whole dataset,
+and the job that owns the checkpoint has its spec anyway. Version 2
+checkpoints held it under ``meta["spec"]`` (and no digest); they still load,
+unchecked, as before.
 
 The records of the epochs so far are not in it: stored in every checkpoint
 they would make the bytes written over a run grow with the square of its
@@ -15,6 +21,7 @@ Version 1 checkpoints held them under ``meta["history"]``; they still load.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -23,8 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 FORMAT = "sweeplab-checkpoint"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclass
@@ -56,6 +63,18 @@ def dump_checkpoint(ckpt: Checkpoint) -> bytes:
 REQUIRED_META = {"epoch", "architecture", "optimizer", "rng", "tracker"}
 
 
+def spec_digest(spec_dict: dict) -> str:
+    """SHA-256 of a normalized spec (``Spec.to_dict()``): the data, architecture and
+    hyperparameters that a checkpoint's state belongs to. Not its ``name`` (a label)
+    nor its ``epochs`` (a run may resume to stop sooner or to go on longer)."""
+    body = {k: v for k, v in spec_dict.items() if k != "name"}
+    hp = body.get("hyperparameters")
+    if isinstance(hp, dict):
+        body["hyperparameters"] = {k: v for k, v in hp.items() if k != "epochs"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def load_checkpoint(blob: bytes) -> Checkpoint:
     """Read bytes written by ``dump_checkpoint``; anything else is a ``ValueError``."""
     if not isinstance(blob, (bytes, bytearray, memoryview)):
@@ -85,7 +104,8 @@ def load_checkpoint(blob: bytes) -> Checkpoint:
         raise ValueError(
             f"checkpoint version {meta.get('version')} is not one of {READABLE_VERSIONS}"
         )
-    missing = sorted(REQUIRED_META - meta.keys())
+    required = REQUIRED_META | ({"spec_sha256"} if meta["version"] >= 3 else set())
+    missing = sorted(required - meta.keys())
     if missing:
         raise ValueError(f"not a sweeplab checkpoint: its metadata lacks {', '.join(missing)}")
     return Checkpoint(meta, params, opt, best)

@@ -1,4 +1,6 @@
-"""Datasets: synthetic generators, scikit-learn's bundled sets, inline arrays.
+"""Datasets: synthetic generators, scikit-learn's bundled sets, inline arrays, and
+``uploaded`` data, whose rows the caller hands to ``fit`` (``build.load_uploaded``) and
+whose spec carries only what is known of it (id, task, shape, class sizes).
 
 ``build.load_dataset(dataset_spec)`` returns a ``Dataset`` with ``X_train,
 y_train, X_val, y_val``. Classification labels are integers ``0..k-1``; regression
@@ -169,6 +171,20 @@ DATASETS: dict[str, DatasetInfo] = {
     "breast_cancer": DatasetInfo(_sklearn("load_breast_cancer"), CLASSIFICATION, {}),
     "diabetes": DatasetInfo(_sklearn("load_diabetes"), REGRESSION, {}),
     "arrays": DatasetInfo(None, "", {"X": None, "y": None, "task": None}),
+    # Rows kept by the caller (a service's stored dataset); the spec holds its facts.
+    "uploaded": DatasetInfo(
+        None,
+        "",
+        {
+            "id": None,
+            "sha256": None,
+            "task": None,
+            "n_rows": None,
+            "n_features": None,
+            "class_counts": None,
+            "n_targets": None,
+        },
+    ),
 }
 
 
@@ -178,6 +194,9 @@ def dataset_task(name: str, options: dict) -> tuple[str, int | None]:
         y = np.asarray(options["y"])
         task = options.get("task") or infer_task(y)
         return task, (len(np.unique(y)) if task == CLASSIFICATION else None)
+    if name == "uploaded":
+        counts = options.get("class_counts")
+        return options["task"], (len(counts) if counts is not None else None)
     info = DATASETS[name]
     n_classes = {
         "xor": 2,
@@ -234,6 +253,8 @@ def dataset_shape(name: str, options: dict) -> tuple[int, int]:
     if name == "arrays":
         X = options.get("X") or []
         return len(X), (int(np.size(X[0])) if len(X) else 1) or 1
+    if name == "uploaded":
+        return int(options["n_rows"]), int(options["n_features"])
     defaults = DATASETS[name].options
     n = int(options.get("n_samples", defaults.get("n_samples", 0)))
     n_features = (
@@ -248,6 +269,8 @@ def generated_group_sizes(name: str, options: dict) -> list[int] | None:
     inline data."""
     if name in _BUNDLED_GROUPS:
         return _BUNDLED_GROUPS[name]
+    if name == "uploaded" and options.get("n_rows") is not None:
+        return list(options.get("class_counts") or [int(options["n_rows"])])
     if name not in DATASETS or DATASETS[name].make is None:
         return None
     n = int(options.get("n_samples", DATASETS[name].options["n_samples"]))

@@ -93,8 +93,19 @@ def parse_dataset(d: Any, loc: str = "dataset") -> DatasetSpec:
                 f"{loc}.validation_split",
                 f"{ds.validation_split} of {len(opts['y'])} rows leaves no training rows",
             )
+    if name == "uploaded":
+        opts.update(_uploaded(d, loc))
+        n_train = opts["n_rows"] - sum(
+            int(round(ds.validation_split * size))
+            for size in (opts["class_counts"] or [opts["n_rows"]])
+        )
+        if n_train <= 0:
+            raise SpecError(
+                f"{loc}.validation_split",
+                f"{ds.validation_split} of {opts['n_rows']} rows leaves no training rows",
+            )
     for key, default in info.options.items():
-        if key in ("X", "y", "task"):
+        if key in ("X", "y", "task") or name == "uploaded":
             continue
         if key == "n_samples":
             opts[key] = read_int(d, loc, key, default, ge=4, le=MAX_SAMPLES)
@@ -153,6 +164,48 @@ def _arrays(d: dict, loc: str, task: str | None) -> tuple[np.ndarray, np.ndarray
         if not np.isfinite(y).all():
             raise SpecError(f"{loc}.y", "must hold finite numbers only (no NaN or inf)")
     return X, y
+
+
+def _uploaded(d: dict, loc: str) -> dict[str, Any]:
+    """The facts of an ``uploaded`` dataset (its rows come to ``fit`` as ``data``):
+    ``id``, ``sha256`` (its content hash, optional), ``task``, ``n_rows``, ``n_features``,
+    and ``class_counts`` (one per class, in class order) for classification or
+    ``n_targets`` for regression."""
+    dataset_id = d.get("id")
+    if not isinstance(dataset_id, str) or not dataset_id:
+        raise SpecError(f"{loc}.id", "is required for 'uploaded': the dataset's id")
+    sha = d.get("sha256")
+    if sha is not None and not isinstance(sha, str):
+        raise SpecError(f"{loc}.sha256", "must be the dataset's content hash (a string)")
+    task = read_choice(d, loc, "task", (CLASSIFICATION, REGRESSION))
+    n_rows = read_int(d, loc, "n_rows", ge=2, le=2**62)
+    n_features = read_int(d, loc, "n_features", ge=1, le=2**31)
+    counts = d.get("class_counts")
+    n_targets = None
+    if task == CLASSIFICATION:
+        if (
+            not isinstance(counts, list)
+            or len(counts) < 2
+            or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts)
+        ):
+            raise SpecError(
+                f"{loc}.class_counts", "must list the rows of each class (at least 2 classes)"
+            )
+        if sum(counts) != n_rows:
+            raise SpecError(f"{loc}.class_counts", f"sum to {sum(counts)}, not n_rows {n_rows}")
+    else:
+        if counts is not None:
+            raise SpecError(f"{loc}.class_counts", "is for classification only")
+        n_targets = read_int(d, loc, "n_targets", 1, ge=1, le=2**31)
+    return {
+        "id": dataset_id,
+        "sha256": sha,
+        "task": task,
+        "n_rows": n_rows,
+        "n_features": n_features,
+        "class_counts": list(counts) if counts is not None else None,
+        "n_targets": n_targets,
+    }
 
 
 def parse_architecture(d: Any, loc: str = "architecture") -> tuple[ArchitectureSpec, bool]:

@@ -54,7 +54,7 @@ from .build import (
     load_dataset,
     with_ones_column,
 )
-from .checkpoint import Checkpoint, dump_checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, dump_checkpoint, load_checkpoint, spec_digest
 from .data import CLASSIFICATION, Dataset
 from .diagnostics import diagnose
 from .epoch import Batches, LearningRateFolding, batch_losses
@@ -253,6 +253,7 @@ class _Run:
         self.records: list[dict] = []
         self.start_epoch, self.seconds_before = 0, 0.0
         self.diverged_epoch: int | None = None
+        self._spec_sha256: str | None = None
 
     def epoch_metrics(self, bounds: list[tuple[int, int]]) -> EpochMetrics:
         data, net = self.data, self.net
@@ -278,6 +279,9 @@ class _Run:
         net, ckpt = self.net, load_checkpoint(blob)
         if ckpt.meta["architecture"]["sizes"] != net.sizes or ckpt.params.size != net.n_params:
             raise ValueError("checkpoint does not match the network this spec builds")
+        digest = ckpt.meta.get("spec_sha256")  # version 3 on; older ones were not checked
+        if digest is not None and digest != self.spec_sha256():
+            raise ValueError("checkpoint was taken by another spec (its spec_sha256 differs)")
         self.records = previous_records(history, ckpt, len(net.layers), self.classification)
         net.set_canonical(ckpt.params)
         self.optimizer.load_state_dict(
@@ -337,6 +341,13 @@ class _Run:
             return True
         return due is not None and bool(due(epoch))
 
+    def spec_sha256(self) -> str:
+        """The spec's digest (see ``checkpoint.spec_digest``), computed once per run:
+        with inline data the spec is as large as the data."""
+        if self._spec_sha256 is None:
+            self._spec_sha256 = spec_digest(self.spec.to_dict())
+        return self._spec_sha256
+
     def elapsed(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
 
@@ -346,7 +357,7 @@ class _Run:
         scalars, arrays = self.optimizer.state_dict()
         meta = {
             "epoch": epoch,
-            "spec": self.spec.to_dict(),
+            "spec_sha256": self.spec_sha256(),
             "architecture": net.architecture(),
             "optimizer": scalars,
             "rng": self.rng.bit_generator.state,

@@ -96,7 +96,7 @@ def test_compare_link_shows_every_trial(browser, finished_sweep):
     stack, sweep = finished_sweep
     trials = stack.get(f"/sweeps/{sweep['id']}/trials")
     run_names = sorted(
-        f"lr={t['spec']['hyperparameters']['learning_rate']:.4g} bs=32"
+        f"lr={t['params']['hyperparameters.learning_rate']:.4g} bs=32"
         for t in trials.get("trials", trials.get("items", []))
     )
     assert len(run_names) == 3, trials

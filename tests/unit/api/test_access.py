@@ -55,6 +55,7 @@ def reads(job: str, sweep: str) -> list[str]:
         f"{API}/jobs/{job}/metrics",
         f"{API}/sweeps/{sweep}",
         f"{API}/sweeps/{sweep}/trials",
+        f"{API}/sweeps/{sweep}/leaderboard",
     ]
 
 
@@ -177,8 +178,13 @@ def test_every_protected_route_wants_a_valid_token(world, app):
         ("POST", f"{API}/sweeps"),
         ("GET", f"{API}/sweeps/{sweep}"),
         ("GET", f"{API}/sweeps/{sweep}/trials"),
+        ("GET", f"{API}/sweeps/{sweep}/leaderboard"),
         ("POST", f"{API}/sweeps/{sweep}/cancel"),
         ("DELETE", f"{API}/sweeps/{sweep}"),
+        ("GET", f"{API}/datasets"),
+        ("POST", f"{API}/datasets"),
+        ("GET", f"{API}/datasets/anything"),
+        ("DELETE", f"{API}/datasets/anything"),
         ("GET", f"{API}/tokens"),
         ("POST", f"{API}/tokens"),
         ("DELETE", f"{API}/tokens/anything"),

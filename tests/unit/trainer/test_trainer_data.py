@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.trainer import SpecError, dataset_from_arrays, fit, load_dataset
+from services.trainer import SpecError, dataset_from_arrays, fit, load_dataset, load_uploaded
 from services.trainer.data import DATASETS
 
 EXPECTED = {
@@ -25,7 +25,30 @@ EXPECTED = {
 
 
 def test_every_dataset_is_covered():
-    assert set(EXPECTED) | {"arrays"} == set(DATASETS)
+    # arrays: the tests of inline data below; uploaded: test_uploaded_rows_split_as_arrays
+    assert set(EXPECTED) | {"arrays", "uploaded"} == set(DATASETS)
+
+
+@pytest.mark.parametrize("labels", [["b", "a", "c"], [3, 1, 2]])
+def test_uploaded_rows_split_as_arrays(labels):
+    """Rows handed to fit as an 'uploaded' dataset (labels encoded, classes aside) are
+    split and standardized bit for bit as the same rows given inline."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    y = np.array(labels * 13 + labels[:1])
+    split = {"validation_split": 0.25, "seed": 5}
+    inline = load_dataset({"name": "arrays", "X": X.tolist(), "y": y.tolist(), **split})
+    classes, codes = np.unique(y, return_inverse=True)
+    facts = {"id": "d1", "task": "classification", "n_rows": 40, "n_features": 3}
+    spec = {"name": "uploaded", **split, **facts, "class_counts": np.bincount(codes).tolist()}
+    uploaded = load_uploaded(spec, X, codes.astype(np.int64), classes.tolist())
+    for key in ("X_train", "X_val", "y_train", "y_val"):
+        assert np.array_equal(getattr(inline, key), getattr(uploaded, key))
+    assert uploaded.classes == inline.classes and uploaded.n_classes == 3
+    with pytest.raises(SpecError, match="come as fit's data"):
+        load_dataset(spec)
+    with pytest.raises(SpecError, match="class_counts"):
+        load_uploaded({**spec, "class_counts": [39, 2]}, X, codes)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -414,6 +414,55 @@ def test_resume_from_a_version_1_checkpoint_with_its_history(monkeypatch):
     assert strip_seconds(resumed.history) == strip_seconds(full.history)
 
 
+def test_a_checkpoint_holds_no_spec_and_no_data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4000, 2))
+    dataset = {"name": "arrays", "X": X.tolist(), "y": (X[:, 0] * X[:, 1] > 0).astype(int).tolist()}
+    spec = make_spec(
+        dataset=dataset,
+        architecture={"layers": [{"units": 2}]},
+        hyperparameters={"epochs": 2, "early_stopping": None},
+    )
+    blobs = {}
+    full = fit(spec, checkpoint_every=1, on_checkpoint=lambda e, b: blobs.setdefault(e, b))
+    meta = checkpoint.load_checkpoint(blobs[1]).meta
+    assert meta["version"] == 3 and "spec" not in meta and len(meta["spec_sha256"]) == 64
+    assert len(json.dumps(dataset)) > 100_000 and len(blobs[1]) < 4_000  # the state only
+    resumed = fit(spec, resume_from=blobs[1], history=full.history[:1])
+    assert resumed.network.params_flat.tobytes() == full.network.params_flat.tobytes()
+    # the name is a label: renamed, the spec is the same one
+    assert fit({**spec, "name": "renamed"}, resume_from=blobs[1], history=full.history[:1])
+    # another spec's checkpoint: other data, or other hyperparameters
+    other_data = {**dataset, "y": [1 - v for v in dataset["y"]]}
+    for other in (
+        {**spec, "dataset": other_data},
+        {**spec, "hyperparameters": {**spec["hyperparameters"], "learning_rate": 0.2}},
+    ):
+        with pytest.raises(ValueError, match="another spec"):
+            fit(other, resume_from=blobs[1], history=full.history[:1])
+
+
+def test_resume_from_a_version_2_checkpoint_with_its_spec(monkeypatch):
+    spec = make_spec(hyperparameters={"epochs": 6})
+    blobs = {}
+    full = fit(spec, checkpoint_every=3, on_checkpoint=lambda e, b: blobs.setdefault(e, b))
+    ckpt = checkpoint.load_checkpoint(blobs[3])
+    del ckpt.meta["spec_sha256"]
+    ckpt.meta["spec"] = spec  # as version 2 wrote it: the spec inside, no digest
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "VERSION", 2)
+        blob = checkpoint.dump_checkpoint(ckpt)
+    assert checkpoint.load_checkpoint(blob).meta["version"] == 2
+    resumed = fit(spec, resume_from=blob, history=full.history[:3])
+    assert strip_seconds(resumed.history) == strip_seconds(full.history)
+    assert resumed.network.params_flat.tobytes() == full.network.params_flat.tobytes()
+    # a version-3 checkpoint without its digest is not whole
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "VERSION", 3)
+        with pytest.raises(ValueError, match="lacks spec_sha256"):
+            checkpoint.load_checkpoint(checkpoint.dump_checkpoint(ckpt))
+
+
 def test_checkpoint_is_not_a_pickle():
     blobs = []
     fit(
