@@ -205,6 +205,17 @@ def sweep_params(sweep: SweepSnapshot) -> dict[str, str]:
     return params
 
 
+#: A sweep's trial gets its learning-curve PNG only if it trained this long: drawing
+#: one costs ~0.1 s of a worker process, more than a tiny trial's whole run (MLflow
+#: charts every trial's metrics itself, and the parent run holds the sweep's plot).
+TRIAL_PLOT_MIN_SECONDS = 2.0
+
+
+def draws_learning_curve(snap: JobSnapshot) -> bool:
+    """A single job always gets the PNG; a sweep's trial when it trained long enough."""
+    return snap.sweep_id is None or (snap.train_seconds or 0.0) >= TRIAL_PLOT_MIN_SECONDS
+
+
 def run_artifacts(
     settings: Any, snap: JobSnapshot, history: list[dict[str, Any]]
 ) -> dict[str, bytes]:
@@ -215,7 +226,7 @@ def run_artifacts(
         "history.csv": history_csv(history).encode(),
         "diagnosis.json": json.dumps(snap.diagnosis or [], indent=2).encode(),
     }
-    if history:
+    if history and draws_learning_curve(snap):
         title = f"{run_name(snap.spec, snap.params)} ({snap.status})"
         files["learning_curve.png"] = plots.learning_curve_png(history, title=title)
     weights = final_weights(settings, snap.id)

@@ -47,6 +47,7 @@ class JobSnapshot:
     attempts: int
     worker: str | None
     epochs: list[tuple[int, int | None, dict[str, Any]]] = field(default_factory=list)
+    train_seconds: float | None = None
 
 
 @dataclass
@@ -96,6 +97,7 @@ def load_job(session: Any, job_id: str, *, after_epoch: int | None) -> JobSnapsh
         objective=job.objective,
         attempts=job.attempts,
         worker=job.worker,
+        train_seconds=job.train_seconds,
     )
     floor = snap.synced_epoch if after_epoch is None else after_epoch
     rows = session.execute(
