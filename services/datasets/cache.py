@@ -8,6 +8,7 @@ than the whole bound is used but not kept.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.config import Settings
 from services.datasets.store import dataset_hash, load_blob, read_arrays
-from services.trainer import Dataset, load_uploaded
+from services.trainer import Dataset, load_dataset, load_uploaded
+from services.trainer.spec import parse_dataset
 
 #: the default bound of a process's cache (SWEEPLAB_DATASET_CACHE_BYTES)
 DEFAULT_CACHE_BYTES = 1 << 30
@@ -111,14 +113,72 @@ def training_data(
     return load_uploaded(dataset_spec, arrays.X, arrays.y, arrays.classes)
 
 
+class PreparedCache:
+    """Split and standardized ``Dataset`` objects by their spec's ``dataset`` section:
+    the trials of a sweep share it, so a worker process splits (or generates) the
+    data once, not once per trial. Few entries (a sweep's trials come together),
+    bounded by bytes; the arrays are read-only, so a trial cannot change another's."""
+
+    def __init__(self, max_entries: int = 4):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, Dataset] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Dataset | None:
+        with self._lock:
+            data = self._entries.get(key)
+            if data is not None:
+                self._entries.move_to_end(key)
+            return data
+
+    def put(self, key: str, data: Dataset, max_bytes: int) -> None:
+        size = _dataset_bytes(data)
+        if size > max_bytes:
+            return
+        for array in _dataset_arrays(data):
+            array.flags.writeable = False
+        with self._lock:
+            self._entries[key] = data
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries or (
+                sum(_dataset_bytes(d) for d in self._entries.values()) > max_bytes
+            ):
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def _dataset_arrays(data: Dataset) -> list[np.ndarray]:
+    arrays = (data.X_train, data.y_train, data.X_val, data.y_val)
+    return [a for a in arrays if isinstance(a, np.ndarray)]
+
+
+def _dataset_bytes(data: Dataset) -> int:
+    return sum(int(a.nbytes) for a in _dataset_arrays(data))
+
+
+#: this process's prepared datasets (half the dataset cache's bound at most)
+PREPARED = PreparedCache()
+
+
 def fit_data(
     spec: dict[str, Any], sessions: sessionmaker[Session], settings: Settings
-) -> Dataset | None:
-    """The data to hand ``fit`` for a stored job ``spec``: an uploaded dataset's rows
-    (from this process's cache, bounded by ``settings.dataset_cache_bytes``), or None
-    when the spec makes its own."""
+) -> Dataset:
+    """The data to hand ``fit`` for a stored job ``spec``, split and standardized:
+    from this process's cache when an earlier trial had the same ``dataset`` section;
+    else an uploaded dataset's rows (from the cache of rows, bounded by
+    ``settings.dataset_cache_bytes``) or the named set the spec describes."""
     ds = spec.get("dataset") or {}
-    if ds.get("name") != "uploaded":
-        return None
-    CACHE.max_bytes = settings.dataset_cache_bytes
-    return training_data(ds, sessions)
+    key = json.dumps(ds, sort_keys=True, separators=(",", ":"))
+    data = PREPARED.get(key)
+    if data is not None:
+        return data
+    if ds.get("name") == "uploaded":
+        CACHE.max_bytes = settings.dataset_cache_bytes
+        data = training_data(ds, sessions)
+    else:
+        data = load_dataset(parse_dataset(ds))
+    PREPARED.put(key, data, settings.dataset_cache_bytes // 2)
+    return data

@@ -17,8 +17,10 @@ from services.datasets import (
     store_dataset,
     training_data,
 )
+from services.datasets.cache import PREPARED, fit_data
 from services.datasets.store import facts
-from services.specs import SpecValidationError
+from services.specs import SpecValidationError, trainer_spec
+from services.trainer import fit
 
 IRIS_CSV = (
     b"sepal_length,petal_width,species\n"
@@ -153,3 +155,25 @@ def test_cache_reads_a_dataset_once_and_stays_bounded(sessions):
     cache.max_bytes = 10
     cache.put("other", arrays)  # over the bound: the oldest go first
     assert row.sha256 not in cache and cache.nbytes <= arrays.nbytes
+
+
+def test_a_process_prepares_a_dataset_once_per_dataset_section(sessions, settings):
+    """fit_data: the trials of a sweep share one split, standardized, read-only Dataset;
+    another dataset section is another; training on it gives the numbers of a run that
+    made its own data (the same computation, so bit for bit)."""
+    PREPARED.clear()
+    spec = {
+        "dataset": {"name": "moons", "n_samples": 120, "seed": 3, "validation_split": 0.25},
+        "architecture": {"layers": [{"units": 4, "activation": "tanh"}]},
+        "hyperparameters": {"epochs": 3, "batch_size": 16, "learning_rate": 0.1, "seed": 1},
+    }
+    first = fit_data(spec, sessions, settings)
+    assert fit_data(json.loads(json.dumps(spec)), sessions, settings) is first
+    assert not first.X_train.flags.writeable and not first.y_val.flags.writeable
+    other = {**spec, "dataset": {**spec["dataset"], "seed": 4}}
+    assert fit_data(other, sessions, settings) is not first
+    shared = fit(trainer_spec(spec), data=first)
+    own = fit(trainer_spec(spec))
+    assert [r["train_loss"] for r in shared.history] == [r["train_loss"] for r in own.history]
+    assert [r["val_loss"] for r in shared.history] == [r["val_loss"] for r in own.history]
+    PREPARED.clear()
