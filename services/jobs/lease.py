@@ -20,6 +20,7 @@ from services.db.models import (
     Job,
     utcnow,
 )
+from services.jobs.ending import retire_checkpoints
 from services.jobs.rows import rowcount
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ def fail_exhausted(session: Session, *, max_attempts: int) -> list[tuple[str, st
         )
         if rowcount(done):
             ended.append((job_id, sweep_id))
+    retire_checkpoints(session, [job_id for job_id, _ in ended])  # final: see jobs.ending
     return ended
 
 

@@ -23,8 +23,10 @@ from services.db.models import (
     Job,
     JobCheckpoint,
     JobMetric,
+    JobWeights,
     utcnow,
 )
+from services.jobs.ending import drop_checkpoint, retire_checkpoints
 from services.jobs.rows import rowcount
 from services.trainer import flatten_record
 
@@ -186,12 +188,21 @@ def record_epochs(
     return FlushResult(owned=True, cancel_requested=bool(flag))
 
 
-def finish_job(session: Session, *, job_id: str, attempt: int, status: str, **values: Any) -> bool:
-    """Set the final status if this attempt still owns the running job."""
+def finish_job(
+    session: Session,
+    *,
+    job_id: str,
+    attempt: int,
+    status: str,
+    weights: JobWeights | None = None,
+    **values: Any,
+) -> bool:
+    """Set the final status if this attempt still owns the running job; then store its
+    final ``weights`` and delete its checkpoint (see ``services.jobs.ending``)."""
     if values.get("error") is not None:
         values["error"] = clip_error(str(values["error"]))
     now = utcnow()
-    return _update_owned(
+    owned = _update_owned(
         session,
         job_id,
         attempt,
@@ -201,6 +212,12 @@ def finish_job(session: Session, *, job_id: str, attempt: int, status: str, **va
         lease_expires_at=None,
         **values,
     )
+    if owned and weights is not None:
+        session.merge(weights)
+        drop_checkpoint(session, job_id)
+    elif owned:
+        retire_checkpoints(session, [job_id])
+    return owned
 
 
 def _update_owned(session: Session, job_id: str, attempt: int, **values: Any) -> bool:

@@ -23,6 +23,7 @@ from services.db.models import (
     utcnow,
 )
 from services.db.pages import paginate
+from services.jobs.ending import retire_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,8 @@ def request_cancel(session: Session, job_id: str) -> Job:
             .where(Job.id == job_id, Job.status == "running")
             .values(cancel_requested=True, updated_at=now)
         )
+    if done:
+        retire_checkpoints(session, [job_id])
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         raise LookupError(job_id)
@@ -179,6 +182,7 @@ def fail_unqueued(session: Session, job_ids: list[str], err: Exception) -> None:
         .where(Job.id.in_(job_ids), Job.status.in_(("queued", "cancelled")))
         .values(status="failed", error=error, finished_at=now, updated_at=now)
     )
+    retire_checkpoints(session, job_ids)
 
 
 class JobActiveError(Exception):

@@ -173,11 +173,8 @@ class JobRun:
         return self.stop_reason is not None
 
     def checkpoint_due(self, _epoch: int) -> bool:
-        """A checkpoint by time (beside every ``checkpoint_every`` epochs), and one at the
-        wall-clock limit."""
-        if self.stop_reason == "timed_out":
-            return True
-        if self.stop_reason is not None:  # cancelled, pruned, lost: nothing to resume
+        """A checkpoint by time (beside every ``checkpoint_every`` epochs)."""
+        if self.stop_reason is not None:  # cancelled, pruned, timed out, lost: no resume
             return False
         return time.monotonic() - self.checkpoint_at >= self.limits.checkpoint_seconds
 
@@ -408,17 +405,15 @@ class JobRun:
     ) -> bool:
         if (self.buffer or self.pending_checkpoint) and not self._write_epochs(session):
             return False
-        owned = finish_job(
+        return finish_job(  # stores the weights and deletes the checkpoint (jobs.ending)
             session,
             job_id=self.job_id,
             attempt=self.attempt,
             status=status,
+            weights=weights,
             **self.tracker.progress(),
             **values,
         )
-        if owned and weights is not None:
-            session.merge(weights)
-        return owned
 
     def _release(self) -> str:
         """Write what is buffered and hand the job back (no attempt counted)."""

@@ -156,8 +156,10 @@ def final_weights(settings: Any, job_id: str) -> tuple[str, bytes] | None:
     """Return (artifact name, ``.npz`` bytes) of the job's last stored weights, or None.
 
     The network the job ended with (``job_weights``, stored when training
-    returned) wins; a job that failed mid-way has only its latest checkpoint,
-    whose weights are named ``weights_epoch_<k>.npz``.
+    returned) is ``weights.npz``; a job that failed mid-way keeps its latest
+    checkpoint's network there instead (``services.jobs.ending``), or has only
+    that checkpoint while it is not final: those weights are named
+    ``weights_epoch_<k>.npz``.
     """
     with session_scope(settings) as session:
         job = session.get(Job, job_id)
@@ -165,7 +167,8 @@ def final_weights(settings: Any, job_id: str) -> tuple[str, bytes] | None:
             return None
         final = session.get(JobWeights, job_id)
         if final is not None:
-            return "weights.npz", bytes(final.data)
+            name = "weights.npz" if final.epoch >= job.epochs_done else None
+            return name or f"weights_epoch_{final.epoch}.npz", bytes(final.data)
         ckpt = session.get(JobCheckpoint, job_id)
         if ckpt is None:
             return None

@@ -32,6 +32,7 @@ from services.db.models import (
     utcnow,
 )
 from services.db.pages import paginate
+from services.jobs.ending import retire_checkpoints
 from services.jobs.rows import create_job
 from services.specs import (
     SpecValidationError,
@@ -292,11 +293,15 @@ def cancel_sweep(session: Session, sweep_id: str) -> tuple[Sweep, list[str]]:
     if sweep.status != "running":
         raise SweepFinishedError(sweep.status)
     now = utcnow()
+    queued = list(
+        session.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.status == "queued"))
+    )
     session.execute(
         update(Job)
-        .where(Job.sweep_id == sweep_id, Job.status == "queued")
+        .where(Job.id.in_(queued), Job.status == "queued")
         .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now)
     )
+    retire_checkpoints(session, queued)
     running = list(
         session.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.status == "running"))
     )
