@@ -24,6 +24,9 @@ MIRROR_PENDING_TASK = "sweeplab.mirror_pending"
 MIRROR_SWEEP_TASK = "sweeplab.mirror_sweep"
 
 
+MIRROR_DELETIONS_TASK = "sweeplab.mirror_deletions"
+
+
 HTTP_TIMEOUT_S = "5"
 
 
