@@ -68,6 +68,8 @@ def mirror_job(self, job_id: str) -> str:
 def mirror_sweep(self, sweep_id: str) -> str:
     """Close a finished sweep's parent run once every trial is mirrored."""
     settings = Settings.from_env()
+    if sweep_mirror_final(settings, sweep_id) is True:  # closed already, or deleted
+        return "closed"
     _mirror_or_retry(
         self, lambda: sync.mirror_sweep(settings, sweep_id, finalize=True), f"sweep {sweep_id}"
     )
