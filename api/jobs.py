@@ -17,6 +17,7 @@ from api.params import JobListQuery, JobPath, MetricsQuery
 from services import submit
 from services.db.models import Job
 from services.db.pages import BadCursorError
+from services.jobs import deletion
 from services.jobs import rows as job_rows
 from services.jobs.rows import JobFinishedError, job_metrics
 from services.specs import (
@@ -226,22 +227,22 @@ def cancel_job(path: JobPath):
 @bp.delete(
     "/jobs/<job_id>",
     operation_id="deleteJob",
-    summary="Delete a finished job",
+    summary="Delete a job (cancelling it first if it is queued or running)",
     responses={204: None, **errors(404, 409)},
 )
 def delete_job(path: JobPath):
-    """Delete a finished single job with its learning curve, checkpoint and weights
-    (its MLflow run stays). 409 while it is queued or running, or when it is a
-    sweep's trial (delete the sweep)."""
-    session = db()
-    _job_or_404(path.job_id)
+    """Delete a job with its learning curve, checkpoint and weights, and mark its MLflow
+    run deleted (later, if MLflow is down: nothing is lost). A queued or running job is
+    cancelled first; its worker stops at its next epoch. A sweep's trial is deleted with
+    its sweep only: 409 (delete the sweep). Another user's job is a 404."""
+    svc = services()
+    _job_or_404(path.job_id, Job.id)
     try:
-        job_rows.delete_job(session, path.job_id)
-    except job_rows.JobActiveError as err:
-        raise APIError(409, f"job {path.job_id} is {err}: cancel it first") from err
-    except job_rows.JobInSweepError as err:
+        deletion.delete_job(db(), svc.dispatcher, svc.settings, path.job_id)
+    except LookupError as err:
+        raise APIError(404, f"no job {path.job_id}") from err
+    except deletion.TrialOfSweepError as err:
         raise APIError(
             409, f"job {path.job_id} is a trial of sweep {err}: delete the sweep instead"
         ) from err
-    session.commit()
     return no_content()

@@ -22,6 +22,7 @@ from api.params import LeaderboardQuery, SweepListQuery, SweepPath, TrialListQue
 from services import submit
 from services.db.models import Job, Sweep
 from services.db.pages import BadCursorError
+from services.jobs import deletion
 from services.jobs.rows import list_jobs
 from services.ranking import BoardPage, best_trial_in, leaderboard_page
 from services.specs import (
@@ -232,19 +233,18 @@ def cancel_sweep(path: SweepPath):
 @bp.delete(
     "/sweeps/<sweep_id>",
     operation_id="deleteSweep",
-    summary="Delete a sweep that is over, with its trials",
-    responses={204: None, **errors(404, 409)},
+    summary="Delete a sweep with all its trials (cancelling it first if it runs)",
+    responses={204: None, **errors(404)},
 )
 def delete_sweep(path: SweepPath):
-    """Delete a sweep that is done or cancelled, with its trials and their learning
-    curves, checkpoints and weights (its MLflow runs stay). 409 while it runs."""
-    session = db()
-    _sweep_or_404(path.sweep_id)
+    """Delete a sweep with its trials and their learning curves, checkpoints and weights,
+    and mark its MLflow runs (the parent and every trial's) deleted (later, if MLflow is
+    down: nothing is lost). A running sweep is cancelled first: queued trials never
+    start, running ones stop at their next epoch. Another user's sweep is a 404."""
+    svc = services()
+    _sweep_or_404(path.sweep_id, spec=False)
     try:
-        scheduler.delete_sweep(session, path.sweep_id)
-    except scheduler.SweepRunningError as err:
-        raise APIError(
-            409, f"sweep {path.sweep_id} still has trials running: cancel it first"
-        ) from err
-    session.commit()
+        deletion.delete_sweep(db(), svc.dispatcher, svc.settings, path.sweep_id)
+    except LookupError as err:
+        raise APIError(404, f"no sweep {path.sweep_id}") from err
     return no_content()

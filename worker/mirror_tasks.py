@@ -2,7 +2,7 @@
 
 Registered with ``shared_task`` so that whichever Celery app the worker builds
 picks them up once it imports this module (``include=["worker.mirror_tasks"]``).
-All three are idempotent: the database says what is already in MLflow.
+All four are idempotent: the database says what is already in MLflow.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from services.mirror import catch_up, sync
 from services.mirror.names import enabled
 from services.mirror.plumbing import (
     LOW_PRIORITY,
+    MIRROR_DELETIONS_TASK,
     MIRROR_FINISHED_TASK,
     MIRROR_JOB_TASK,
     MIRROR_PENDING_TASK,
@@ -68,6 +69,8 @@ def mirror_job(self, job_id: str) -> str:
 def mirror_sweep(self, sweep_id: str) -> str:
     """Close a finished sweep's parent run once every trial is mirrored."""
     settings = Settings.from_env()
+    if sweep_mirror_final(settings, sweep_id) is True:  # closed already, or deleted
+        return "closed"
     _mirror_or_retry(
         self, lambda: sync.mirror_sweep(settings, sweep_id, finalize=True), f"sweep {sweep_id}"
     )
@@ -96,6 +99,16 @@ def mirror_finished(self) -> dict[str, Any]:
 def mirror_pending(self) -> dict[str, int]:
     """Mirror every job and sweep whose mirror lags (each worker's ticker sends it)."""
     return catch_up.mirror_pending(Settings.from_env())
+
+
+@shared_task(name=MIRROR_DELETIONS_TASK, bind=True, max_retries=200, acks_late=True)
+def mirror_deletions(self) -> dict[str, int]:
+    """Mark the MLflow runs of deleted jobs and sweeps deleted, retrying while MLflow is
+    down (the periodic catch-up does it too, and forgets each once it is safe)."""
+    counts = catch_up.carry_out_deletions(Settings.from_env())
+    if counts["failed"]:
+        raise self.retry(countdown=_backoff(self.request.retries), priority=LOW)
+    return counts
 
 
 def _follow_sweep(settings: Settings, job_id: str) -> None:

@@ -163,9 +163,7 @@ def _dataset_bytes(data: Dataset) -> int:
 PREPARED = PreparedCache()
 
 
-def fit_data(
-    spec: dict[str, Any], sessions: sessionmaker[Session], settings: Settings
-) -> Dataset:
+def fit_data(spec: dict[str, Any], sessions: sessionmaker[Session], settings: Settings) -> Dataset:
     """The data to hand ``fit`` for a stored job ``spec``, split and standardized:
     from this process's cache when an earlier trial had the same ``dataset`` section;
     else an uploaded dataset's rows (from the cache of rows, bounded by

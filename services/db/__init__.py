@@ -16,6 +16,7 @@ from services.db.models import (
     JobCheckpoint,
     JobMetric,
     JobWeights,
+    MlflowDeletion,
     Sweep,
     User,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "JobCheckpoint",
     "JobMetric",
     "JobWeights",
+    "MlflowDeletion",
     "ReadOnlySessionError",
     "Sweep",
     "User",

@@ -260,3 +260,18 @@ class JobWeights(Base):
     epoch: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class MlflowDeletion(Base):
+    """The MLflow runs of a deleted job or sweep, still to be marked deleted in MLflow
+    (``services.mirror.deletions``): the run it knew, and the id its runs are tagged with."""
+
+    __tablename__ = "mlflow_deletions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "job" | "sweep"
+    entity_id: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

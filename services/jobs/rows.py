@@ -10,16 +10,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, load_only
 
 from services.datasets.attach import refers_to
 from services.db.models import (
     TERMINAL_STATUSES,
     Job,
-    JobCheckpoint,
     JobMetric,
-    JobWeights,
     utcnow,
 )
 from services.db.pages import paginate
@@ -183,28 +181,3 @@ def fail_unqueued(session: Session, job_ids: list[str], err: Exception) -> None:
         .values(status="failed", error=error, finished_at=now, updated_at=now)
     )
     retire_checkpoints(session, job_ids)
-
-
-class JobActiveError(Exception):
-    """The job is queued or running (delete is then a 409: cancel it first)."""
-
-
-class JobInSweepError(Exception):
-    """The job is a sweep's trial: it goes with its sweep."""
-
-
-def delete_job(session: Session, job_id: str) -> None:
-    """Delete a finished single job with its epochs, checkpoint and weights.
-
-    Raises ``LookupError``, :class:`JobActiveError` or :class:`JobInSweepError`.
-    """
-    job = session.get(Job, job_id)
-    if job is None:
-        raise LookupError(job_id)
-    if job.status not in TERMINAL_STATUSES:
-        raise JobActiveError(job.status)
-    if job.sweep_id is not None:
-        raise JobInSweepError(job.sweep_id)
-    for table in (JobMetric, JobCheckpoint, JobWeights):
-        session.execute(delete(table).where(table.job_id == job_id))
-    session.execute(delete(Job).where(Job.id == job_id))

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from typing import Any
 
+from services.mirror import deletions
 from services.mirror.names import enabled
 from services.mirror.plumbing import (
     FINISHED_GUARD_S,
@@ -41,6 +42,7 @@ def mirror_pending(settings: Any, limit: int = 500) -> dict[str, int]:
     counts = {"done": 0, "busy": 0, "failed": 0, "left": 0}
     if not enabled(settings):
         return counts
+    carry_out_deletions(settings, limit)  # the runs of deleted jobs and sweeps
     job_ids, sweep_ids = lagging(settings, limit)
     work = [("job", j) for j in job_ids] + [("sweep", s) for s in sweep_ids]
     for kind, item in work:
@@ -59,6 +61,24 @@ def mirror_pending(settings: Any, limit: int = 500) -> dict[str, int]:
                 break  # MLflow is down: do not spend a timeout on every item
     job_ids, sweep_ids = lagging(settings, limit)
     counts["left"] = len(job_ids) + len(sweep_ids)
+    return counts
+
+
+def carry_out_deletions(settings: Any, limit: int = 500) -> dict[str, int]:
+    """Mark the MLflow runs of deleted jobs and sweeps deleted (``mirror.deletions``);
+    return counts: runs deleted, deletions that failed, deletions still pending."""
+    counts = {"runs": 0, "failed": 0, "left": 0}
+    if not enabled(settings):
+        return counts
+    for deletion in deletions.pending(settings, limit):
+        try:
+            counts["runs"] += deletions.carry_out(settings, deletion)
+        except Exception:
+            counts["failed"] += 1
+            log.warning("MLflow deletion of %s %s failed", deletion[1], deletion[2], exc_info=True)
+            if not is_up(settings):
+                break  # MLflow is down: the next pass tries again
+    counts["left"] = len(deletions.pending(settings, limit))
     return counts
 
 

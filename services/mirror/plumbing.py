@@ -38,6 +38,9 @@ def finished_keys(settings: Any) -> tuple[str, str]:
 FINISHED_GUARD_S = 60
 
 
+MIRROR_DELETIONS_TASK = "sweeplab.mirror_deletions"
+
+
 HTTP_TIMEOUT_S = "5"
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, defer, sessionmaker
 
@@ -25,9 +25,6 @@ from services.db.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
     Job,
-    JobCheckpoint,
-    JobMetric,
-    JobWeights,
     Sweep,
     utcnow,
 )
@@ -351,28 +348,3 @@ def list_sweeps(
     if statuses:
         stmt = stmt.where(Sweep.status.in_(statuses))
     return paginate(session, Sweep, stmt, cursor=cursor, limit=limit)
-
-
-def delete_sweep(session: Session, sweep_id: str) -> None:
-    """Delete a sweep that is over, with its trials and their epochs, checkpoints
-    and weights. Raises ``LookupError`` or :class:`SweepRunningError`."""
-    sweep = session.get(Sweep, sweep_id)
-    if sweep is None:
-        raise LookupError(sweep_id)
-    if sweep.status == "running":
-        raise SweepRunningError(sweep_id)
-    trials = select(Job.id).where(Job.sweep_id == sweep_id)
-    if session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.sweep_id == sweep_id, Job.status.in_(ACTIVE_STATUSES))
-    ):
-        raise SweepRunningError(sweep_id)  # a cancelled sweep's trial still stopping
-    for table in (JobMetric, JobCheckpoint, JobWeights):
-        session.execute(delete(table).where(table.job_id.in_(trials)))
-    session.execute(delete(Job).where(Job.sweep_id == sweep_id))
-    session.execute(delete(Sweep).where(Sweep.id == sweep_id))
-
-
-class SweepRunningError(Exception):
-    """The sweep still runs trials (delete is then a 409: cancel it first)."""

@@ -110,10 +110,11 @@ def test_nobody_cancels_or_deletes_anothers_work(world):
     assert alice.post(f"{API}/jobs/{mine['job']}/cancel").status_code == 202
     assert alice.delete(f"{API}/jobs/{mine['job']}").status_code == 204
     assert alice.get(f"{API}/jobs/{mine['job']}").status_code == 404
-    assert alice.delete(f"{API}/sweeps/{mine['sweep']}").status_code == 409  # running
-    assert alice.post(f"{API}/sweeps/{mine['sweep']}/cancel").status_code == 202
-    assert alice.delete(f"{API}/sweeps/{mine['sweep']}").status_code == 204
+    # a running sweep is cancelled, then deleted with all its trials
+    trials = alice.get(f"{API}/sweeps/{mine['sweep']}/trials").get_json()["items"]
+    assert trials and alice.delete(f"{API}/sweeps/{mine['sweep']}").status_code == 204
     assert alice.get(f"{API}/sweeps/{mine['sweep']}").status_code == 404
+    assert all(alice.get(f"{API}/jobs/{t['id']}").status_code == 404 for t in trials)
     # the admin manages bob's
     assert admin.post(f"{API}/sweeps/{theirs['sweep']}/cancel").status_code == 202
     assert admin.post(f"{API}/jobs/{theirs['job']}/cancel").status_code == 202
