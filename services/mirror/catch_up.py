@@ -243,7 +243,8 @@ def mirror_finished(settings: Any) -> dict[str, Any]:
         done = [j for j in batch if j not in set(left)]
         counts["sweeps"] = sorted(sweep_ids_of(settings, done)) if done else []
         for sweep_id in counts["sweeps"]:
-            with contextlib.suppress(MirrorBusy):  # its holder, or mirror_pending, closes it
+            # MirrorBusy: its holder, or mirror_pending, closes it; LookupError: deleted
+            with contextlib.suppress(MirrorBusy, LookupError):
                 # trials still behind (never ran, or busy) go back to the set
                 mirror_sweep(settings, sweep_id, finalize=True, lagging_trials=left.extend)
     finally:
