@@ -125,6 +125,7 @@ def flat_record(record: dict[str, Any]) -> dict[str, Any]:
 #: Job object of these sessions needs refreshing.
 JOBS: Table = Job.__table__  # type: ignore[assignment]  # a Table, typed FromClause
 METRICS: Table = JobMetric.__table__  # type: ignore[assignment]
+WEIGHTS: Table = JobWeights.__table__  # type: ignore[assignment]
 
 
 def metric_row(epoch: int, flat: dict[str, Any]) -> dict[str, Any]:
@@ -195,10 +196,14 @@ def finish_job(
     attempt: int,
     status: str,
     weights: JobWeights | None = None,
+    checkpoint_stored: bool = True,
     **values: Any,
 ) -> bool:
     """Set the final status if this attempt still owns the running job; then store its
-    final ``weights`` and delete its checkpoint (see ``services.jobs.ending``)."""
+    final ``weights`` and delete its checkpoint (see ``services.jobs.ending``).
+
+    ``checkpoint_stored=False`` says that no attempt of the job stored a checkpoint
+    (a short first attempt): nothing to delete then, and no earlier weights."""
     if values.get("error") is not None:
         values["error"] = clip_error(str(values["error"]))
     now = utcnow()
@@ -213,8 +218,11 @@ def finish_job(
         **values,
     )
     if owned and weights is not None:
-        session.merge(weights)
-        drop_checkpoint(session, job_id)
+        row = {"job_id": job_id, "epoch": weights.epoch, "data": weights.data, "created_at": now}
+        if checkpoint_stored or attempt > 1:
+            session.connection().execute(delete(WEIGHTS).where(WEIGHTS.c.job_id == job_id))
+            drop_checkpoint(session, job_id)
+        session.connection().execute(insert(WEIGHTS).values(**row))
     elif owned:
         retire_checkpoints(session, [job_id])
     return owned

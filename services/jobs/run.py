@@ -116,6 +116,7 @@ class JobRun:
         self.prune = prune
         self.buffer: list[dict[str, Any]] = []
         self.pending_checkpoint: tuple[int, bytes] | None = None
+        self.checkpoint_stored = False  # by this attempt (perhaps rolled back: then too)
         # "cancelled" | "pruned" | "timed_out" | "released" | "lost"
         self.stop_reason: str | None = None
         self.release_reason = ""
@@ -214,6 +215,7 @@ class JobRun:
         """Buffered epochs and the latest checkpoint into ``session``; False (and the
         run stops) if this attempt no longer owns the job."""
         started = time.monotonic()
+        self.checkpoint_stored = self.checkpoint_stored or self.pending_checkpoint is not None
         result = record_epochs(
             session,
             job_id=self.job_id,
@@ -403,6 +405,8 @@ class JobRun:
     def _finish(
         self, session: Session, status: str, values: dict[str, Any], weights: JobWeights | None
     ) -> bool:
+        if weights is not None:
+            self.pending_checkpoint = None  # finish_job would delete it at once
         if (self.buffer or self.pending_checkpoint) and not self._write_epochs(session):
             return False
         return finish_job(  # stores the weights and deletes the checkpoint (jobs.ending)
@@ -411,6 +415,7 @@ class JobRun:
             attempt=self.attempt,
             status=status,
             weights=weights,
+            checkpoint_stored=self.checkpoint_stored,
             **self.tracker.progress(),
             **values,
         )
