@@ -13,11 +13,12 @@ cannot go on (its sampler fails), it ends, its last trial saying why."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.orm import Session, defer, load_only, sessionmaker
 
 from services.celery_app import Dispatcher
 from services.config import Limits, Settings
@@ -29,6 +30,7 @@ from services.db.models import (
     utcnow,
 )
 from services.db.pages import paginate
+from services.db.session import begin_read
 from services.jobs.ending import retire_checkpoints
 from services.jobs.rows import create_job
 from services.specs import (
@@ -87,6 +89,35 @@ def sweep_trials(session: Session, sweep_id: str) -> list[Job]:
     return list(session.scalars(stmt))
 
 
+def sampler_trials(session: Session, sweep_id: str) -> list[Job]:
+    """The sweep's trials with what a sampler reads of them (no spec, no result)."""
+    stmt = (
+        select(Job)
+        .options(load_only(Job.trial_index, Job.status, Job.params, Job.objective, Job.epochs_done))
+        .where(Job.sweep_id == sweep_id)
+        .order_by(Job.trial_index)
+    )
+    return list(session.scalars(stmt))
+
+
+#: sweep id -> its method, read once per process (it never changes)
+_METHODS: dict[str, str] = {}
+
+
+def _method_of(sessions: sessionmaker[Session], sweep_id: str) -> str | None:
+    method = _METHODS.get(sweep_id)
+    if method is None:
+        with sessions() as session:
+            begin_read(session)
+            method = session.scalar(select(Sweep.method).where(Sweep.id == sweep_id))
+            session.rollback()
+        if method is not None:
+            if len(_METHODS) >= 1024:
+                _METHODS.clear()
+            _METHODS[sweep_id] = method
+    return method
+
+
 def active_count(session: Session, sweep_id: str) -> int:
     """How many of the sweep's trials are queued or running."""
     stmt = (
@@ -97,14 +128,65 @@ def active_count(session: Session, sweep_id: str) -> int:
     return int(session.scalar(stmt) or 0)
 
 
-def advance_sweep(session: Session, sweep_id: str, *, limits: Limits | None = None) -> list[str]:
+@dataclass
+class Prepared:
+    """TPE proposals worked out in a read transaction, for the trials from index
+    ``n_created`` on: used under the lock only if no trial was created meanwhile."""
+
+    n_created: int
+    proposals: list[tuple[dict[str, Any], dict[str, Any]]]
+
+
+def prepare_proposals(sessions: sessionmaker[Session], sweep_id: str) -> Prepared | None:
+    """Rebuild a TPE sweep's sampler from its trials and ask it for the trials the
+    next advance will create, all in a read transaction: a writer (another worker
+    recording epochs, finishing a trial) never waits on it. None for grid and random
+    sweeps (their parameters depend on the index only), or when anything fails (the
+    advance then proposes under its lock, with the usual error handling)."""
+    try:
+        if _method_of(sessions, sweep_id) != "tpe":
+            return None
+        with sessions() as session:
+            begin_read(session)
+            sweep = session.get(Sweep, sweep_id)
+            if sweep is None or sweep.status != "running":
+                return None
+            trials = sampler_trials(session, sweep_id)
+            active = sum(t.status in ACTIVE_STATUSES for t in trials)
+            n_new = min(sweep.max_concurrency - active, sweep.n_trials - sweep.n_created)
+            proposals = []
+            for index in range(sweep.n_created, sweep.n_created + max(n_new, 0)):
+                params, proposal = propose(sweep, index, trials)
+                proposals.append((params, proposal))
+                # pending for the next proposal's constant liar, as it will be once created
+                trials.append(Job(trial_index=index, status="queued", params=params))
+            prepared = Prepared(sweep.n_created, proposals)
+            session.rollback()
+        return prepared
+    except Exception:  # the advance proposes under its lock instead
+        log.warning("sweep %s: proposals not prepared ahead", sweep_id, exc_info=True)
+        return None
+
+
+def advance_sweep(
+    session: Session,
+    sweep_id: str,
+    *,
+    limits: Limits | None = None,
+    prepared: Prepared | None = None,
+) -> list[str]:
     """Create trials up to ``max_concurrency`` active; mark the sweep done when all ended.
 
     Returns the ids of new queued trials, to enqueue after the caller commits.
+    ``prepared``: TPE proposals made outside the lock (:func:`prepare_proposals`),
+    taken while the sweep's ``n_created`` is still theirs.
     """
     sweep = lock_sweep(session, sweep_id)
     if sweep is None or sweep.status != "running":
         return []
+    ahead: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+    if prepared is not None and prepared.n_created == sweep.n_created:
+        ahead = {sweep.n_created + i: p for i, p in enumerate(prepared.proposals)}
     # Counted in SQL, not by loading the sweep: a grid or random trial's parameters
     # depend only on its index; only TPE learns from the trials so far.
     active = active_count(session, sweep_id)
@@ -112,9 +194,9 @@ def advance_sweep(session: Session, sweep_id: str, *, limits: Limits | None = No
     new_ids: list[str] = []
     while sweep.n_created < sweep.n_trials and active < sweep.max_concurrency:
         index = sweep.n_created
-        if trials is None and sweep.method == "tpe":
-            trials = sweep_trials(session, sweep_id)
-        job, stop = _create_trial(session, sweep, index, trials or [], limits)
+        if trials is None and sweep.method == "tpe" and index not in ahead:
+            trials = sampler_trials(session, sweep_id)
+        job, stop = _create_trial(session, sweep, index, trials or [], limits, ahead.get(index))
         if trials is not None:
             trials.append(job)
         sweep.n_created = index + 1
@@ -139,7 +221,12 @@ def _end(sweep: Sweep) -> None:
 
 
 def _create_trial(
-    session: Session, sweep: Sweep, index: int, trials: list[Job], limits: Limits | None
+    session: Session,
+    sweep: Sweep,
+    index: int,
+    trials: list[Job],
+    limits: Limits | None,
+    proposed: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> tuple[Job, bool]:
     """Create trial ``index``: queued, or failed with the reason; (trial, sweep must end).
 
@@ -149,7 +236,7 @@ def _create_trial(
     """
     name = f"{sweep.name or 'sweep'}-{index}"
     try:
-        params, proposal = propose(sweep, index, trials)
+        params, proposal = proposed or propose(sweep, index, trials)
     except Exception as err:  # the sampler or the stored spec: every later trial would fail too
         log.exception("sweep %s: no parameters for trial %d; the sweep ends", sweep.id, index)
         reason = f"the sweep stopped: no parameters for trial {index}: {_describe(err)}"
@@ -240,9 +327,10 @@ def advance_and_enqueue(
     a failed trial that says why, unless the database is away: that is no fault of
     the sweep, and the error propagates (the next recover pass tries again).
     """
+    prepared = prepare_proposals(session_factory, sweep_id)
     try:
         with session_factory() as session:
-            new_ids = advance_sweep(session, sweep_id, limits=settings.limits)
+            new_ids = advance_sweep(session, sweep_id, limits=settings.limits, prepared=prepared)
             session.commit()
     except DBAPIError as err:
         if _outage(err):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import sqlite3
 from datetime import timedelta
 from typing import Any
 
@@ -14,8 +15,15 @@ from services.db.models import Job, JobMetric, Sweep, utcnow
 from services.jobs.recovery import recover
 from services.ranking import Objective, best_trial, leaderboard
 from services.specs import EarlyStoppingPolicy, ParameterSpec, validate_sweep
+from services.sweeps import scheduler
 from services.sweeps.pruning import asha_rule, asha_rungs, median_rule
-from services.sweeps.scheduler import advance_sweep, cancel_sweep, create_sweep, sweep_trials
+from services.sweeps.scheduler import (
+    advance_and_enqueue,
+    advance_sweep,
+    cancel_sweep,
+    create_sweep,
+    sweep_trials,
+)
 from services.sweeps.space import grid_point, random_point
 from tests.conftest import XOR_JOB
 
@@ -285,3 +293,69 @@ def test_leaderboard_lists_every_trial_unranked_last():
     assert [t.id for t in board] == ["c", "d", "a", "b"]
     assert best_trial(sweep, board).id == "c"
     assert best_trial(sweep, [trials[1]]) is None
+
+
+def test_tpe_proposals_are_made_outside_the_write_lock(settings, sessions, dispatcher, monkeypatch):
+    """The sampler is rebuilt and asked in a read transaction: another process writes
+    meanwhile (SQLite, a busy timeout of 0.2 s); under the lock the proposals are
+    only stored, each trial index once. A proposal made for an ``n_created`` that
+    moved on is not used: the advance proposes under its lock instead."""
+    spec = sweep_spec(
+        method="tpe",
+        n_trials=6,
+        max_concurrency=2,
+        parameters={
+            "hyperparameters.learning_rate": {"distribution": "log_uniform", "min": 1e-3, "max": 1}
+        },
+    )
+    with sessions() as session:
+        sweep, first = create_sweep(session, sweep=validate_sweep(spec))
+        session.commit()
+        sweep_id = sweep.id
+    with sessions() as session:
+        session.execute(
+            update(Job).where(Job.id.in_(first)).values(status="succeeded", objective=1)
+        )
+        session.commit()
+    path = settings.database_url.removeprefix("sqlite:///")
+    writes: list[str] = []
+    real_propose = scheduler.propose
+
+    def propose_while_another_writes(*args: Any) -> Any:
+        other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("UPDATE sweeps SET updated_at = updated_at")
+            other.execute("COMMIT")
+            writes.append("ok")
+        except sqlite3.OperationalError as err:
+            writes.append(str(err))
+        finally:
+            other.close()
+        return real_propose(*args)
+
+    monkeypatch.setattr(scheduler, "propose", propose_while_another_writes)
+    new = advance_and_enqueue(
+        settings=settings, session_factory=sessions, dispatcher=dispatcher, sweep_id=sweep_id
+    )
+    assert len(new) == 2 and writes == ["ok", "ok"]  # proposed once each, never locked out
+    with sessions() as session:
+        indices = [j.trial_index for j in sweep_trials(session, sweep_id)]
+    assert indices == [0, 1, 2, 3]
+
+    stale = scheduler.prepare_proposals(sessions, sweep_id)  # none due: 2 active
+    assert stale is not None and stale.proposals == []
+    with sessions() as session:
+        session.execute(update(Job).where(Job.id.in_(new)).values(status="succeeded", objective=1))
+        session.commit()
+    prepared = scheduler.prepare_proposals(sessions, sweep_id)
+    assert prepared is not None and len(prepared.proposals) == 2
+    prepared.n_created -= 1  # as if another advance had created a trial meanwhile
+    writes.clear()
+    with sessions() as session:
+        made = advance_sweep(session, sweep_id, prepared=prepared)
+        session.commit()
+    assert len(made) == 2 and len(writes) == 2  # proposed again, under the lock
+    with sessions() as session:
+        indices = [j.trial_index for j in sweep_trials(session, sweep_id)]
+    assert indices == [0, 1, 2, 3, 4, 5]
