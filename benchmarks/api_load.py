@@ -10,7 +10,7 @@ What it measures (issue 12, "benchmarks/api_load.py"):
   of metrics each, created over the last ten days), bulk-inserted with SQLAlchemy Core
   and owned by the token's user; then a 1,000-trial grid sweep submitted through the
   API (xor, 4 tanh units, 3 epochs, max_concurrency 8) that trains during the load.
-  The trials have 20,000 samples (~110 ms of ``fit`` each; 60,000 with ``--quick``) so
+  The trials have 20,000 samples (~90-110 ms of ``fit`` each; 60,000 with ``--quick``) so
   that the sweep trains through the warm-up and the load: with 16 samples its 1,000
   trials take ~10 s, over before the load would start.
 - the stack: the API under gunicorn on a free loopback port (2 workers x 4 threads,
