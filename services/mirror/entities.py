@@ -205,15 +205,20 @@ def sweep_params(sweep: SweepSnapshot) -> dict[str, str]:
     return params
 
 
-#: A sweep's trial gets its learning-curve PNG only if it trained this long: drawing
-#: one costs ~0.1 s of a worker process, more than a tiny trial's whole run (MLflow
-#: charts every trial's metrics itself, and the parent run holds the sweep's plot).
-TRIAL_PLOT_MIN_SECONDS = 2.0
+#: A trial of a sweep larger than TRIAL_PLOTS_UP_TO gets its learning-curve PNG
+#: only if it trained TRIAL_PLOT_MIN_SECONDS or more: drawing one costs ~0.1 s of a
+#: worker process, more than a tiny trial's whole run, times thousands of trials
+#: (MLflow charts every run's metrics itself; the parent run holds the sweep's plot).
+TRIAL_PLOTS_UP_TO = 100
+TRIAL_PLOT_MIN_SECONDS = 1.0
 
 
 def draws_learning_curve(snap: JobSnapshot) -> bool:
-    """A single job always gets the PNG; a sweep's trial when it trained long enough."""
-    return snap.sweep_id is None or (snap.train_seconds or 0.0) >= TRIAL_PLOT_MIN_SECONDS
+    """Single jobs and the trials of sweeps up to TRIAL_PLOTS_UP_TO trials always
+    get the PNG; in larger sweeps, the trials that trained long enough."""
+    if snap.sweep_id is None or (snap.sweep_size or 0) <= TRIAL_PLOTS_UP_TO:
+        return True
+    return (snap.train_seconds or 0.0) >= TRIAL_PLOT_MIN_SECONDS
 
 
 def run_artifacts(

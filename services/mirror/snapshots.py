@@ -48,6 +48,7 @@ class JobSnapshot:
     worker: str | None
     epochs: list[tuple[int, int | None, dict[str, Any]]] = field(default_factory=list)
     train_seconds: float | None = None
+    sweep_size: int | None = None  # its sweep's n_trials
 
 
 @dataclass
@@ -99,6 +100,8 @@ def load_job(session: Any, job_id: str, *, after_epoch: int | None) -> JobSnapsh
         worker=job.worker,
         train_seconds=job.train_seconds,
     )
+    if job.sweep_id:
+        snap.sweep_size = session.scalar(select(Sweep.n_trials).where(Sweep.id == job.sweep_id))
     floor = snap.synced_epoch if after_epoch is None else after_epoch
     rows = session.execute(
         select(JobMetric.epoch, JobMetric.created_at, JobMetric.metrics)

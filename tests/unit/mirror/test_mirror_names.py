@@ -12,6 +12,7 @@ import pytest
 
 from services import plots
 from services.mirror import catch_up, sync
+from services.mirror.entities import draws_learning_curve
 from services.mirror.links import links_for_job
 from services.mirror.names import (
     MAX_PARAM_VALUE,
@@ -275,3 +276,21 @@ def test_lr_sweep_points_draw_a_line_per_combination_of_the_other_parameters():
     assert pruned == [(0.003, 0.9)] and failed == [3.0]
     width, height = _png_size(plots.lr_sweep_png(trials, "val_loss"))
     assert width > 100 and height > 100
+
+
+@pytest.mark.parametrize(
+    "sweep_id, sweep_size, train_seconds, plotted",
+    [
+        (None, None, 0.001, True),  # a single job: always
+        ("s", 8, 0.001, True),  # a small sweep (the demo's): every trial
+        ("s", 100, 0.001, True),
+        ("s", 101, 0.001, False),  # a large sweep of tiny trials: no 0.1 s drawing each
+        ("s", 1000, 0.999, False),
+        ("s", 1000, 1.0, True),  # unless the trial trained a second or more
+    ],
+)
+def test_which_runs_get_a_learning_curve_png(sweep_id, sweep_size, train_seconds, plotted):
+    snap = types.SimpleNamespace(
+        sweep_id=sweep_id, sweep_size=sweep_size, train_seconds=train_seconds
+    )
+    assert draws_learning_curve(snap) is plotted  # type: ignore[arg-type]
