@@ -3,12 +3,15 @@ and its docs page; the request's principal for the views (``api.context.principa
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from flask import current_app, g, request
 from sqlalchemy.exc import DBAPIError
 
 from api.context import READ_METHODS, db, services
 from api.errors import APIError
-from services.auth import LOCAL, Principal, authenticate, record_use, use_due
+from services.auth import LOCAL, RECENT, Principal, authenticate, record_use, use_due
+from services.db.models import utcnow
 
 #: Endpoints anyone may call: liveness, readiness, the document and its page.
 PUBLIC_BLUEPRINTS = frozenset({"health", "docs"})
@@ -32,13 +35,19 @@ def authenticate_request() -> None:
             "this route needs a token: send Authorization: Bearer <token>",
             headers=CHALLENGE,
         )
-    session = db()
-    principal = authenticate(session, token.strip())
+    token = token.strip()
+    RECENT.seconds = settings.auth_cache_seconds
+    principal = RECENT.get(token)  # checked by this process a moment ago: no query
     if principal is None:
-        raise APIError(401, "the token is not valid (unknown or revoked)", headers=CHALLENGE)
+        session = db()
+        principal = authenticate(session, token)
+        if principal is None:
+            raise APIError(401, "the token is not valid (unknown or revoked)", headers=CHALLENGE)
+        session.commit()  # the view's reads start a fresh snapshot
+        RECENT.put(token, principal)
     if use_due(principal):
         _record_use(principal)
-    session.commit()  # the view's reads start a fresh snapshot (last_used_at included)
+        RECENT.put(token, replace(principal, last_used_at=utcnow()))
     g.principal = principal
 
 

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app, g, request
+from flask import current_app, g, request, url_for
 from flask.json.provider import DefaultJSONProvider
 from flask.wrappers import Request, Response
 from pydantic import BaseModel
@@ -122,6 +122,22 @@ def no_content() -> Response:
 def reply(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Any:
     """A response serialized by its model (which refuses undeclared fields)."""
     return model.model_dump(mode="json"), status, headers or {}
+
+
+def link(endpoint: str, **values: str) -> str:
+    """``url_for(endpoint, **values)`` for the links of every row of a page: the route's
+    URL is built once per request with placeholders, then filled in (ids are hex, so
+    nothing needs quoting); url_for itself costs ~25 us, four times a row."""
+    templates = g.setdefault("url_templates", {})
+    key = (endpoint, *sorted(values))
+    template = templates.get(key)
+    if template is None:
+        placeholders: dict[str, Any] = {name: f"__{name}__" for name in values}
+        template = url_for(endpoint, **placeholders)
+        templates[key] = template
+    for name, value in values.items():
+        template = template.replace(f"__{name}__", value)
+    return template
 
 
 def mlflow_links(kind: str, row: Any) -> MlflowLinks | None:

@@ -11,7 +11,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from flask_openapi3.types import ResponseDict
 
 from api.auth import SECURITY
-from api.context import db, mlflow_links, no_content, principal, reply, services
+from api.context import db, link, mlflow_links, no_content, principal, reply, services
 from api.errors import APIError
 from api.params import JobListQuery, JobPath, MetricsQuery
 from services import submit
@@ -98,10 +98,10 @@ def _summary_fields(job: Job) -> dict[str, Any]:
         attempts=job.attempts,
         worker=job.worker,
         links=JobLinks(
-            self=url_for("jobs.get_job", job_id=job.id),
-            metrics=url_for("jobs.get_metrics", job_id=job.id),
-            cancel=url_for("jobs.cancel_job", job_id=job.id),
-            sweep=url_for("sweeps.get_sweep", sweep_id=job.sweep_id) if job.sweep_id else None,
+            self=link("jobs.get_job", job_id=job.id),
+            metrics=link("jobs.get_metrics", job_id=job.id),
+            cancel=link("jobs.cancel_job", job_id=job.id),
+            sweep=link("sweeps.get_sweep", sweep_id=job.sweep_id) if job.sweep_id else None,
         ),
         mlflow=mlflow_links("job", job),
     )

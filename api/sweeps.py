@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import defer
 
 from api.auth import SECURITY
-from api.context import db, mlflow_links, no_content, principal, reply, services
+from api.context import db, link, mlflow_links, no_content, principal, reply, services
 from api.errors import APIError
 from api.jobs import bad_cursor, errors, iso_time, job_page
 from api.params import LeaderboardQuery, SweepListQuery, SweepPath, TrialListQuery
@@ -96,10 +96,10 @@ def _summary_fields(sweep: Sweep, top: BoardPage) -> dict[str, Any]:
             created_at=iso_time(sweep.created_at), finished_at=iso_time(sweep.finished_at)
         ),
         links=SweepLinks(
-            self=url_for("sweeps.get_sweep", sweep_id=sweep.id),
-            trials=url_for("sweeps.list_trials", sweep_id=sweep.id),
-            leaderboard=url_for("sweeps.get_leaderboard", sweep_id=sweep.id),
-            cancel=url_for("sweeps.cancel_sweep", sweep_id=sweep.id),
+            self=link("sweeps.get_sweep", sweep_id=sweep.id),
+            trials=link("sweeps.list_trials", sweep_id=sweep.id),
+            leaderboard=link("sweeps.get_leaderboard", sweep_id=sweep.id),
+            cancel=link("sweeps.cancel_sweep", sweep_id=sweep.id),
         ),
         mlflow=mlflow_links("sweep", sweep),
     )

@@ -22,6 +22,8 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -131,6 +133,52 @@ def authenticate(session: Session, token: str) -> Principal | None:
     )
 
 
+class RecentTokens:
+    """Tokens this process checked against the database in the last ``seconds``, by the
+    SHA-256 of the whole token (never the token itself): a request with one of them is
+    authenticated without a query. Revoking a token forgets it here at once; another
+    API process honours the revocation within ``seconds``."""
+
+    def __init__(self, seconds: float = 5.0, size: int = 1024):
+        self.seconds, self.size = seconds, size
+        self._entries: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def get(self, token: str) -> Principal | None:
+        key = self._key(token)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit[1] < time.monotonic():
+                self._entries.pop(key, None)
+                return None
+            return hit[0]
+
+    def put(self, token: str, principal: Principal) -> None:
+        if self.seconds <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.size:
+                self._entries.clear()
+            self._entries[self._key(token)] = (principal, time.monotonic() + self.seconds)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def forget(self, token_id: str) -> None:
+        with self._lock:
+            for key in [k for k, (p, _) in self._entries.items() if p.token_id == token_id]:
+                del self._entries[key]
+
+
+#: this process's recently checked tokens (SWEEPLAB_AUTH_CACHE_SECONDS)
+RECENT = RecentTokens()
+
+
 def use_due(principal: Principal, now: datetime | None = None) -> bool:
     """Is the token's last use older than ``LAST_USED_RESOLUTION`` (or never recorded)?"""
     if principal.token_id is None:
@@ -181,6 +229,7 @@ def revoke_token(session: Session, token_id: str, principal: Principal) -> ApiTo
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.flush()
+    RECENT.forget(token_id)
     return row
 
 

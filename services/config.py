@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     # Bearer tokens on every /api/v1 route but health, readiness and the docs.
     # SWEEPLAB_AUTH=off is for a lone user on a laptop: everyone is a local admin.
     auth: bool = Field(True, validation_alias="SWEEPLAB_AUTH")
+    # an API process trusts a token it checked this long ago (a revocation made through
+    # another process takes effect within it); 0: check every request
+    auth_cache_seconds: float = Field(5.0, ge=0, validation_alias="SWEEPLAB_AUTH_CACHE_SECONDS")
 
     @model_validator(mode="before")
     @classmethod

@@ -11,10 +11,14 @@ Retry-After.
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
+from sqlalchemy import update
 
+from services.auth import RECENT
 from services.config import Limits
+from services.db.models import ApiToken, utcnow
 from tests.auth_support import authorize, new_token
 from tests.conftest import XOR_JOB
 from tests.unit.api.contract import contract_client
@@ -256,3 +260,30 @@ def test_auth_off_is_a_local_admin(settings, dispatcher):
         assert client.get(f"{API}/jobs/{job.get_json()['id']}").status_code == 200
     finally:
         lone.extensions["sweeplab"].engine.dispose()
+
+
+def test_a_token_revoked_elsewhere_stops_working_within_the_auth_cache(app):
+    """A process trusts a token it checked a moment ago (no query per request); a
+    revocation written by another process (the CLI, another API worker) is honoured
+    once that moment has passed, and a revocation through this process at once."""
+    settings = app.extensions["sweeplab"].settings
+    sessions = app.extensions["sweeplab"].sessions
+    old = settings.auth_cache_seconds
+    object.__setattr__(settings, "auth_cache_seconds", 0.5)
+    try:
+        token = new_token(sessions)
+        client = authorize(app.test_client(), token)
+        assert client.get(f"{API}/jobs").status_code == 200
+        with sessions() as session:  # as `python -m services.stack token revoke` does
+            session.execute(
+                update(ApiToken)
+                .where(ApiToken.id == token.split("_")[1])
+                .values(revoked_at=utcnow())
+            )
+            session.commit()
+        assert client.get(f"{API}/jobs").status_code == 200  # still trusted for 0.5 s
+        time.sleep(0.6)
+        assert client.get(f"{API}/jobs").status_code == 401
+    finally:
+        object.__setattr__(settings, "auth_cache_seconds", old)
+        RECENT.clear()
