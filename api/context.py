@@ -120,8 +120,11 @@ def no_content() -> Response:
 
 
 def reply(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> Any:
-    """A response serialized by its model (which refuses undeclared fields)."""
-    return model.model_dump(mode="json"), status, headers or {}
+    """A response serialized by its model (which refuses undeclared fields), by
+    pydantic's own JSON encoder (several times faster than dumping to a dict that
+    ``json.dumps`` then walks again); non-finite floats become null."""
+    body = model.model_dump_json()
+    return Response(body, status=status, headers=headers, mimetype="application/json")
 
 
 def link(endpoint: str, **values: str) -> str:
