@@ -179,7 +179,12 @@ class Sweep(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_sweep_id_trial_index", "sweep_id", "trial_index"),)
+    __table_args__ = (
+        Index("ix_jobs_sweep_id_trial_index", "sweep_id", "trial_index"),
+        # a sweep's counts (by status, epochs trained) and its leaderboard's top (0007)
+        Index("ix_jobs_sweep_id_status_epochs_done", "sweep_id", "status", "epochs_done"),
+        Index("ix_jobs_sweep_id_objective", "sweep_id", "objective"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str | None] = mapped_column(
