@@ -75,6 +75,7 @@ from benchmarks.support import (  # noqa: E402
     free_port,
     start_worker,
     stop_workers,
+    tiny_trial,
     wait_for,
 )
 from services.config import Settings  # noqa: E402
@@ -105,15 +106,6 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
-
-
-def trial_base(epochs: int, n_samples: int) -> dict[str, Any]:
-    return {
-        "name": "load",
-        "dataset": {"name": "xor", "n_samples": n_samples, "seed": 0, "validation_split": 0.25},
-        "architecture": {"layers": [{"units": 4, "activation": "tanh"}]},
-        "hyperparameters": {"learning_rate": 0.1, "epochs": epochs, "batch_size": 16},
-    }
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -447,7 +439,7 @@ def measure(
     stack = Stack(root, label, database_url, redis_url)
     try:
         client = stack.start(args.threads)
-        status, job = client.call("POST", f"{API}/jobs", trial_base(args.epochs, 16))
+        status, job = client.call("POST", f"{API}/jobs", tiny_trial("load", args.epochs, 16))
         assert status == 201, job
         wait_job(client, job["id"], 60)
         job_ids, seed_s = stack.seed(client, job["id"], args.jobs)
@@ -460,7 +452,7 @@ def measure(
         lrs = [round(10 ** (-3 + 3 * i / max(args.trials - 1, 1)), 8) for i in range(args.trials)]
         body = {
             "name": f"load-{label}",
-            "base": trial_base(args.epochs, args.trial_samples),
+            "base": tiny_trial("load", args.epochs, args.trial_samples),
             "method": "grid",
             "parameters": {"hyperparameters.learning_rate": {"values": lrs}},
             "max_concurrency": args.max_concurrency,

@@ -68,6 +68,7 @@ from benchmarks.support import (  # noqa: E402
     free_port,
     start_worker,
     stop_workers,
+    tiny_trial,
     wait_for,
 )
 from services.celery_app import Dispatcher  # noqa: E402
@@ -108,20 +109,11 @@ def cpu_seconds(worker_pid: int | None) -> dict[str, float]:
 # --------------------------------------------------------------------------- the trials
 
 
-def trial_base(epochs: int, n_samples: int) -> dict[str, Any]:
-    return {
-        "name": "overhead",
-        "dataset": {"name": "xor", "n_samples": n_samples, "seed": 0, "validation_split": 0.25},
-        "architecture": {"layers": [{"units": 4, "activation": "tanh"}]},
-        "hyperparameters": {"learning_rate": 0.1, "epochs": epochs, "batch_size": 16},
-    }
-
-
 def sweep_body(n: int, epochs: int, n_samples: int, concurrency: int, name: str) -> dict[str, Any]:
     lrs = [round(10 ** (-3 + 3 * i / max(n - 1, 1)), 8) for i in range(n)]
     return {
         "name": name,
-        "base": trial_base(epochs, n_samples),
+        "base": tiny_trial("overhead", epochs, n_samples),
         "method": "grid",
         "parameters": {"hyperparameters.learning_rate": {"values": lrs}},
         "max_concurrency": concurrency,

@@ -48,7 +48,7 @@ class JobSnapshot:
     worker: str | None
     epochs: list[tuple[int, int | None, dict[str, Any]]] = field(default_factory=list)
     train_seconds: float | None = None
-    sweep_size: int | None = None  # its sweep's n_trials
+    sweep_size: int | None = None  # its sweep's n_trials (read by the final pass only)
 
 
 @dataclass
@@ -100,8 +100,6 @@ def load_job(session: Any, job_id: str, *, after_epoch: int | None) -> JobSnapsh
         worker=job.worker,
         train_seconds=job.train_seconds,
     )
-    if job.sweep_id:
-        snap.sweep_size = session.scalar(select(Sweep.n_trials).where(Sweep.id == job.sweep_id))
     floor = snap.synced_epoch if after_epoch is None else after_epoch
     rows = session.execute(
         select(JobMetric.epoch, JobMetric.created_at, JobMetric.metrics)
@@ -225,6 +223,13 @@ def job_sweep_id(settings: Any, job_id: str) -> str | None:
     with session_scope(settings) as session:
         job = session.get(Job, job_id)
         return job.sweep_id if job is not None else None
+
+
+def sweep_size(session: Any, sweep_id: str | None) -> int | None:
+    """How many trials a sweep has (None for a single job)."""
+    if not sweep_id:
+        return None
+    return session.scalar(select(Sweep.n_trials).where(Sweep.id == sweep_id))
 
 
 def sweep_ids_of(settings: Any, job_ids: list[str]) -> set[str]:

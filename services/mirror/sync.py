@@ -45,6 +45,7 @@ from services.mirror.snapshots import (
     load_job,
     load_sweep,
     objective_key,
+    sweep_size,
     sweep_trials,
     update_job,
     update_sweep,
@@ -204,6 +205,7 @@ def _best_metric(settings: Any, snap: JobSnapshot) -> list[Any]:
 def _finalize_job(settings: Any, client: Any, snap: JobSnapshot, run_id: str) -> None:
     with session_scope(settings) as session:
         full = load_job(session, snap.id, after_epoch=0)
+        snap.sweep_size = sweep_size(session, snap.sweep_id)  # for the PNG's rule
     history = [{"epoch": e, **rec} for e, _, rec in (full.epochs if full else [])]
     if full is not None and full.result:
         snap.result = full.result

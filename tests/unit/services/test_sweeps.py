@@ -15,7 +15,7 @@ from services.db.models import Job, JobMetric, Sweep, utcnow
 from services.jobs.recovery import recover
 from services.ranking import Objective, best_trial, leaderboard
 from services.specs import EarlyStoppingPolicy, ParameterSpec, validate_sweep
-from services.sweeps import scheduler
+from services.sweeps import ahead, scheduler
 from services.sweeps.pruning import asha_rule, asha_rungs, median_rule
 from services.sweeps.scheduler import (
     advance_and_enqueue,
@@ -334,7 +334,8 @@ def test_tpe_proposals_are_made_outside_the_write_lock(settings, sessions, dispa
             other.close()
         return real_propose(*args)
 
-    monkeypatch.setattr(scheduler, "propose", propose_while_another_writes)
+    monkeypatch.setattr(ahead, "propose", propose_while_another_writes)  # ahead of the lock
+    monkeypatch.setattr(scheduler, "propose", propose_while_another_writes)  # under it
     new = advance_and_enqueue(
         settings=settings, session_factory=sessions, dispatcher=dispatcher, sweep_id=sweep_id
     )
