@@ -38,10 +38,10 @@ test: install-dev
 
 # ruff (rules and format), the architecture contracts (import-linter), types (mypy)
 lint: install-dev
-	$(BIN)/ruff check services api worker tests benchmarks migrations
-	$(BIN)/ruff format --check services api worker tests benchmarks migrations
+	$(BIN)/ruff check services api worker client tests benchmarks migrations examples
+	$(BIN)/ruff format --check services api worker client tests benchmarks migrations examples
 	$(BIN)/lint-imports
-	$(BIN)/mypy services api worker
+	$(BIN)/mypy services api worker client
 
 clean: down
 	rm -rf var
