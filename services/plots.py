@@ -152,3 +152,73 @@ def lr_sweep_png(
     if finished or pruned or failed:
         ax.legend(fontsize="small")
     return _png(fig)
+
+
+#: The per-layer numbers of an epoch record (``flatten_record``: ``grad_norm.layer_0``, ...).
+LAYER_PANELS = (
+    ("grad_norm", "gradient norm"),
+    ("weight_norm", "weight norm"),
+    ("dead_relu_fraction", "dead ReLU fraction"),
+)
+
+
+def _layer_series(history: Sequence[Mapping[str, Any]], key: str) -> dict[int, tuple[list, list]]:
+    """``{layer: (epochs, values)}`` of a per-layer metric (non-finite values left out)."""
+    prefix = f"{key}.layer_"
+    layers = sorted(
+        {int(k[len(prefix) :]) for r in history for k in r if k.startswith(prefix)}
+        | {i for r in history if isinstance(r.get(key), list) for i in range(len(r[key]))}
+    )
+    out: dict[int, tuple[list, list]] = {}
+    for i in layers:
+        epochs, values = [], []
+        for r in history:
+            value = r.get(f"{prefix}{i}")
+            if value is None and isinstance(r.get(key), list) and i < len(r[key]):
+                value = r[key][i]  # an unflattened record
+            if _finite(value):
+                epochs.append(int(r["epoch"]))
+                values.append(float(value))  # type: ignore[arg-type]  # a finite number
+        if epochs:
+            out[i] = (epochs, values)
+    return out
+
+
+def layers_png(history: Sequence[Mapping[str, Any]], title: str = "") -> bytes:
+    """Return a PNG of each layer's gradient norm, weight norm and dead ReLU fraction by epoch.
+
+    ``history`` holds per-epoch records, flat (``grad_norm.layer_0``, as the
+    database stores them) or not (``grad_norm: [..]``). A layer is a line in
+    each panel; a panel with nothing to show says so (no ReLU layer, or an epoch
+    that diverged before its gradients).
+    """
+    fig = Figure(figsize=(13, 4))
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.13, top=0.86, wspace=0.25)
+    axes = fig.subplots(1, len(LAYER_PANELS))
+    for ax, (key, label) in zip(axes, LAYER_PANELS, strict=True):
+        series = _layer_series(history, key)
+        for i, (epochs, values) in series.items():
+            marker = "." if len(epochs) < 40 else None
+            ax.plot(epochs, values, marker=marker, label=f"layer {i}")
+        ax.set_xlabel("epoch")
+        ax.set_title(label, fontsize="medium")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ys = [v for _, values in series.values() for v in values]
+        if key == "dead_relu_fraction":
+            ax.set_ylim(-0.03, 1.03)
+        elif ys and min(ys) > 0 and max(ys) / min(ys) > 100:
+            ax.set_yscale("log")  # norms that span decades (vanishing or exploding)
+        if series:
+            ax.legend(fontsize="small")
+        else:
+            why = "no ReLU layer" if key == "dead_relu_fraction" else "no finite values"
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
+    if title:
+        fig.suptitle(title)
+    return _png(fig)
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes (100 dpi): the one way every figure here is saved."""
+    return _png(fig)

@@ -17,9 +17,9 @@ from services.mirror.names import (
     history_csv,
     n_outputs,
     param_value,
-    run_name,
 )
 from services.mirror.snapshots import JobSnapshot, SweepSnapshot, final_weights
+from services.reports.trials import job_plot_title
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def sweep_params(sweep: SweepSnapshot) -> dict[str, str]:
     return params
 
 
-#: A trial of a sweep larger than TRIAL_PLOTS_UP_TO gets its learning-curve PNG
+#: A trial of a sweep larger than TRIAL_PLOTS_UP_TO gets its PNGs (learning curve, layers)
 #: only if it trained TRIAL_PLOT_MIN_SECONDS or more: drawing one costs ~0.1 s of a
 #: worker process, more than a tiny trial's whole run, times thousands of trials
 #: (MLflow charts every run's metrics itself; the parent run holds the sweep's plot).
@@ -231,9 +231,10 @@ def run_artifacts(
         "history.csv": history_csv(history).encode(),
         "diagnosis.json": json.dumps(snap.diagnosis or [], indent=2).encode(),
     }
-    if history and draws_learning_curve(snap):
-        title = f"{run_name(snap.spec, snap.params)} ({snap.status})"
+    if history and draws_learning_curve(snap):  # as GET /jobs/<id>/plots/{curves,layers}.png
+        title = job_plot_title(snap.spec, snap.params, snap.status)
         files["learning_curve.png"] = plots.learning_curve_png(history, title=title)
+        files["layers.png"] = plots.layers_png(history, title=title)
     weights = final_weights(settings, snap.id)
     if weights is not None:
         files[weights[0]] = weights[1]

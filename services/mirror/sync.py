@@ -28,14 +28,11 @@ from services.mirror.entities import (
 from services.mirror.names import (
     RUN_STATUS,
     SWEEP_RUN_STATUS,
-    abbreviate,
     enabled,
     epoch_metrics,
     experiment_name,
     flatten_spec,
-    get_path,
     run_name,
-    short_value,
     to_ms,
 )
 from services.mirror.plumbing import MirrorBusy, mirror_lock, mlflow_client, session_scope
@@ -296,35 +293,16 @@ def _finalize_sweep(
     client.log_batch(
         run_id, metrics=metrics, params=run_params(params), tags=run_tags(tags), synchronous=True
     )
-    swept = (sweep.spec.get("parameters") or {}).keys()
-    if "hyperparameters.learning_rate" in swept:
-        from services import plots  # late: heavy (matplotlib)
+    # The LR map (PNG and its data) and the report page, drawn from the database as the
+    # API draws them; sweep.json, the sweep as submitted.
+    from services.mirror.sweep_artifacts import sweep_files  # late: heavy (matplotlib, optuna)
 
-        others = [k for k in swept if k != "hyperparameters.learning_rate"]
-        points = [
-            {
-                "learning_rate": get_path(t["spec"], "hyperparameters.learning_rate"),
-                "objective": t["objective"],
-                "diverged": t["status"] == "diverged",
-                "pruned": t["status"] == "pruned",
-                "series": " ".join(
-                    f"{abbreviate(k)}={short_value(get_path(t['spec'], k))}" for k in others
-                ),
-            }
-            for t in trials
-            if t["status"] in TERMINAL and t["status"] != "cancelled"
-        ]
-        points = [p for p in points if isinstance(p["learning_rate"], int | float)]
-        if points:
-            png = plots.lr_sweep_png(points, sweep.objective_metric, sweep.objective_goal)
-            with tempfile.TemporaryDirectory(prefix="sweeplab-mirror-") as tmp:
-                path = Path(tmp, "objective_vs_learning_rate.png")
-                path.write_bytes(png)
-                client.log_artifact(run_id, str(path))
+    files = sweep_files(settings, sweep.id)
+    files["sweep.json"] = json.dumps(sweep.spec, indent=2, sort_keys=True).encode()
     with tempfile.TemporaryDirectory(prefix="sweeplab-mirror-") as tmp:
-        path = Path(tmp, "sweep.json")
-        path.write_text(json.dumps(sweep.spec, indent=2, sort_keys=True))
-        client.log_artifact(run_id, str(path))
+        for name, data in files.items():
+            Path(tmp, name).write_bytes(data)
+        client.log_artifacts(run_id, tmp)
     client.set_terminated(
         run_id, SWEEP_RUN_STATUS.get(sweep.status, "FINISHED"), end_time=to_ms(sweep.finished_at)
     )

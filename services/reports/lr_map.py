@@ -1,0 +1,379 @@
+"""A sweep's learning-rate map: each trial's objective against log10 of its learning rate.
+
+One line per combination of the other swept parameters; diverged trials are
+red crosses along the top, pruned trials triangles (at the objective of the
+epoch they were stopped at), skipped trials hollow squares along the top,
+trials that failed otherwise hollow circles; the zone above each
+combination's divergence ceiling is shaded.
+
+The ceiling is the sweep's own when it keeps one (``Sweep.divergence_ceiling``:
+a rate for every combination, ``{"learning_rate": .., "trial_id": ..}``, or
+such an entry per combination, keyed by its label or its parameters as JSON);
+otherwise it is read off the trials: per combination, the smallest rate that
+diverged (``source: "derived"``). :func:`build_lr_map` gives the data (the
+JSON answer), :func:`lr_map_png` draws exactly that data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from services.db.models import Sweep
+from services.mirror.names import abbreviate, short_value
+from services.reports.trials import TrialRow, learning_rate_path, swept_parameters
+
+#: Trials that are on the map: they ended, and not by a user's cancel.
+MAPPED = frozenset({"succeeded", "diverged", "pruned", "skipped", "failed", "timed_out"})
+#: One colour per combination, never the crosses' red nor the best star's gold.
+PALETTE = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+    "tab:gray",
+    "navy",
+)
+DIVERGED_COLOUR = "tab:red"
+#: More combinations than this: the legend names the kinds of marks only.
+LEGEND_COMBINATIONS = 10
+
+
+class NoLearningRateError(LookupError):
+    """The sweep does not sweep a learning rate: it has no LR map."""
+
+
+class LrObjective(BaseModel):
+    metric: str
+    goal: str
+
+
+class LrCombination(BaseModel):
+    """A combination of the other swept parameters (a line on the map)."""
+
+    label: str
+    params: dict[str, Any]
+
+
+class LrPoint(BaseModel):
+    """One trial on the map."""
+
+    job_id: str
+    trial_index: int | None
+    learning_rate: float
+    log10_learning_rate: float
+    objective: float | None
+    status: str
+    combination: str
+    reason: str | None = None
+
+
+class LrCeiling(BaseModel):
+    """The divergence ceiling of a combination (``combination`` None: of every one)."""
+
+    combination: str | None
+    learning_rate: float
+    log10_learning_rate: float
+    trial_id: str | None = None
+    source: Literal["sweep", "derived"]
+
+
+class LrMap(BaseModel):
+    """The data the LR map draws (``GET /sweeps/<id>/lr-map.json``)."""
+
+    sweep_id: str
+    objective: LrObjective
+    learning_rate_parameter: str
+    other_parameters: list[str]
+    combinations: list[LrCombination]
+    points: list[LrPoint]
+    ceilings: list[LrCeiling]
+    best: LrPoint | None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def combination_label(others: Sequence[str], params: Mapping[str, Any]) -> str:
+    """``bs=32 units0=64``: the other swept parameters of a trial ("" when there are none)."""
+    return " ".join(f"{abbreviate(k)}={short_value(params.get(k))}" for k in others)
+
+
+def _ceiling(entry: Any) -> tuple[float, str | None] | None:
+    """(rate, trial id) of one ceiling entry: a number or ``{"learning_rate", "trial_id"}``."""
+    if _finite(entry) and entry > 0:
+        return float(entry), None
+    if isinstance(entry, Mapping) and _finite(entry.get("learning_rate")):
+        rate = float(entry["learning_rate"])
+        trial = entry.get("trial_id") or entry.get("job_id")
+        return (rate, str(trial) if trial is not None else None) if rate > 0 else None
+    return None
+
+
+def sweep_ceilings(
+    raw: Any, combinations: Mapping[str, Mapping[str, Any]]
+) -> list[LrCeiling] | None:
+    """The ceilings a sweep keeps (``Sweep.divergence_ceiling``), None if it keeps none.
+
+    ``raw`` is one entry (a number or ``{"learning_rate", "trial_id"}``) for every
+    combination, a list of entries that name their combination (``combination``
+    or ``params``), or a dict of entries keyed by a combination's label or its
+    parameters as sorted JSON. Entries that match no combination are left out.
+    """
+    if raw is None:
+        return None
+    one = _ceiling(raw)
+    if one is not None:
+        return [_make_ceiling(None, one, "sweep")]
+    by_json = {
+        json.dumps(dict(p), sort_keys=True, default=str): label for label, p in combinations.items()
+    }
+
+    def label_of(key: Any) -> str | None:
+        if isinstance(key, Mapping):
+            key = json.dumps(dict(key), sort_keys=True, default=str)
+        if not isinstance(key, str):
+            return None
+        return key if key in combinations else by_json.get(key)
+
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(raw, Mapping):
+        pairs = list(raw.items())
+    elif isinstance(raw, list):
+        pairs = [(e.get("combination", e.get("params")), e) for e in raw if isinstance(e, Mapping)]
+    found = []
+    for key, entry in pairs:
+        label, value = label_of(key), _ceiling(entry)
+        if label is not None and value is not None:
+            found.append(_make_ceiling(label, value, "sweep"))
+    return found
+
+
+def _make_ceiling(label: str | None, value: tuple[float, str | None], source: str) -> LrCeiling:
+    rate, trial = value
+    return LrCeiling(
+        combination=label,
+        learning_rate=rate,
+        log10_learning_rate=math.log10(rate),
+        trial_id=trial,
+        source=source,  # type: ignore[arg-type]
+    )
+
+
+def derived_ceilings(points: Sequence[LrPoint]) -> list[LrCeiling]:
+    """Per combination, the smallest learning rate that diverged."""
+    lowest: dict[str, LrPoint] = {}
+    for p in points:
+        if p.status == "diverged":
+            seen = lowest.get(p.combination)
+            if seen is None or p.learning_rate < seen.learning_rate:
+                lowest[p.combination] = p
+    return [
+        _make_ceiling(label, (p.learning_rate, p.job_id), "derived")
+        for label, p in sorted(lowest.items())
+    ]
+
+
+def build_lr_map(sweep: Sweep, trials: Sequence[TrialRow]) -> LrMap:
+    """The LR map's data. Raises :class:`NoLearningRateError` when no swept parameter's
+    path ends in ``learning_rate``."""
+    parameters = swept_parameters(sweep)
+    lr_path = learning_rate_path(parameters)
+    if lr_path is None:
+        raise NoLearningRateError(
+            f"sweep {sweep.id} does not sweep a learning rate (its parameters: "
+            f"{', '.join(parameters) or 'none'})"
+        )
+    others = [p for p in parameters if p != lr_path]
+    combinations: dict[str, dict[str, Any]] = {}
+    points: list[LrPoint] = []
+    for t in trials:
+        rate = t.params.get(lr_path)
+        if t.status not in MAPPED or not _finite(rate) or float(rate) <= 0:  # type: ignore[arg-type]
+            continue
+        rate = float(rate)  # type: ignore[arg-type]
+        label = combination_label(others, t.params)
+        combinations.setdefault(label, {k: t.params.get(k) for k in others})
+        points.append(
+            LrPoint(
+                job_id=t.id,
+                trial_index=t.trial_index,
+                learning_rate=rate,
+                log10_learning_rate=math.log10(rate),
+                objective=t.objective if _finite(t.objective) else None,
+                status=t.status,
+                combination=label,
+                reason=t.reason if t.status in ("pruned", "skipped", "failed") else None,
+            )
+        )
+    points.sort(key=lambda p: (p.combination, p.learning_rate, p.trial_index or 0))
+    kept = sweep_ceilings(getattr(sweep, "divergence_ceiling", None), combinations)
+    ceilings = kept if kept is not None else derived_ceilings(points)
+    finished = [p for p in points if p.status == "succeeded" and p.objective is not None]
+    sign = -1.0 if sweep.objective_goal == "maximize" else 1.0
+    best = min(
+        finished, key=lambda p: (sign * (p.objective or 0.0), p.trial_index or 0), default=None
+    )
+    return LrMap(
+        sweep_id=sweep.id,
+        objective=LrObjective(metric=sweep.objective_metric, goal=sweep.objective_goal),
+        learning_rate_parameter=lr_path,
+        other_parameters=others,
+        combinations=[LrCombination(label=k, params=v) for k, v in sorted(combinations.items())],
+        points=points,
+        ceilings=ceilings,
+        best=best,
+    )
+
+
+def _on_line(p: LrPoint) -> bool:
+    return p.status == "succeeded" and p.objective is not None
+
+
+#: How each kind of trial off the lines is marked.
+MARKS: dict[str, dict[str, Any]] = {
+    "diverged": {"marker": "x", "ms": 11, "mew": 2.5},
+    "pruned": {"marker": "v", "ms": 8, "alpha": 0.6},
+    "skipped": {"marker": "s", "mfc": "none", "ms": 9, "mew": 1.5},
+    "failed": {"marker": "o", "mfc": "none", "ms": 8, "mew": 1.5},
+}
+
+
+def _mark(p: LrPoint) -> str | None:
+    """How ``p`` is marked off the lines (None: it is on its line)."""
+    if p.status in ("diverged", "pruned", "skipped"):
+        return p.status
+    return None if _on_line(p) else "failed"
+
+
+def lr_map_png(data: LrMap, title: str = "") -> bytes:
+    """Draw the LR map of :func:`build_lr_map` (log-scaled rate on x, the objective on y)."""
+    from matplotlib.figure import Figure  # late: heavy (matplotlib), for drawing only
+
+    from services.plots import png_bytes  # late: heavy (matplotlib)
+
+    fig = Figure(figsize=(10, 5))
+    fig.subplots_adjust(left=0.09, right=0.7, bottom=0.12, top=0.9)  # the legend on the right
+    ax = fig.subplots()
+    metric = data.objective.metric
+    colours = {c.label: PALETTE[i % len(PALETTE)] for i, c in enumerate(data.combinations)}
+    ys = [p.objective for p in data.points if p.objective is not None and p.status != "diverged"]
+    rates = [p.learning_rate for p in data.points] + [c.learning_rate for c in data.ceilings]
+    if not rates:
+        ax.text(
+            0.5, 0.5, "no trial has ended yet", ha="center", va="center", transform=ax.transAxes
+        )
+        ax.set_axis_off()
+        fig.suptitle(title or f"{metric} vs learning rate")
+        return png_bytes(fig)
+    low, high = min(rates) / 2, max(rates) * 2
+    if ys:
+        span = (max(ys) - min(ys)) or abs(max(ys)) or 1.0
+        top = max(ys) + 0.08 * span  # the band the trials without a fair value sit in
+    else:
+        top = 1.0
+    for ceiling in data.ceilings:  # the diverged zone, under everything else
+        where = ceiling.combination
+        colour = DIVERGED_COLOUR if where is None else colours.get(where, "grey")
+        ax.axvspan(ceiling.learning_rate, high, color=colour, alpha=0.1, lw=0)
+        ax.axvline(ceiling.learning_rate, color=colour, ls=":", lw=1.2)
+    for combo in data.combinations:
+        line = [
+            (p.learning_rate, p.objective)
+            for p in data.points
+            if p.combination == combo.label and p.status == "succeeded" and p.objective is not None
+        ]
+        if line:
+            ax.plot(
+                [x for x, _ in line],
+                [y for _, y in line],
+                "o-",
+                color=colours[combo.label],
+                label=(combo.label or f"{metric} per trial")
+                if len(data.combinations) <= LEGEND_COMBINATIONS
+                else None,
+            )
+    marks: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+    for p in data.points:  # one artist per kind of mark and colour: fast for 1,000 trials
+        kind = _mark(p)
+        if kind is not None:
+            y = p.objective if p.objective is not None and kind in ("pruned", "failed") else top
+            colour = DIVERGED_COLOUR if kind == "diverged" else colours[p.combination]
+            xs, ys_ = marks.setdefault((kind, colour), ([], []))
+            xs.append(p.learning_rate)
+            ys_.append(y)
+    for (kind, colour), (xs, ys_) in marks.items():
+        ax.plot(xs, ys_, ls="none", **MARKS[kind], color=colour)
+    if data.best is not None and data.best.objective is not None:
+        ax.plot(
+            [data.best.learning_rate],
+            [data.best.objective],
+            "*",
+            color="gold",
+            mec="black",
+            ms=17,
+            label=f"best: lr={data.best.learning_rate:g}",
+        )
+    _legend(ax, data)
+    ax.set_xscale("log")
+    ax.set_xlim(low, high)
+    if ys and min(ys) > 0 and max(ys) / min(ys) > 100:
+        ax.set_yscale("log")
+    ax.set_xlabel(f"{data.learning_rate_parameter} (log scale)")
+    ax.set_ylabel(f"best {metric} of each trial")
+    ax.grid(True, alpha=0.3)
+    fig.suptitle(title or f"{metric} vs learning rate")
+    return png_bytes(fig)
+
+
+def _legend(ax: Any, data: LrMap) -> None:
+    """The lines (up to LEGEND_COMBINATIONS), then one entry per kind of mark shown."""
+    from matplotlib.lines import Line2D  # late: heavy (matplotlib)
+
+    statuses = {p.status for p in data.points}
+    kinds = [
+        (
+            "diverged" in statuses,
+            Line2D([], [], ls="none", marker="x", color=DIVERGED_COLOUR, ms=9, mew=2),
+            "diverged",
+        ),
+        (
+            "pruned" in statuses,
+            Line2D([], [], ls="none", marker="v", color="grey"),
+            "pruned (early epoch)",
+        ),
+        (
+            "skipped" in statuses,
+            Line2D([], [], ls="none", marker="s", mfc="none", mec="grey"),
+            "skipped (above the ceiling)",
+        ),
+        (
+            bool(statuses & {"failed", "timed_out"}),
+            Line2D([], [], ls="none", marker="o", mfc="none", mec="grey"),
+            "failed / timed out",
+        ),
+        (
+            bool(data.ceilings),
+            Line2D([], [], color=DIVERGED_COLOUR, alpha=0.25, lw=8),
+            "diverged zone (above the ceiling)",
+        ),
+    ]
+    handles, labels = ax.get_legend_handles_labels()
+    if len(data.combinations) > LEGEND_COMBINATIONS:
+        handles.insert(0, Line2D([], [], ls="-", marker="o", color="grey"))
+        labels.insert(0, f"{len(data.combinations)} combinations, a line each")
+    for shown, handle, label in kinds:
+        if shown:
+            handles.append(handle)
+            labels.append(label)
+    if handles:
+        ax.legend(handles, labels, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
