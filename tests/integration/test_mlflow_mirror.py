@@ -178,7 +178,7 @@ def assert_run_mirrors_job(
     for name in ("spec.json", "history.csv", "diagnosis.json"):
         assert name in files, files
     # the PNG: every run here (single jobs, and sweeps of at most 100 trials)
-    assert "learning_curve.png" in files, files
+    assert "learning_curve.png" in files and "layers.png" in files, files
     # Every trial whose training returned (diverged ones too) has the weights it ended with.
     assert "weights.npz" in files, files
     csv = mlflow.artifact_bytes(run_id, "history.csv").decode().splitlines()
@@ -223,7 +223,7 @@ def test_sweep_mirrors_parent_and_every_trial(stack: Stack, mlflow: MlflowServer
     metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
     assert metrics["best_val_loss"] == pytest.approx(best.objective)
     assert len(mlflow.history(parent_id, "best_val_loss")) == 1
-    assert "objective_vs_learning_rate.png" in mlflow.artifacts(parent_id)
+    assert {"lr_map.png", "lr_map.json", "report.html"} <= set(mlflow.artifacts(parent_id))
 
     # The API hands out working links.
     shown = stack.get(f"/sweeps/{sweep['id']}")["mlflow"]
