@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     mirror_catch_up_seconds: float = Field(
         60.0, validation_alias="SWEEPLAB_MIRROR_CATCH_UP_SECONDS"
     )
+    # A worker process that finishes a sweep's trial runs the trial its sweep creates
+    # next itself, without a round trip through the broker, for up to this long per
+    # message (0: never); then it sends it like any other. Short trials spend more
+    # time in Celery's delivery than in training; other messages wait this long at most.
+    chain_seconds: float = Field(3.0, ge=0, validation_alias="SWEEPLAB_CHAIN_SECONDS")
     checkpoint_every: int = Field(10, validation_alias="SWEEPLAB_CHECKPOINT_EVERY")
     flush_seconds: float = Field(0.5, validation_alias="SWEEPLAB_FLUSH_SECONDS")
     blas_threads: int = Field(1, validation_alias="SWEEPLAB_BLAS_THREADS")

@@ -14,15 +14,13 @@ from threadpoolctl import threadpool_limits
 from services.celery_app import RECOVER, RUN_JOB, Dispatcher, control_queue
 from services.config import Settings
 from services.db import make_engine, make_session_factory
-from services.jobs.execute import execute_job
+from services.jobs.execute import RELEASED, run_chain
 from services.jobs.lease import LeaseHeldError
 from services.jobs.recovery import recover
 from worker.ticker import Ticker, start_ticker
 
 log = logging.getLogger(__name__)
 
-# execute_job's status for a job that a warm shutdown stopped and released
-RELEASED = "released"
 RECOVER_GUARD = "sweeplab:recover:scheduled"
 
 
@@ -76,10 +74,11 @@ def _on_ready(sender: Any = None, **_kwargs: Any) -> None:
 
 @shared_task(name=RUN_JOB, bind=True, acks_late=True, max_retries=None)
 def run_job(self, job_id: str) -> str:
-    """Train one job; a finished job is a no-op, a copy of a job running elsewhere is dropped."""
+    """Train one job (then the trials its sweep creates next, for a few seconds); a finished
+    job is a no-op, a copy of a job running elsewhere is dropped."""
     rt = runtime()
     try:
-        status = execute_job(
+        status = run_chain(
             settings=rt.settings,
             session_factory=rt.sessions,
             dispatcher=rt.dispatcher,

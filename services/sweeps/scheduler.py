@@ -250,8 +250,14 @@ def advance_and_enqueue(
     session_factory: sessionmaker[Session],
     dispatcher: Dispatcher,
     sweep_id: str,
+    keep: bool = False,
 ) -> list[str]:
     """Advance the sweep in its own transaction, then enqueue what it created.
+
+    ``keep``: the first new trial is not sent; the caller runs it at once (returned
+    first all the same). Its row is committed as queued before the caller claims
+    it, so if the caller dies in between, the recover pass finds it queued without
+    a message and sends it.
 
     If advancing raises anyway (outside one trial's creation), the sweep ends with
     a failed trial that says why, unless the database is away: that is no fault of
@@ -270,7 +276,7 @@ def advance_and_enqueue(
     except Exception as err:
         _stop_sweep(session_factory, sweep_id, err)
         return []
-    dispatcher.enqueue_jobs(new_ids)
+    dispatcher.enqueue_jobs(new_ids[1:] if keep else new_ids)
     return new_ids
 
 
