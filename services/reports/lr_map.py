@@ -282,10 +282,11 @@ def lr_map_png(data: LrMap, title: str = "") -> bytes:
     else:
         top = 1.0
     for ceiling in data.ceilings:  # the diverged zone, under everything else
+        # red, deeper where more combinations diverged; the ceiling's line in its colour
         where = ceiling.combination
-        colour = DIVERGED_COLOUR if where is None else colours.get(where, "grey")
-        ax.axvspan(ceiling.learning_rate, high, color=colour, alpha=0.1, lw=0)
-        ax.axvline(ceiling.learning_rate, color=colour, ls=":", lw=1.2)
+        ax.axvspan(ceiling.learning_rate, high, color=DIVERGED_COLOUR, alpha=0.1, lw=0)
+        edge = DIVERGED_COLOUR if where is None else colours.get(where, "grey")
+        ax.axvline(ceiling.learning_rate, color=edge, ls=":", lw=1.5)
     for combo in data.combinations:
         line = [
             (p.learning_rate, p.objective)
