@@ -1,4 +1,5 @@
-"""PNG figures for the MLflow mirror: a job's learning curve, a sweep's LR curve.
+"""PNG figures: a job's learning curve and its per-layer numbers (``services.reports``
+draws a sweep's LR map and report with these).
 
 Matplotlib runs headless (Agg) through the object API: no pyplot, so no global
 figure state shared between threads.
@@ -71,86 +72,6 @@ def learning_curve_png(history: Sequence[Mapping[str, Any]], title: str = "") ->
             ax.legend()
     if title:
         fig.suptitle(title)
-    return _png(fig)
-
-
-def lr_sweep_points(
-    trials: Sequence[Mapping[str, Any]],
-) -> tuple[dict[str, list[tuple[float, float]]], list[tuple[float, float]], list[float]]:
-    """Split trials for ``lr_sweep_png``: ``(series, pruned, failed)``.
-
-    ``series`` maps each combination of the other swept parameters (a trial's
-    ``"series"`` label, "" when only the rate is swept) to its finished
-    trials' ``(learning_rate, objective)``, sorted by rate; ``pruned`` holds
-    the pruned trials' points (their objective is from an early epoch);
-    ``failed`` the rates of trials that diverged or have no finite objective.
-    """
-    series: dict[str, list[tuple[float, float]]] = {}
-    pruned: list[tuple[float, float]] = []
-    failed: list[float] = []
-    for t in trials:
-        lr, value = float(t["learning_rate"]), t.get("objective")
-        if t.get("diverged") or value is None or not _finite(value):
-            failed.append(lr)
-        elif t.get("pruned"):
-            pruned.append((lr, float(value)))
-        else:
-            series.setdefault(str(t.get("series") or ""), []).append((lr, float(value)))
-    return {k: sorted(v) for k, v in sorted(series.items())}, sorted(pruned), sorted(failed)
-
-
-def lr_sweep_png(
-    trials: Sequence[Mapping[str, Any]], objective: str, goal: str = "minimize"
-) -> bytes:
-    """Return a PNG of each trial's best objective against the learning rate (log x).
-
-    Each trial is ``{"learning_rate": float, "objective": float | None,
-    "diverged": bool, "pruned": bool, "series": str}`` (see ``lr_sweep_points``):
-    one line per combination of the other swept parameters; pruned trials
-    are grey triangles off the lines; diverged trials (or trials without a
-    finite objective) red crosses along the top.
-    """
-    series, pruned, failed = lr_sweep_points(trials)
-    fig = Figure(figsize=(6.5, 4.2))
-    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.13, top=0.91)
-    ax = fig.subplots()
-    finished = [point for points in series.values() for point in points]
-    for label, points in series.items():
-        xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, "o-", label=label or f"best {objective} per trial")
-    if pruned:
-        xs, ys = zip(*pruned, strict=True)
-        ax.plot(xs, ys, "v", color="tab:gray", linestyle="none", label="pruned (early epoch)")
-    if finished:
-        best = (min if goal.startswith("min") else max)(finished, key=lambda p: p[1])
-        ax.plot(
-            [best[0]],
-            [best[1]],
-            "*",
-            color="tab:green",
-            markersize=16,
-            linestyle="none",
-            label=f"best: lr={best[0]:g}",
-        )
-    if failed:
-        top = max((y for _, y in finished + pruned), default=1.0)
-        ax.plot(
-            failed,
-            [top] * len(failed),
-            "x",
-            color="tab:red",
-            markersize=11,
-            mew=2.5,
-            linestyle="none",
-            label="diverged",
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel(f"best {objective} of each trial")
-    ax.set_title(f"{objective} vs learning rate")
-    ax.grid(True, alpha=0.3)
-    if finished or pruned or failed:
-        ax.legend(fontsize="small")
     return _png(fig)
 
 

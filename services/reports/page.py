@@ -42,6 +42,9 @@ from services.reports.trials import (
 )
 
 DEFAULT_TOP = 20
+#: Trials that ended without a run to diagnose: cancelled by a user, or skipped above
+#: their sweep's divergence ceiling (never trained).
+UNDIAGNOSED = frozenset({"cancelled", "skipped"})
 _ENV = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
 _TEMPLATE = _ENV.from_string(REPORT_TEMPLATE)
 
@@ -60,11 +63,11 @@ def _stamp(value: datetime | None) -> str:
 
 def finding_counts(trials: Sequence[TrialRow]) -> tuple[list[tuple[str, int]], int, int]:
     """(trials per finding code, most first; trials that ended with no finding; trials that
-    ended with a diagnosis to read). A trial counts once per code."""
+    ended with a diagnosis to read, not UNDIAGNOSED). A trial counts once per code."""
     counts: Counter[str] = Counter()
     healthy = diagnosed = 0
     for t in trials:
-        if t.status not in TERMINAL_STATUSES or t.status == "cancelled":
+        if t.status not in TERMINAL_STATUSES or t.status in UNDIAGNOSED:
             continue
         diagnosed += 1
         codes = {str(d.get("code", "?")) for d in t.diagnosis or [] if isinstance(d, dict)}

@@ -7,7 +7,6 @@ import struct
 import types
 import urllib.parse
 
-import numpy as np
 import pytest
 
 from services import plots
@@ -228,54 +227,6 @@ def test_learning_curve_png_draws_loss_and_accuracy():
     history.append({"epoch": 11, "train_loss": None, "val_loss": None})
     width, height = _png_size(plots.learning_curve_png(history, title="lr=0.1"))
     assert width > height > 100
-
-
-def _pixels_of(png: bytes, colour: str) -> np.ndarray:
-    """A boolean mask of the pixels drawn in ``colour`` (a matplotlib colour name)."""
-    import io
-
-    from matplotlib import colors, image
-
-    rgb = image.imread(io.BytesIO(png), format="png")[..., :3]
-    return np.all(np.abs(rgb - np.array(colors.to_rgb(colour))) < 0.02, axis=-1)
-
-
-def test_lr_sweep_png_marks_diverged_trials():
-    finished = [
-        {"learning_rate": 1e-4, "objective": 2.0, "diverged": False},
-        {"learning_rate": 1e-2, "objective": 0.3, "diverged": False},
-    ]
-    diverged = {"learning_rate": 10.0, "objective": None, "diverged": True}
-    without = plots.lr_sweep_png(finished, "val_loss")
-    width, height = _png_size(without)
-    assert width > 100 and height > 100
-    assert not _pixels_of(without, "tab:red").any()  # nothing red without a diverged trial
-    marked = _pixels_of(plots.lr_sweep_png([*finished, diverged], "val_loss"), "tab:red")
-    # the cross: red pixels in the plot's right part (lr 10 is the largest rate), and
-    # in the legend's "diverged" entry
-    assert marked.sum() > 50
-    cols = np.flatnonzero(marked.any(axis=0))
-    assert cols.max() > width * 0.8
-    # a sweep whose every trial diverged still draws its crosses: two, more red than one
-    both = [diverged, {**diverged, "learning_rate": 1.0}]
-    assert _pixels_of(plots.lr_sweep_png(both, "val_loss"), "tab:red").sum() > marked.sum()
-    # ... and the points say so
-    assert plots.lr_sweep_points([*finished, diverged])[2] == [10.0]
-
-
-def test_lr_sweep_points_draw_a_line_per_combination_of_the_other_parameters():
-    trials = [
-        {"learning_rate": 0.3, "objective": 0.5, "series": "bs=32"},
-        {"learning_rate": 0.03, "objective": 0.4, "series": "bs=32"},
-        {"learning_rate": 0.03, "objective": 0.45, "series": "bs=64"},
-        {"learning_rate": 0.003, "objective": 0.9, "series": "bs=64", "pruned": True},
-        {"learning_rate": 3.0, "objective": None, "series": "bs=64", "diverged": True},
-    ]
-    series, pruned, failed = plots.lr_sweep_points(trials)
-    assert series == {"bs=32": [(0.03, 0.4), (0.3, 0.5)], "bs=64": [(0.03, 0.45)]}
-    assert pruned == [(0.003, 0.9)] and failed == [3.0]
-    width, height = _png_size(plots.lr_sweep_png(trials, "val_loss"))
-    assert width > 100 and height > 100
 
 
 @pytest.mark.parametrize(

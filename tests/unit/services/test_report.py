@@ -112,6 +112,7 @@ def test_findings_are_counted_once_per_trial():
         TrialRow("c", 2, "succeeded", 0.2, {}, None, []),
         TrialRow("d", 3, "cancelled", None, {}, None, None),
         TrialRow("e", 4, "running", None, {}, None, None),
+        TrialRow("f", 5, "skipped", None, {}, "above the ceiling", None),  # never trained
     ]
     assert finding_counts(rows) == ([("dead_relus", 1), ("diverged", 1)], 1, 3)
 
