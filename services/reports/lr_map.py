@@ -43,6 +43,8 @@ PALETTE = (
     "navy",
 )
 DIVERGED_COLOUR = "tab:red"
+#: The diverged zone's opacity where one combination's ceiling is below, and where all are.
+ZONE_ALPHA = (0.06, 0.2)
 #: More combinations than this: the legend names the kinds of marks only.
 LEGEND_COMBINATIONS = 10
 
@@ -281,12 +283,7 @@ def lr_map_png(data: LrMap, title: str = "") -> bytes:
         top = max(ys) + 0.08 * span  # the band the trials without a fair value sit in
     else:
         top = 1.0
-    for ceiling in data.ceilings:  # the diverged zone, under everything else
-        # red, deeper where more combinations diverged; the ceiling's line in its colour
-        where = ceiling.combination
-        ax.axvspan(ceiling.learning_rate, high, color=DIVERGED_COLOUR, alpha=0.1, lw=0)
-        edge = DIVERGED_COLOUR if where is None else colours.get(where, "grey")
-        ax.axvline(ceiling.learning_rate, color=edge, ls=":", lw=1.5)
+    _shade_zones(ax, data, colours, high)  # under everything else
     for combo in data.combinations:
         line = [
             (p.learning_rate, p.objective)
@@ -334,6 +331,32 @@ def lr_map_png(data: LrMap, title: str = "") -> bytes:
     ax.grid(True, alpha=0.3)
     fig.suptitle(title or f"{metric} vs learning rate")
     return png_bytes(fig)
+
+
+def _shade_zones(ax: Any, data: LrMap, colours: Mapping[str, str], high: float) -> None:
+    """Shade the diverged zone: red from the lowest ceiling up, deeper where more
+    combinations are above theirs (ZONE_ALPHA from none to all); each ceiling a dotted
+    line in its combination's colour (while there are few enough to tell apart)."""
+    if not data.ceilings:
+        return
+    every = min((c.learning_rate for c in data.ceilings if c.combination is None), default=None)
+    own = [c.learning_rate for c in data.ceilings if c.combination is not None]
+    n = max(len(data.combinations), 1)
+
+    def share(rate: float) -> float:
+        if every is not None and rate >= every:
+            return 1.0
+        return min(1.0, sum(r <= rate for r in own) / n)
+
+    edges = sorted({c.learning_rate for c in data.ceilings} | {high})
+    low_alpha, high_alpha = ZONE_ALPHA
+    for start, end in zip(edges, edges[1:], strict=False):
+        alpha = low_alpha + (high_alpha - low_alpha) * share(start)
+        ax.axvspan(start, end, color=DIVERGED_COLOUR, alpha=alpha, lw=0)
+    if len(data.ceilings) <= LEGEND_COMBINATIONS:
+        for c in data.ceilings:
+            edge = DIVERGED_COLOUR if c.combination is None else colours.get(c.combination, "grey")
+            ax.axvline(c.learning_rate, color=edge, ls=":", lw=1.5)
 
 
 def _legend(ax: Any, data: LrMap) -> None:

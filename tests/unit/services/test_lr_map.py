@@ -12,6 +12,7 @@ import pytest
 
 from services import plots
 from services.reports.lr_map import (
+    ZONE_ALPHA,
     NoLearningRateError,
     build_lr_map,
     lr_map_png,
@@ -184,12 +185,12 @@ def test_the_png_marks_diverged_trials_and_shades_the_zone_above_the_ceiling():
     drawn = lr_map_png(build_lr_map(sweep(ceiling=5.0), one_zone))
     red = _pixels_near(drawn, _tint("tab:red", 1.0))
     assert red.sum() > 50  # the cross (and its legend entry)
-    zone = _pixels_near(drawn, _tint("tab:red"), tol=0.01)
+    zone = _pixels_near(drawn, _tint("tab:red", ZONE_ALPHA[1]), tol=0.01)
     assert zone.sum() > 2000  # the shaded zone, right of the ceiling
     cols = np.flatnonzero(zone.sum(axis=0) > 50)
     assert cols.min() > width * 0.3 and cols.max() < width * 0.75  # inside the axes' right part
     unshaded = lr_map_png(build_lr_map(sweep(ceiling={}), one_zone))
-    assert _pixels_near(unshaded, _tint("tab:red"), tol=0.01).sum() < zone.sum() / 10
+    assert _pixels_near(unshaded, _tint("tab:red", ZONE_ALPHA[1]), tol=0.01).sum() < zone.sum() / 10
 
 
 def test_the_png_of_a_sweep_with_nothing_ended_says_so():
@@ -241,3 +242,15 @@ def test_a_jobs_figures_are_pngs():
     assert plots._layer_series(records, "grad_norm") == {0: ([1], [0.5]), 1: ([1], [0.1])}
     assert plots._layer_series(records, "dead_relu_fraction") == {0: ([1], [0.1])}
     assert png_size(plots.layers_png([{"epoch": 1}]))[0] > 100  # nothing to show: says so
+
+
+def test_the_zone_deepens_where_more_combinations_diverged():
+    drawn = lr_map_png(build_lr_map(sweep(), TRIALS))  # ceilings: bs=16 at 1.0, bs=64 at 3.0
+    low, high = ZONE_ALPHA
+    half = _pixels_near(drawn, _tint("tab:red", low + (high - low) / 2), tol=0.008)
+    full = _pixels_near(drawn, _tint("tab:red", high), tol=0.008)
+    assert half.sum() > 2000 and full.sum() > 2000
+    # one combination above its ceiling from 1.0, both from 3.0: the deeper band is right
+    half_cols = np.flatnonzero(half.sum(axis=0) > 50)
+    full_cols = np.flatnonzero(full.sum(axis=0) > 50)
+    assert full_cols.min() > half_cols.max() - 3
