@@ -27,6 +27,7 @@ from services.jobs.rows import list_jobs
 from services.ranking import BoardPage, best_trial_in, leaderboard_page
 from services.specs import (
     LEADERBOARD_TOP,
+    DivergenceCeiling,
     JobPage,
     LeaderboardPage,
     LeaderboardRow,
@@ -40,6 +41,7 @@ from services.specs import (
     check_sweep,
 )
 from services.sweeps import scheduler
+from services.sweeps.ceiling import ceilings
 from services.sweeps.scheduler import SweepFinishedError, trial_totals
 
 bp = APIBlueprint("sweeps", __name__, abp_tags=[Tag(name="sweeps")], abp_security=SECURITY)
@@ -67,7 +69,12 @@ def _rows(page: BoardPage) -> list[LeaderboardRow]:
 def sweep_public(sweep: Sweep) -> SweepPublic:
     """The sweep as the API shows it: the top of its leaderboard, never every trial."""
     top = leaderboard_page(db(), sweep, limit=LEADERBOARD_TOP)
-    return SweepPublic(**_summary_fields(sweep, top), leaderboard=_rows(top), spec=sweep.spec)
+    return SweepPublic(
+        **_summary_fields(sweep, top),
+        leaderboard=_rows(top),
+        divergence_ceiling=[DivergenceCeiling(**c.public()) for c in ceilings(db(), sweep)],
+        spec=sweep.spec,
+    )
 
 
 def sweep_summary(sweep: Sweep) -> SweepSummary:

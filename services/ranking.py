@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, not_, or_, select
+from sqlalchemy import and_, case, func, not_, or_, select
 from sqlalchemy.orm import Session, load_only
 
 from services.db.models import Job, Sweep
@@ -123,16 +123,27 @@ def objective_for(session: Session, job: Job) -> Objective:
     return Objective(sweep.objective_metric, sweep.objective_goal)
 
 
+def tier(trial: Job) -> int:
+    """A trial's tier on the leaderboard: 0 ranked by its objective, 1 diverged (its
+    value from before it diverged: never above a trial that did not diverge), 2 no
+    objective (diverged at once, skipped, not started)."""
+    if trial.objective is None:
+        return 2
+    return 1 if trial.status == "diverged" else 0
+
+
 def leaderboard(sweep: Sweep, trials: list[Job]) -> list[Job]:
-    """Every trial: those with an objective value best first (ties: lower trial
-    index first), then those without one (diverged at once, not started) by index."""
+    """Every trial by :func:`tier`, then objective value best first (ties: lower
+    trial index first), then index."""
     sign = 1.0 if sweep.objective_goal == "minimize" else -1.0
-    ranked = sorted(
-        (t for t in trials if t.objective is not None),
-        key=lambda t: (sign * t.objective, t.trial_index or 0),  # type: ignore[operator]
+    return sorted(
+        trials,
+        key=lambda t: (
+            tier(t),
+            0.0 if t.objective is None else sign * t.objective,
+            t.trial_index or 0,
+        ),
     )
-    unranked = sorted((t for t in trials if t.objective is None), key=lambda t: t.trial_index or 0)
-    return ranked + unranked
 
 
 def best_trial(sweep: Sweep, board: list[Job]) -> Job | None:
@@ -160,10 +171,10 @@ BOARD_COLUMNS = (
 
 
 def _board_key(sweep: Sweep) -> tuple[Any, Any, Any, Any]:
-    """The leaderboard's sort key in SQL: (no objective, objective, index, id); the
+    """The leaderboard's sort key in SQL: (:func:`tier`, objective, index, id); the
     objective ascending for ``minimize``, descending for ``maximize``."""
     return (
-        Job.objective.is_(None),
+        case((Job.objective.is_(None), 2), (Job.status == "diverged", 1), else_=0),
         Job.objective if sweep.objective_goal == "minimize" else -Job.objective,
         func.coalesce(Job.trial_index, 0),
         Job.id,
@@ -172,20 +183,23 @@ def _board_key(sweep: Sweep) -> tuple[Any, Any, Any, Any]:
 
 def board_order(sweep: Sweep) -> list[Any]:
     """ORDER BY clauses listing a sweep's trials as :func:`leaderboard` does."""
-    unranked, value, index, row_id = _board_key(sweep)
-    return [unranked.asc(), value.asc(), index.asc(), row_id.asc()]
+    level, value, index, row_id = _board_key(sweep)
+    return [level.asc(), value.asc(), index.asc(), row_id.asc()]
 
 
 def _after(sweep: Sweep, trial: Job) -> Any:
     """The trials that come after ``trial`` on the leaderboard (a keyset condition)."""
-    _, value, index, row_id = _board_key(sweep)
+    level, value, index, row_id = _board_key(sweep)
     tie = or_(
         index > (trial.trial_index or 0), and_(index == (trial.trial_index or 0), row_id > trial.id)
     )
+    mine_level = tier(trial)
     if trial.objective is None:
-        return and_(Job.objective.is_(None), tie)
-    mine = trial.objective if sweep.objective_goal == "minimize" else -trial.objective
-    return or_(Job.objective.is_(None), value > mine, and_(value == mine, tie))
+        within = tie
+    else:
+        mine = trial.objective if sweep.objective_goal == "minimize" else -trial.objective
+        within = or_(value > mine, and_(value == mine, tie))
+    return or_(level > mine_level, and_(level == mine_level, within))
 
 
 def _board_select(sweep: Sweep) -> Any:
@@ -214,23 +228,26 @@ def leaderboard_page(
     come last (``rank`` null in the API). Raises ``BadCursorError``."""
     stmt, rank = _board_select(sweep), 1
     if cursor:
-        rank, objective, index, row_id = decode_key(cursor, 4)
+        rank, objective, index, row_id, status = decode_key(cursor, 5)
         if not (
             isinstance(rank, int)
             and rank >= 1
             and (objective is None or isinstance(objective, (int, float)))
             and isinstance(index, int)
             and isinstance(row_id, str)
+            and isinstance(status, str)
         ):
             raise BadCursorError("cursor is not one this API handed out")
-        last = Job(id=row_id, trial_index=index, objective=objective)
+        last = Job(id=row_id, trial_index=index, objective=objective, status=status)
         stmt = stmt.where(_after(sweep, last))
     rows = list(session.scalars(stmt.limit(limit + 1)))
     more, rows = len(rows) > limit, rows[:limit]
     next_cursor = None
     if more and rows:
         end = rows[-1]
-        next_cursor = encode_key([rank + len(rows), end.objective, end.trial_index or 0, end.id])
+        next_cursor = encode_key(
+            [rank + len(rows), end.objective, end.trial_index or 0, end.id, end.status]
+        )
     return BoardPage(rows, rank, next_cursor)
 
 

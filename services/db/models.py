@@ -37,9 +37,10 @@ JOB_STATUSES = (
     "cancelled",
     "pruned",
     "timed_out",
+    "skipped",  # above a sweep's divergence ceiling: never trained (services/sweeps/ceiling)
 )
 TERMINAL_STATUSES = frozenset(
-    {"succeeded", "failed", "diverged", "cancelled", "pruned", "timed_out"}
+    {"succeeded", "failed", "diverged", "cancelled", "pruned", "timed_out", "skipped"}
 )
 ACTIVE_STATUSES = frozenset({"queued", "running"})
 SWEEP_STATUSES = ("running", "done", "cancelled")

@@ -35,6 +35,7 @@ RUN_STATUS = {
     "cancelled": "KILLED",
     "timed_out": "KILLED",
     "pruned": "KILLED",
+    "skipped": "KILLED",
 }
 
 

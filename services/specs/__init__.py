@@ -45,6 +45,7 @@ from services.specs.job import (
 from services.specs.public import (
     JOB_STATUS,
     LEADERBOARD_TOP,
+    DivergenceCeiling,
     ErrorBody,
     ErrorDetail,
     ErrorResponse,
@@ -136,6 +137,7 @@ __all__ = [
     "SweepLinks",
     "SweepObjective",
     "SweepPage",
+    "DivergenceCeiling",
     "SweepPublic",
     "SweepSummary",
     "SweepTimings",

@@ -30,7 +30,15 @@ class ErrorResponse(Public):
 
 
 JOB_STATUS = Literal[
-    "queued", "running", "succeeded", "failed", "diverged", "cancelled", "pruned", "timed_out"
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "diverged",
+    "cancelled",
+    "pruned",
+    "timed_out",
+    "skipped",
 ]
 
 
@@ -185,12 +193,29 @@ class SweepSummary(Public):
     mlflow: MlflowLinks | None = Field(description="null when mirroring is off")
 
 
+class DivergenceCeiling(Public):
+    """The lowest learning rate that diverged in one combination of the other swept
+    parameters: trials at or above it, with the same other parameters, are skipped."""
+
+    parameter: str = Field(description="the swept learning rate's path")
+    learning_rate: float
+    trial_id: str = Field(description="the trial that diverged at this rate")
+    trial_index: int | None
+    params: dict[str, Any] = Field(description="the other swept parameters' values")
+
+
 class SweepPublic(SweepSummary):
     """A sweep: its size does not grow with its trials (the top of the leaderboard;
     ``links.leaderboard`` and ``links.trials`` page through the rest)."""
 
     leaderboard: list[LeaderboardRow] = Field(
         description=f"the top {LEADERBOARD_TOP} trials (links.leaderboard pages through all)"
+    )
+    divergence_ceiling: list[DivergenceCeiling] = Field(
+        default_factory=list,
+        description="per combination of the other swept parameters, the learning rate above "
+        "which trials are skipped (empty: none diverged, no learning rate swept, or "
+        "skip_above_divergence is false)",
     )
     spec: dict[str, Any]
 

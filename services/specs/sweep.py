@@ -110,6 +110,9 @@ class SweepCreate(Strict):
     early_stopping: EarlyStoppingPolicy | None = None
     seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0
     n_startup_trials: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    # Skip trials whose learning rate is at or above one that diverged, other swept
+    # parameters equal (services/sweeps/ceiling.py).
+    skip_above_divergence: bool = True
 
     @model_validator(mode="before")
     @classmethod

@@ -67,6 +67,7 @@ def tpe_study(sweep: Sweep, trials: list[Job], index: int):  # -> optuna.Study
     if sweep.objective_goal == "maximize":
         direction = optuna.study.StudyDirection.MAXIMIZE
     study = optuna.create_study(direction=direction, sampler=sampler)
+    worst = _worst(trials, sweep.objective_goal == "maximize")
     for trial in trials:
         if not trial.params:
             continue
@@ -75,8 +76,12 @@ def tpe_study(sweep: Sweep, trials: list[Job], index: int):  # -> optuna.Study
             state, value = TrialState.RUNNING, None
         elif trial.status in ("pruned", "timed_out"):  # stopped early: its value so far
             state = TrialState.PRUNED
-        elif trial.status in ("succeeded", "diverged") and value is not None:
+        elif trial.status == "succeeded" and value is not None:
             state = TrialState.COMPLETE
+        elif trial.status in UNSTABLE and worst is not None:
+            # Never a success: as bad as the worst trial that finished, so that TPE's
+            # model puts its rate among the bad ones (FAIL would only be ignored).
+            state, value = TrialState.COMPLETE, worst
         else:
             state, value = TrialState.FAIL, None
         intermediate = {trial.epochs_done: value} if value is not None and trial.epochs_done else {}
@@ -90,6 +95,21 @@ def tpe_study(sweep: Sweep, trials: list[Job], index: int):  # -> optuna.Study
             )
         )
     return study, dists, parameters
+
+
+#: trials whose learning rate was unstable: diverged, or skipped above a rate that did
+UNSTABLE = frozenset({"diverged", "skipped"})
+
+
+def _worst(trials: list[Job], maximize: bool) -> float | None:
+    """The worst objective among the trials that succeeded (None: none has yet).
+
+    The rule TPE is told for a diverged or skipped trial: this value, as a COMPLETE
+    trial. While no trial has succeeded, such a trial is a FAIL (TPE ignores it)."""
+    values = [t.objective for t in trials if t.status == "succeeded" and t.objective is not None]
+    if not values:
+        return None
+    return min(values) if maximize else max(values)
 
 
 def propose(sweep: Sweep, index: int, trials: list[Job]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -38,6 +38,7 @@ from services.specs import (
     validate_job,
 )
 from services.sweeps.ahead import Prepared, prepare_proposals, sampler_trials
+from services.sweeps.ceiling import Ceiling, above, ceilings, skip_queued, skip_values
 from services.sweeps.samplers import propose
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,9 @@ def advance_sweep(
     ahead: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
     if prepared is not None and prepared.n_created == sweep.n_created:
         ahead = {sweep.n_created + i: p for i, p in enumerate(prepared.proposals)}
+    # Trials queued above a learning rate that diverged are skipped before they train.
+    found = ceilings(session, sweep)
+    skip_queued(session, sweep, found)
     # Counted in SQL, not by loading the sweep: a grid or random trial's parameters
     # depend only on its index; only TPE learns from the trials so far.
     active = active_count(session, sweep_id)
@@ -126,7 +130,9 @@ def advance_sweep(
         index = sweep.n_created
         if trials is None and sweep.method == "tpe" and index not in ahead:
             trials = sampler_trials(session, sweep_id)
-        job, stop = _create_trial(session, sweep, index, trials or [], limits, ahead.get(index))
+        job, stop = _create_trial(
+            session, sweep, index, trials or [], limits, ahead.get(index), found
+        )
         if trials is not None:
             trials.append(job)
         sweep.n_created = index + 1
@@ -157,8 +163,10 @@ def _create_trial(
     trials: list[Job],
     limits: Limits | None,
     proposed: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    found: list[Ceiling] | None = None,
 ) -> tuple[Job, bool]:
-    """Create trial ``index``: queued, or failed with the reason; (trial, sweep must end).
+    """Create trial ``index``: queued, skipped above a divergence ceiling (``found``), or
+    failed with the reason; (trial, sweep must end).
 
     Each attempt runs in a savepoint, so that a failed INSERT (a value PostgreSQL
     refuses) leaves the sweep's transaction usable. An outage of the database is
@@ -173,6 +181,7 @@ def _create_trial(
         return _failed_trial(session, sweep, index, name, None, None, None, reason), True
     spec: Any = None
     try:
+        ceiling = above(params, found or [])
         with session.begin_nested():
             spec = apply_params(sweep.spec["base"], params)
             job = create_job(
@@ -184,7 +193,11 @@ def _create_trial(
                 params=params,
                 proposal=proposal,
                 owner_id=sweep.owner_id,
+                status="queued" if ceiling is None else "skipped",
             )
+            if ceiling is not None:
+                for key, value in skip_values(ceiling, float(params[ceiling.path])).items():
+                    setattr(job, key, value)
         return job, False
     except SpecValidationError as err:
         # A combination the checks at submission could not foresee.

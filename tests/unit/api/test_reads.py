@@ -141,13 +141,14 @@ def test_the_leaderboard_pages_through_every_trial_in_the_ranking_rule(app, clie
 
 def test_the_best_trial_below_the_top_of_the_leaderboard_keeps_its_rank(app, client):
     sessions = app.extensions["sweeplab"].sessions
-    # 24 trials: the 20 first (best objectives) diverged, then succeeded ones
-    statuses = ["diverged"] * 4 + ["succeeded"]  # every fifth succeeded...
+    # 24 trials: the 20 first (best objectives) pruned, then succeeded ones (a pruned trial
+    # ranks by its value so far; a diverged one would rank below every succeeded one)
+    statuses = ["pruned"] * 4 + ["succeeded"]  # every fifth succeeded...
     sweep_id = seed_sweep(sessions, 24, statuses=statuses, seed=3)
     with sessions() as session:
         row = session.get(Sweep, sweep_id)
         trials = list(session.query(Job).filter(Job.sweep_id == sweep_id))
-        for t in trials:  # ...and those rank below every diverged one
+        for t in trials:  # ...and those rank below every pruned one
             t.objective = (100.0 + t.trial_index) if t.status == "succeeded" else t.trial_index
         session.commit()
         board = leaderboard(row, trials)

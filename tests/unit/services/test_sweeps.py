@@ -290,7 +290,7 @@ def test_leaderboard_lists_every_trial_unranked_last():
         Job(id="d", trial_index=3, objective=0.7, status="diverged"),
     ]
     board = leaderboard(sweep, trials)
-    assert [t.id for t in board] == ["c", "d", "a", "b"]
+    assert [t.id for t in board] == ["c", "a", "d", "b"]  # a diverged trial ranks below
     assert best_trial(sweep, board).id == "c"
     assert best_trial(sweep, [trials[1]]) is None
 
