@@ -101,7 +101,7 @@ def get_layers_png(path: JobPath):
 )
 def get_lr_map_png(path: SweepPath):
     """Draw each trial's objective against its learning rate; 409 if no rate is swept."""
-    from services.reports.lr_map import lr_map_png  # late: heavy (matplotlib)
+    from services.reports.lr_figure import lr_map_png  # late: heavy (matplotlib)
 
     return _png(lr_map_png(_lr_map(path.sweep_id)))
 

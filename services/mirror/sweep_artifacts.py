@@ -9,7 +9,8 @@ import time
 from services.db import Sweep
 from services.db.session import begin_read
 from services.mirror.plumbing import session_scope
-from services.reports.lr_map import NoLearningRateError, build_lr_map, lr_map_png
+from services.reports.lr_figure import lr_map_png
+from services.reports.lr_map import NoLearningRateError, build_lr_map
 from services.reports.page import sweep_report
 from services.reports.trials import sweep_trials
 

@@ -31,7 +31,8 @@ from services.db.models import TERMINAL_STATUSES, Job, Sweep
 from services.mirror.names import short_value
 from services.ranking import best_trial_in, leaderboard_page
 from services.reports.importance import param_importance
-from services.reports.lr_map import LrMap, NoLearningRateError, build_lr_map, lr_map_png
+from services.reports.lr_figure import lr_map_png
+from services.reports.lr_map import LrMap, NoLearningRateError, build_lr_map
 from services.reports.template import REPORT_TEMPLATE
 from services.reports.trials import (
     TrialRow,

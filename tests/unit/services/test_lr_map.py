@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 
 from services import plots
-from services.reports.lr_map import (
-    ZONE_ALPHA,
-    NoLearningRateError,
-    build_lr_map,
-    lr_map_png,
-    sweep_ceilings,
-)
+from services.reports.lr_figure import ZONE_ALPHA, lr_map_png
+from services.reports.lr_map import NoLearningRateError, build_lr_map, sweep_ceilings
 from services.reports.trials import TrialRow
 
 LR, BS = "hyperparameters.learning_rate", "hyperparameters.batch_size"
