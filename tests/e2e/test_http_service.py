@@ -147,7 +147,7 @@ def test_lr_sweep_over_http(service: Service):
     sweep = json.loads((REPO / "examples" / "lr_sweep.json").read_text())
     sweep["base"]["hyperparameters"]["epochs"] = 5
     values = sweep["parameters"]["hyperparameters.learning_rate"]["values"]
-    sweep["parameters"]["hyperparameters.learning_rate"]["values"] = values[2:5]
+    sweep["parameters"]["hyperparameters.learning_rate"]["values"] = values[1:4]  # stable rates
     created = service.json("POST", "/api/v1/sweeps", sweep, status=201)
     assert created["n_trials"] == 3
 
