@@ -6,12 +6,16 @@ epoch they were stopped at), skipped trials hollow squares along the top,
 trials that failed otherwise hollow circles; the zone above each
 combination's divergence ceiling is shaded.
 
-The ceiling is the sweep's own when it keeps one (``Sweep.divergence_ceiling``:
-a rate for every combination, ``{"learning_rate": .., "trial_id": ..}``, or
-such an entry per combination, keyed by its label or its parameters as JSON);
-otherwise it is read off the trials: per combination, the smallest rate that
-diverged (``source: "derived"``). :func:`build_lr_map` gives the data (the
-JSON answer); ``services.reports.lr_figure.lr_map_png`` draws exactly that data.
+A combination's ceiling is the smallest rate that diverged in it, the rule by
+which a divergence-aware sweep (``skip_above_divergence``, on by default) skips
+the trials at or above it: ``source: "sweep"`` then, and ``"derived"`` for a
+sweep that skips nothing (the zone is still where its trials diverged). A
+ceiling stored on the sweep's row (``divergence_ceiling``: one rate, or
+``{"learning_rate", "trial_id"}``, for every combination, or such entries per
+combination keyed by its label or its parameters as JSON) wins over both.
+
+:func:`build_lr_map` gives the data (the JSON answer);
+``services.reports.lr_figure.lr_map_png`` draws exactly that data.
 """
 
 from __future__ import annotations
@@ -153,8 +157,9 @@ def _make_ceiling(label: str | None, value: tuple[float, str | None], source: st
     )
 
 
-def derived_ceilings(points: Sequence[LrPoint]) -> list[LrCeiling]:
-    """Per combination, the smallest learning rate that diverged."""
+def derived_ceilings(points: Sequence[LrPoint], source: str = "derived") -> list[LrCeiling]:
+    """Per combination, the smallest learning rate that diverged (the lowest trial
+    index among equals), as ``services.sweeps.ceiling`` finds it."""
     lowest: dict[str, LrPoint] = {}
     for p in points:
         if p.status == "diverged":
@@ -162,7 +167,7 @@ def derived_ceilings(points: Sequence[LrPoint]) -> list[LrCeiling]:
             if seen is None or p.learning_rate < seen.learning_rate:
                 lowest[p.combination] = p
     return [
-        _make_ceiling(label, (p.learning_rate, p.job_id), "derived")
+        _make_ceiling(label, (p.learning_rate, p.job_id), source)
         for label, p in sorted(lowest.items())
     ]
 
@@ -201,7 +206,10 @@ def build_lr_map(sweep: Sweep, trials: Sequence[TrialRow]) -> LrMap:
         )
     points.sort(key=lambda p: (p.combination, p.learning_rate, p.trial_index or 0))
     kept = sweep_ceilings(getattr(sweep, "divergence_ceiling", None), combinations)
-    ceilings = kept if kept is not None else derived_ceilings(points)
+    skips = (sweep.spec or {}).get("skip_above_divergence", True) is not False
+    ceilings = (
+        kept if kept is not None else derived_ceilings(points, "sweep" if skips else "derived")
+    )
     finished = [p for p in points if p.status == "succeeded" and p.objective is not None]
     sign = -1.0 if sweep.objective_goal == "maximize" else 1.0
     best = min(

@@ -61,7 +61,7 @@ swept: {% for p in swept %}<code>{{ p }}</code>{% if not loop.last %}, {% endif 
 <img id="lr-map-img" alt="objective against the learning rate" src="data:image/png;base64,{{ lr_map_png }}">
 {% if ceilings %}<p>Divergence ceiling{{ "s" if ceilings|length > 1 else "" }}:
 {% for c in ceilings %}{{ c.combination or "every combination" }}: lr &ge; {{ "%g"|format(c.learning_rate) }}
-({{ "kept by the sweep" if c.source == "sweep" else "the smallest rate that diverged" }}){% if not loop.last %}; {% endif %}{% endfor %}</p>{% endif %}
+({{ "the sweep skips the trials at or above it" if c.source == "sweep" else "the smallest rate that diverged; the sweep skips nothing" }}){% if not loop.last %}; {% endif %}{% endfor %}</p>{% endif %}
 {% else %}<p class="note">{{ lr_map_note }}</p>{% endif %}
 
 <h2 id="best">Best trial</h2>

@@ -53,7 +53,7 @@ def test_a_sweeps_lr_map(client, app, dispatcher):
     statuses = {p["job_id"]: p["status"] for p in body["points"]}
     diverged = [j for j, s in statuses.items() if s == "diverged"]
     assert diverged and {c["trial_id"] for c in body["ceilings"]} <= set(diverged)
-    assert all(c["source"] == "derived" and c["learning_rate"] == 1e4 for c in body["ceilings"])
+    assert all(c["source"] == "sweep" and c["learning_rate"] == 1e4 for c in body["ceilings"])
     assert body["best"]["job_id"] == sweep["best_trial"]["job_id"]
 
 
@@ -111,3 +111,28 @@ def test_only_the_owner_and_an_admin_see_the_pictures(app, dispatcher):
         assert theirs.status_code == 404 and error_code(theirs) == "not_found", url
         anonymous = authorize(contract_client(app), None).get(url)
         assert anonymous.status_code == 401, url
+
+
+def test_the_map_shows_the_ceiling_the_sweep_keeps_and_the_trials_it_skipped(
+    client, app, dispatcher
+):
+    body = lr_sweep_body(
+        parameters={
+            "hyperparameters.learning_rate": {"values": [0.03, 1e4, 1e5]},
+            "hyperparameters.batch_size": {"values": [16]},
+        },
+        max_concurrency=1,  # 1e4 diverges before 1e5 is created: 1e5 is skipped
+    )
+    sweep = finished_sweep(client, app, dispatcher, body)
+    data = client.get(f"{API}/sweeps/{sweep['id']}/lr-map.json").get_json()
+    status = {p["learning_rate"]: p["status"] for p in data["points"]}
+    assert status == {0.03: "succeeded", 1e4: "diverged", 1e5: "skipped"}
+    skipped = next(p for p in data["points"] if p["status"] == "skipped")
+    assert skipped["objective"] is None and "skipped" in skipped["reason"]
+    # the same ceiling as the sweep's own answer (services.sweeps.ceiling)
+    kept = [(c["learning_rate"], c["trial_id"]) for c in sweep["divergence_ceiling"]]
+    assert kept == [(c["learning_rate"], c["trial_id"]) for c in data["ceilings"]]
+    assert [c["combination"] for c in data["ceilings"]] == ["bs=16"]
+    assert data["ceilings"][0]["source"] == "sweep"
+    html = client.get(f"{API}/sweeps/{sweep['id']}/report").get_data(as_text=True)
+    assert "1 skipped" in html and "bs=16: lr &ge; 10000" in html

@@ -92,7 +92,8 @@ def test_the_map_holds_every_ended_trial_by_combination():
     assert build_lr_map(sweep(goal="maximize"), TRIALS).best.job_id == "j0"
 
 
-def test_without_a_kept_ceiling_the_smallest_rate_that_diverged_sets_it():
+def test_the_smallest_rate_that_diverged_sets_the_ceiling():
+    """As the sweep skips (services.sweeps.ceiling); the same zone when it skips nothing."""
     data = build_lr_map(sweep(), TRIALS)
     assert [c.model_dump() for c in data.ceilings] == [
         {
@@ -100,16 +101,21 @@ def test_without_a_kept_ceiling_the_smallest_rate_that_diverged_sets_it():
             "learning_rate": 1.0,
             "log10_learning_rate": 0.0,
             "trial_id": "j2",
-            "source": "derived",
+            "source": "sweep",
         },
         {
             "combination": "bs=64",
             "learning_rate": 3.0,
             "log10_learning_rate": math.log10(3.0),
             "trial_id": "j8",
-            "source": "derived",
+            "source": "sweep",
         },
     ]
+    off = sweep()
+    off.spec["skip_above_divergence"] = False
+    derived = build_lr_map(off, TRIALS).ceilings
+    assert [c.source for c in derived] == ["derived", "derived"]
+    assert [c.learning_rate for c in derived] == [c.learning_rate for c in data.ceilings]
 
 
 @pytest.mark.parametrize(

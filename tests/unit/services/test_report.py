@@ -61,7 +61,7 @@ def test_the_report_is_one_self_contained_page(client, app, dispatcher):
     assert len(Page(report(client, sweep["id"], top=3)).all("tr", **{"class": "trial"})) == 3
     # the best trial, its diagnosis, the findings across trials, the importance
     assert sweep["best_trial"]["job_id"] in html
-    assert "Divergence ceiling" in html and "the smallest rate that diverged" in html
+    assert "Divergence ceiling" in html and "the sweep skips the trials at or above it" in html
     assert page.all("table", **{"class": "findings"})
     assert "Optuna's fANOVA evaluator over 7 finished trials" in html
     assert "<code>hyperparameters.learning_rate</code>" in html
