@@ -13,7 +13,7 @@ from .build import build_network, load_dataset, load_uploaded
 from .data import Dataset, dataset_from_arrays
 from .diagnostics import diagnose
 from .gradcheck import gradient_check
-from .lr_finder import lr_range_test
+from .lr_finder import lr_range_test, read_curve, smooth
 from .network import Network
 from .records import improves
 from .spec import Spec, SpecError, parse_spec
@@ -36,4 +36,6 @@ __all__ = [
     "load_uploaded",
     "lr_range_test",
     "parse_spec",
+    "read_curve",
+    "smooth",
 ]

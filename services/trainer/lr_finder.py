@@ -2,12 +2,21 @@
 
 One short run over mini-batches in which the learning rate grows
 exponentially from ``lr_min`` to ``lr_max``; the loss of each batch (before its
-update) traces how the network responds to the rate. The sweep stops when
-the smoothed loss exceeds ``diverge_factor`` times its minimum (or is not
-finite): that rate is where training diverges. The suggestion is a tenth of
-the rate at the minimum of the smoothed loss; the interval runs from the rate
-where the smoothed loss fell fastest (per unit of log rate) to a third of the
-rate at the minimum.
+update) traces how the network responds to the rate. The loss is smoothed by a
+bias-corrected exponential moving average (``smoothing`` is its beta). The run
+stops when the smoothed loss exceeds ``diverge_factor`` times its minimum (or a
+loss is not finite).
+
+What the curve says (:func:`read_curve`, a pure function of the curve):
+
+- ``suggested_lr``: the rate where the smoothed loss falls fastest per unit of
+  log rate (the steepest descent), between its first noisy values and its
+  minimum;
+- ``divergence_lr``: the rate where the loss starts to diverge: the first
+  step after the smoothed minimum whose loss is above ``diverge_factor`` times
+  that minimum (or not finite); None when no loss went that high;
+- ``interval``: a range of good rates, from the lower of the steepest rate and
+  a tenth of the minimum's rate to the higher of the steepest and a third of it.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ def lr_range_test(
 ) -> dict:
     """Sweep the learning rate exponentially over ``steps`` mini-batches.
 
+    Step ``i`` (0-based) trains one batch at ``lr_min * (lr_max / lr_min) ** (i / (steps - 1))``.
     The spec's optimizer, batch size, dtype and seed are used; its learning
     rate and schedule are ignored. ``network`` (if given) is copied, not trained.
 
@@ -43,11 +53,14 @@ def lr_range_test(
     -------
     dict
         ``learning_rates``, ``losses``, ``smoothed_losses`` (one per step taken),
-        ``diverged_lr`` (None if the sweep never diverged), ``min_loss_lr``,
-        ``steepest_lr``, ``suggested_lr`` and ``interval`` ``[low, high]``.
+        ``diverged_lr`` (the rate the run stopped at; None if it reached ``lr_max``),
+        and what :func:`read_curve` reads from them: ``divergence_lr``,
+        ``min_loss_lr``, ``steepest_lr``, ``suggested_lr`` and ``interval`` ``[low, high]``.
     """
     if not (0 < lr_min < lr_max) or steps < 2:
         raise ValueError("need 0 < lr_min < lr_max and steps >= 2")
+    if not (0 <= smoothing < 1) or diverge_factor <= 1:
+        raise ValueError("need 0 <= smoothing < 1 and diverge_factor > 1")
     spec = parse_spec(spec)
     hp = spec.hyperparameters
     data = data if data is not None else load_dataset(spec.dataset)
@@ -60,7 +73,7 @@ def lr_range_test(
     optimizer = get_optimizer(hp.optimizer, net.n_weights, **hp.optimizer_options())
 
     lrs, losses, smoothed = [], [], []
-    avg, best, diverged_lr = 0.0, math.inf, None
+    avg, best, diverged_lr, nonfinite_lr = 0.0, math.inf, None, None
     perm, pos = rng.permutation(n), 0
     with np.errstate(all="ignore"):
         for i in range(steps):
@@ -73,7 +86,7 @@ def lr_range_test(
             dO = np.empty_like(O)
             loss = float(net.loss.forward_backward(O, Y[idx], dO))
             if not math.isfinite(loss):
-                diverged_lr = lr
+                diverged_lr = nonfinite_lr = lr
                 break
             net.backward(dO)
             if hp.l2:
@@ -90,25 +103,67 @@ def lr_range_test(
             if i >= 5 and s > diverge_factor * best:
                 diverged_lr = lr
                 break
-
-    sm = np.array(smoothed)
-    k_min = int(np.argmin(sm))
-    min_lr = lrs[k_min]
-    skip = min(10, k_min // 2)  # the first smoothed values are mostly noise
-    if k_min - skip >= 2:
-        slope = np.gradient(sm[skip : k_min + 1], np.log(lrs[skip : k_min + 1]))
-        steepest = lrs[skip + int(np.argmin(slope))]
-    else:
-        steepest = lrs[k_min]
-    suggested = min_lr / 10.0
-    interval = [min(steepest, suggested), max(min_lr / 3.0, suggested)]
+    if not losses:
+        raise ValueError(
+            f"the loss is not finite at the first step (learning rate {lr_min:g}): "
+            "lower the lowest rate, or check the data and the network"
+        )
     return {
         "learning_rates": lrs,
         "losses": losses,
         "smoothed_losses": smoothed,
         "diverged_lr": diverged_lr,
+        **read_curve(
+            lrs, losses, smoothed, diverge_factor=diverge_factor, nonfinite_lr=nonfinite_lr
+        ),
+    }
+
+
+def smooth(losses: list[float], beta: float) -> list[float]:
+    """The bias-corrected exponential moving average of ``losses`` (what the test records).
+
+    ``a_i = beta * a_(i-1) + (1 - beta) * x_i`` from ``a_(-1) = 0``, and
+    ``s_i = a_i / (1 - beta ** (i + 1))`` (the correction makes ``s_0 = x_0``).
+    """
+    out, avg = [], 0.0
+    for i, x in enumerate(losses):
+        avg = beta * avg + (1 - beta) * x
+        out.append(avg / (1 - beta ** (i + 1)))
+    return out
+
+
+def read_curve(
+    lrs: list[float],
+    losses: list[float],
+    smoothed: list[float],
+    *,
+    diverge_factor: float = 4.0,
+    nonfinite_lr: float | None = None,
+) -> dict:
+    """What a range test's curve says (see the module's docstring).
+
+    ``lrs``, ``losses`` and ``smoothed`` hold one value per step (rates rising);
+    ``nonfinite_lr`` is the rate of a step after them whose loss was not finite.
+    The steepest descent is ``argmin`` of ``d smoothed / d log(lr)``
+    (``np.gradient``: central differences inside, one-sided at the ends), taken
+    over the steps from ``min(10, k_min // 2)`` (the first smoothed values are
+    mostly noise) to the minimum ``k_min``.
+    """
+    sm = np.asarray(smoothed, dtype=np.float64)  # (steps,)
+    k_min = int(np.argmin(sm))
+    min_lr, best = lrs[k_min], float(sm[k_min])
+    skip = min(10, k_min // 2)
+    if k_min - skip >= 2:
+        slope = np.gradient(sm[skip : k_min + 1], np.log(lrs[skip : k_min + 1]))
+        steepest = lrs[skip + int(np.argmin(slope))]
+    else:
+        steepest = lrs[k_min]
+    after = zip(lrs[k_min + 1 :], losses[k_min + 1 :], strict=True)
+    divergence = next((lr for lr, x in after if x > diverge_factor * best), nonfinite_lr)
+    return {
+        "divergence_lr": divergence,
         "min_loss_lr": min_lr,
         "steepest_lr": steepest,
-        "suggested_lr": suggested,
-        "interval": interval,
+        "suggested_lr": steepest,
+        "interval": [min(steepest, min_lr / 10.0), max(steepest, min_lr / 3.0)],
     }
