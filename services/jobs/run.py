@@ -66,6 +66,7 @@ from services.jobs.records import (
 )
 from services.jobs.rows import job_metrics
 from services.mirror import catch_up as mirror
+from services.models import weights_blob
 from services.ranking import Objective, Tracker
 from services.specs import has_validation, trainer_spec
 from services.sweeps.pruning import PruneFn
@@ -367,8 +368,10 @@ class JobRun:
             status, weights = "failed", None
             values["error"] = training_error(err)
         else:
-            weights = JobWeights(
-                job_id=self.job_id, epoch=len(result.history), data=result.network.to_npz_bytes()
+            weights = JobWeights(  # with the data's statistics and labels (services.models)
+                job_id=self.job_id,
+                epoch=len(result.history),
+                data=weights_blob(result.network, result.data),
             )
             status = {"diverged": "diverged", "stopped": self.stop_reason or "cancelled"}.get(
                 result.status, "succeeded"

@@ -11,6 +11,7 @@ whose ``details`` name the field by dotted path.
     job      the job spec models, validate_job, normalize_job, has_validation
     sweep    the sweep spec: parameters, objective, early stopping, check_sweep
     public   the response models
+    predict  a trained job's predictions: request and answer
 """
 
 from services.specs.base import (
@@ -42,6 +43,7 @@ from services.specs.job import (
     trainer_spec,
     validate_job,
 )
+from services.specs.predict import MAX_PREDICT_ROWS, PredictRequest, PredictResponse
 from services.specs.public import (
     JOB_STATUS,
     LEADERBOARD_TOP,
@@ -108,6 +110,10 @@ __all__ = [
     "normalize_job",
     "trainer_spec",
     "validate_job",
+    # predict
+    "MAX_PREDICT_ROWS",
+    "PredictRequest",
+    "PredictResponse",
     # sweep
     "EarlyStoppingPolicy",
     "ObjectiveSpec",

@@ -187,6 +187,8 @@ def test_every_protected_route_wants_a_valid_token(world, app):
         ("POST", f"{API}/sweeps/{sweep}/cancel"),
         ("GET", f"{API}/jobs/{job}/plots/curves.png"),
         ("GET", f"{API}/jobs/{job}/plots/layers.png"),
+        ("GET", f"{API}/jobs/{job}/weights"),
+        ("POST", f"{API}/jobs/{job}/predict"),
         ("GET", f"{API}/sweeps/{sweep}/lr-map.png"),
         ("GET", f"{API}/sweeps/{sweep}/lr-map.json"),
         ("GET", f"{API}/sweeps/{sweep}/report"),
