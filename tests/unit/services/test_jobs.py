@@ -200,6 +200,7 @@ class FakeResult:
     def __init__(self, status: str):
         self.status, self.seconds, self.diagnosis, self.history = status, 0.0, [], []
         self.network = self
+        self.data = None  # no statistics: the weights are stored as the network's npz
 
     def to_npz_bytes(self) -> bytes:
         return b"final weights"
