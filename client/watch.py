@@ -1,0 +1,196 @@
+"""Live progress of a job or a sweep: rich bars on a terminal, plain lines elsewhere.
+
+A sweep shows a bar per running trial (epochs done of its epochs), its counts and
+the best trial so far; a line goes above the bars whenever a trial starts or ends
+(with its objective, and its diagnosis when it did not succeed). A job shows one bar
+with its latest metrics, then its status and diagnosis. Without a terminal (a pipe,
+a log file, CI) the same events come as plain lines, and the progress as a line
+whenever it changes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from client.api import JSON, Client, is_final, kind_of
+from client.render import (
+    best_line,
+    diagnosis_lines,
+    fmt,
+    fmt_counts,
+    fmt_metrics,
+    fmt_params,
+)
+
+BAR_WIDTH = 30
+
+
+def _now() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+class Watcher:
+    """Poll ``id`` every ``poll`` seconds until it ends, drawing on ``console``."""
+
+    def __init__(self, client: Client, id: str, console: Console, *, poll: float = 1.0):
+        self.client, self.id, self.console, self.poll = client, id, console, poll
+        self.live_mode = console.is_terminal
+        self._running: dict[str, JSON] = {}
+        self._last_line = ""
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> JSON:
+        """Watch until the job or the sweep ends; return its final answer."""
+        resource = self.client.get(self.id)
+        if not self.live_mode:
+            return self._loop(resource, None)
+        with Live(console=self.console, refresh_per_second=8, transient=False) as live:
+            return self._loop(resource, live)
+
+    def _loop(self, resource: JSON, live: Live | None) -> JSON:
+        sweep = kind_of(resource) == "sweep"
+        while True:
+            trials = self._trials(resource) if sweep else []
+            view = self._sweep_view(resource, trials) if sweep else self._job_view(resource)
+            if live is not None:
+                live.update(view, refresh=True)
+            else:
+                line = self._sweep_line(resource) if sweep else self._job_line(resource)
+                if line != self._last_line:
+                    self._say(line)
+                    self._last_line = line
+            if is_final(resource):
+                if not sweep:
+                    self._job_ended(resource)
+                return resource
+            time.sleep(self.poll)
+            resource = self.client.get(self.id)
+
+    def _say(self, text: str) -> None:
+        self.console.print(f"[{_now()}] {text}", markup=False, highlight=False, soft_wrap=True)
+
+    # ------------------------------------------------------------------ sweeps
+
+    def _trials(self, sweep: JSON) -> list[JSON]:
+        """The running trials; a line for each that started or ended since the last poll."""
+        limit = max(50, 2 * int(sweep.get("max_concurrency") or 1))
+        running = self.client.trials(self.id, status="running", limit=limit)
+        now = {t["id"]: t for t in running}
+        for trial in running:
+            if trial["id"] not in self._running:
+                self._say(
+                    f"trial {trial.get('trial_index')} running  {fmt_params(trial['params'])}"
+                )
+        for gone in self._running.keys() - now.keys():
+            self._trial_left(self.client.job(gone))
+        self._running = now
+        return sorted(running, key=lambda t: t.get("trial_index") or 0)
+
+    def _trial_left(self, job: JSON) -> None:
+        status = job.get("status")
+        line = f"trial {job.get('trial_index')} {status}  {fmt_params(job.get('params'))}"
+        if job.get("objective") is not None:
+            line += f"  objective={fmt(job['objective'])} (epoch {fmt(job.get('best_epoch'))})"
+        if job.get("reused_from"):
+            line += f"  reused from {job['reused_from']}"
+        if job.get("prune_reason"):
+            line += f"  ({job['prune_reason']})"
+        if job.get("error"):
+            line += f"  error: {job['error']}"
+        self._say(line)
+        if status != "succeeded":
+            for text in diagnosis_lines(job.get("diagnosis")):
+                self.console.print(f"    {text}", markup=False, highlight=False, soft_wrap=True)
+
+    def _sweep_epochs(self, sweep: JSON) -> str:
+        epochs = ((sweep.get("spec") or {}).get("base") or {}).get("hyperparameters", {})
+        per_trial = epochs.get("epochs") if isinstance(epochs, dict) else None
+        done = sweep.get("epochs_done") or 0
+        swept = any(p.endswith("epochs") for p in (sweep.get("spec") or {}).get("parameters", {}))
+        if per_trial and sweep.get("n_trials") and not swept:
+            return f"epochs {done}/{per_trial * sweep['n_trials']}"
+        return f"epochs {done}"
+
+    def _best(self, sweep: JSON) -> str:
+        best = sweep.get("best_trial")
+        if best:
+            return "best " + best_line(best)
+        top = (sweep.get("leaderboard") or [None])[0]
+        if top and top.get("objective") is not None:
+            return "leading (not finished) " + best_line(top)
+        return "no objective yet"
+
+    def _sweep_line(self, sweep: JSON) -> str:
+        return (
+            f"{sweep.get('status')}: {fmt_counts(sweep.get('counts'))}  "
+            f"{self._sweep_epochs(sweep)}  {self._best(sweep)}"
+        )
+
+    def _sweep_view(self, sweep: JSON, trials: list[JSON]) -> RenderableType:
+        objective = sweep.get("objective") or {}
+        head = Text.assemble(
+            (f"sweep {sweep.get('name') or ''} {sweep['id']}", "bold"),
+            f"  {sweep.get('status')}  {objective.get('metric')} ({objective.get('goal')})\n",
+            f"{fmt_counts(sweep.get('counts'))}  {self._sweep_epochs(sweep)}\n",
+            (self._best(sweep), "green"),
+        )
+        table = Table(box=None, padding=(0, 1), show_header=bool(trials))
+        for name in ("trial", "progress", "epochs", "params"):
+            table.add_column(name)
+        for trial in trials:
+            table.add_row(*self._bar_row(trial), fmt_params(trial.get("params")))
+        return Group(head, table)
+
+    @staticmethod
+    def _bar_row(item: JSON) -> tuple[str, ProgressBar, str]:
+        progress = item.get("progress") or {}
+        done, total = progress.get("epoch") or 0, progress.get("epochs") or 0
+        bar = ProgressBar(total=float(total or 1), completed=float(done), width=BAR_WIDTH)
+        label = f"#{item.get('trial_index')}" if item.get("sweep_id") else "job"
+        return label, bar, f"{done}/{fmt(total or None)}"
+
+    # ------------------------------------------------------------------ jobs
+
+    def _job_line(self, job: JSON) -> str:
+        progress = job.get("progress") or {}
+        return (
+            f"{job.get('status')}: epoch {progress.get('epoch')}/{fmt(progress.get('epochs'))}"
+            f"  {fmt_metrics(job.get('latest_metrics'))}"
+        )
+
+    def _job_view(self, job: JSON) -> RenderableType:
+        head = Text.assemble(
+            (f"job {job.get('name') or ''} {job['id']}", "bold"), f"  {job.get('status')}"
+        )
+        table = Table(box=None, padding=(0, 1), show_header=False)
+        label, bar, epochs = self._bar_row(job)
+        table.add_row(label, bar, epochs, fmt_metrics(job.get("latest_metrics")))
+        return Group(head, table)
+
+    def _job_ended(self, job: JSON) -> None:
+        line = f"job {job['id']} {job.get('status')}"
+        if job.get("best_epoch") is not None:
+            line += f"  best epoch {job['best_epoch']}: {fmt_metrics(job.get('best_metrics'))}"
+        if job.get("reused_from"):
+            line += f"  (reused from {job['reused_from']})"
+        if job.get("error"):
+            line += f"  error: {job['error']}"
+        self._say(line)
+        lines = diagnosis_lines(job.get("diagnosis"))
+        if lines:
+            self.console.print("diagnosis:", markup=False, highlight=False)
+            for text in lines:
+                self.console.print(f"  - {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+def watch(client: Client, id: str, console: Console, *, poll: float = 1.0) -> dict[str, Any]:
+    """Watch a job or a sweep to its end (live on a terminal); return its final answer."""
+    return Watcher(client, id, console, poll=poll).run()
