@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from services.db.models import TERMINAL_STATUSES as TERMINAL
+from services.mirror.models import job_model_files
 from services.mirror.names import (
     MAX_TAG_VALUE,
     architecture_string,
@@ -238,6 +239,8 @@ def run_artifacts(
     weights = final_weights(settings, snap.id)
     if weights is not None:
         files[weights[0]] = weights[1]
+        if weights[0] == "weights.npz":  # a succeeded job's final weights: an MLflow model
+            files.update(job_model_files(settings, snap, weights[1]))
     return files
 
 

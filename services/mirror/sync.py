@@ -25,6 +25,7 @@ from services.mirror.entities import (
     run_tags,
     sweep_params,
 )
+from services.mirror.models import BEST_TRIAL_TAG, mark_if_best, settle_best
 from services.mirror.names import (
     RUN_STATUS,
     SWEEP_RUN_STATUS,
@@ -208,6 +209,7 @@ def _finalize_job(settings: Any, client: Any, snap: JobSnapshot, run_id: str) ->
         snap.result = full.result
     with tempfile.TemporaryDirectory(prefix="sweeplab-mirror-") as tmp:
         for name, data in run_artifacts(settings, snap, history).items():
+            Path(tmp, name).parent.mkdir(parents=True, exist_ok=True)  # model/... too
             Path(tmp, name).write_bytes(data)
         client.log_artifacts(run_id, tmp)
     client.set_terminated(run_id, RUN_STATUS[snap.status], end_time=to_ms(snap.finished_at))
@@ -254,6 +256,10 @@ def mirror_job(
             return False
         if final:
             _finalize_job(settings, client, snap, run_id)
+            try:
+                mark_if_best(settings, client, snap, run_id)
+            except Exception:  # the sweep's final pass settles the marks
+                log.warning("cannot mark the best trial for job %s", snap.id, exc_info=True)
     if snap.sweep_id and then_sweep:
         with contextlib.suppress(MirrorBusy):  # the holder, or mirror_pending, finishes it
             mirror_sweep(settings, snap.sweep_id, client=client, finalize=True)
@@ -278,6 +284,7 @@ def _finalize_sweep(
     if best is not None:
         tags.update(
             {
+                BEST_TRIAL_TAG: best["id"],
                 "sweeplab.best_job_id": best["id"],
                 "sweeplab.best_run_id": best["run_id"],
                 "sweeplab.best_trial_index": best["trial_index"],
@@ -285,7 +292,8 @@ def _finalize_sweep(
             }
         )
         params = flatten_spec(best["spec"])
-        existing = client.get_run(run_id).data.metrics
+        parent = client.get_run(run_id)
+        existing = parent.data.metrics
         key = f"best_{sweep.objective_metric}"
         if key not in existing:  # logged once, even if this pass is redone
             stamp = to_ms(sweep.finished_at) or int(time.time() * 1000)
@@ -293,6 +301,8 @@ def _finalize_sweep(
     client.log_batch(
         run_id, metrics=metrics, params=run_params(params), tags=run_tags(tags), synchronous=True
     )
+    if best is not None:  # only the best trial's run says sweeplab.best=true
+        settle_best(client, parent.info.experiment_id, run_id, best)
     # The LR map (PNG and its data) and the report page, drawn from the database as the
     # API draws them; sweep.json, the sweep as submitted.
     from services.mirror.sweep_artifacts import sweep_files  # late: heavy (matplotlib, optuna)
