@@ -68,12 +68,12 @@ class Network:
 
     # --- flat parameter storage ----------------------------------------------------
 
-    def _bind_flat(self) -> None:
+    def _bind_flat(self, params: np.ndarray | None = None, grads: np.ndarray | None = None) -> None:
         layers = self.layers
         self.n_weights = int(sum(layer.params["W"].size for layer in layers))
         total = self.n_weights + int(sum(layer.params["b"].size for layer in layers))
-        self.params_flat = np.empty(total, self.dtype)
-        self.grads_flat = np.zeros(total, self.dtype)
+        self.params_flat = np.empty(total, self.dtype) if params is None else params
+        self.grads_flat = np.zeros(total, self.dtype) if grads is None else grads
         order = [(layer, "W") for layer in layers[1:]] + [(layers[0], "W")]
         order += [(layer, "b") for layer in layers]
         offsets: dict[tuple[int, str], int] = {}
@@ -100,6 +100,16 @@ class Network:
                 for layer in layers
             ]
         )
+
+    def rebind(self, params: np.ndarray, grads: np.ndarray) -> None:
+        """Move the parameters (their values) and the gradients onto the flat vectors
+        ``params`` and ``grads`` (say, rows of a pack's stacked arrays, see ``packed``);
+        the layers' views follow, and training passes built before are dropped."""
+        if params.shape != (self.n_params,) or grads.shape != (self.n_params,):
+            raise ValueError(f"rebind takes two vectors of {self.n_params} parameters")
+        self._bind_flat(params, grads)
+        self._passes.clear()
+        self._last_pass = None
 
     def canonical(self, flat: np.ndarray) -> np.ndarray:
         """A copy of ``flat`` (laid out like ``params_flat``) in the order
