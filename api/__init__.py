@@ -12,7 +12,7 @@ from __future__ import annotations
 from flask import current_app, g, request
 from flask_openapi3 import Info
 
-from api import datasets, health, jobs, models, openapi, plots, sweeps, tokens
+from api import datasets, health, jobs, lr_range_tests, models, openapi, plots, sweeps, tokens
 from api.auth import SECURITY_SCHEMES, authenticate_request
 from api.context import APIRequest, Services, StrictJSON, json_body, services
 from api.errors import register_error_handlers, validation_failed
@@ -73,6 +73,7 @@ def create_app(
     app.register_api(tokens.bp, url_prefix=API_PREFIX)
     app.register_api(openapi.bp, url_prefix=API_PREFIX)
     app.register_api(plots.bp, url_prefix=API_PREFIX)
+    app.register_api(lr_range_tests.bp, url_prefix=API_PREFIX)
     app.register_api(models.bp, url_prefix=API_PREFIX)
     return app
 

@@ -19,6 +19,7 @@ from services.config import Settings
 
 RUN_JOB = "sweeplab.run_job"
 RECOVER = "sweeplab.recover"
+RUN_RANGE_TEST = "sweeplab.run_lr_range_test"  # services.lr_range
 CANCEL_KEY = "sweeplab:cancel:{job_id}"
 CANCEL_KEY_TTL = 7 * 24 * 3600
 # kombu's Redis transport: a queue is a list of JSON messages named after it (priority
@@ -84,6 +85,11 @@ class Dispatcher:
         """Send ``run_job`` for each id (call after the rows are committed)."""
         for job_id in job_ids:
             self.celery.send_task(RUN_JOB, args=[job_id], queue=self.settings.celery_queue)
+
+    def enqueue_range_tests(self, test_ids: Iterable[str]) -> None:
+        """Send ``run_lr_range_test`` for each id (call after the rows are committed)."""
+        for test_id in test_ids:
+            self.celery.send_task(RUN_RANGE_TEST, args=[test_id], queue=self.settings.celery_queue)
 
     def waiting_job_ids(self, *, fresh_seconds: float) -> set[str] | None:
         """Ids of jobs whose ``run_job`` message is still waiting in the queue, or was

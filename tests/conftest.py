@@ -30,9 +30,13 @@ class FakeDispatcher:
     def __init__(self) -> None:
         self.enqueued: list[str] = []
         self.cancelled: set[str] = set()
+        self.range_tests: list[str] = []
 
     def enqueue_jobs(self, job_ids: Any) -> None:
         self.enqueued.extend(job_ids)
+
+    def enqueue_range_tests(self, test_ids: Any) -> None:
+        self.range_tests.extend(test_ids)
 
     def request_cancel(self, job_ids: Any) -> None:
         self.cancelled.update(job_ids)

@@ -21,6 +21,7 @@ settings = Settings.from_env()
 app = make_celery(settings)
 app.conf.include = [
     "worker.tasks",
+    "worker.range_tasks",
     "worker.mirror_tasks",
     "worker.ticker",
     "worker.limits",

@@ -281,3 +281,42 @@ class MlflowDeletion(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+RANGE_TEST_STATUSES = ("queued", "running", "succeeded", "failed")
+
+
+class LrRangeTest(Base):
+    """A learning-rate range test of a job spec (``services.lr_range``), run by a worker:
+    its settings, its curve and reading once done, and its MLflow run."""
+
+    __tablename__ = "lr_range_tests"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    name: Mapped[str | None] = mapped_column(String(200))
+    experiment: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the normalized job spec
+    min_lr: Mapped[float] = mapped_column(Float)
+    max_lr: Mapped[float] = mapped_column(Float)
+    steps: Mapped[int] = mapped_column(Integer)
+    smoothing: Mapped[float] = mapped_column(Float)
+    diverge_factor: Mapped[float] = mapped_column(Float)
+    # once succeeded: {"learning_rates", "losses", "smoothed_losses", ...} (the trainer's)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    suggested_lr: Mapped[float | None] = mapped_column(Float)
+    divergence_lr: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
+    mlflow_synced_status: Mapped[str | None] = mapped_column(String(16))

@@ -13,7 +13,7 @@ import time
 import urllib.request
 from typing import Any
 
-from services.mirror import deletions
+from services.mirror import deletions, range_tests
 from services.mirror.names import enabled
 from services.mirror.plumbing import (
     FINISHED_GUARD_S,
@@ -59,6 +59,8 @@ def mirror_pending(settings: Any, limit: int = 500) -> dict[str, int]:
             log.warning("mirror of %s %s failed", kind, item, exc_info=True)
             if not is_up(settings):
                 break  # MLflow is down: do not spend a timeout on every item
+    for key, value in range_tests.mirror_lagging(settings, limit).items():  # LR range tests
+        counts[key] += value
     job_ids, sweep_ids = lagging(settings, limit)
     counts["left"] = len(job_ids) + len(sweep_ids)
     return counts

@@ -12,6 +12,7 @@ whose ``details`` name the field by dotted path.
     sweep    the sweep spec: parameters, objective, early stopping, check_sweep
     public   the response models
     predict  a trained job's predictions: request and answer
+    lr_range a learning-rate range test: request and answers
 """
 
 from services.specs.base import (
@@ -42,6 +43,16 @@ from services.specs.job import (
     normalize_job,
     trainer_spec,
     validate_job,
+)
+from services.specs.lr_range import (
+    MAX_STEPS,
+    MIN_STEPS,
+    CurvePoint,
+    RangeTestCreate,
+    RangeTestLinks,
+    RangeTestPage,
+    RangeTestPublic,
+    RangeTestSummary,
 )
 from services.specs.predict import MAX_PREDICT_ROWS, PredictRequest, PredictResponse
 from services.specs.public import (
@@ -110,6 +121,15 @@ __all__ = [
     "normalize_job",
     "trainer_spec",
     "validate_job",
+    # lr_range
+    "MAX_STEPS",
+    "MIN_STEPS",
+    "CurvePoint",
+    "RangeTestCreate",
+    "RangeTestLinks",
+    "RangeTestPage",
+    "RangeTestPublic",
+    "RangeTestSummary",
     # predict
     "MAX_PREDICT_ROWS",
     "PredictRequest",

@@ -200,6 +200,10 @@ def test_every_protected_route_wants_a_valid_token(world, app):
         ("GET", f"{API}/tokens"),
         ("POST", f"{API}/tokens"),
         ("DELETE", f"{API}/tokens/anything"),
+        ("GET", f"{API}/lr-range-tests"),
+        ("POST", f"{API}/lr-range-tests"),
+        ("GET", f"{API}/lr-range-tests/anything"),
+        ("GET", f"{API}/lr-range-tests/anything/plot.png"),
     ]
     # every route the app serves under /api/v1 is in the list, or public
     adapter = app.url_map.bind("localhost")
