@@ -20,8 +20,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# up, then the sweep through the CLI: live progress, the leaderboard, the MLflow compare link
 demo: install
-	$(BIN)/python -m services.stack demo examples/lr_sweep.json
+	$(BIN)/sweeplab demo examples/lr_sweep.json
 
 up: install
 	$(BIN)/python -m services.stack up

@@ -289,10 +289,22 @@ class Client:
         with np.load(io.BytesIO(self.weights_npz(job_id)), allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
 
-    def predict(self, job_id: str, rows: list[list[float]]) -> JSON:
+    def predict(self, job_id: str, rows: list[list[float]], *, batch: int = 10_000) -> JSON:
         """Predictions for ``rows`` (raw feature units): ``predictions``, ``classes`` and
-        ``probabilities`` (classification), as the API answers."""
-        return self._json("POST", f"/jobs/{job_id}/predict", json={"rows": rows})
+        ``probabilities`` (classification), as the API answers; more rows than the API
+        takes at once (10,000) go in batches of ``batch``, answered as one."""
+        answer: JSON = {}
+        for start in range(0, max(len(rows), 1), batch):
+            part = self._json(
+                "POST", f"/jobs/{job_id}/predict", json={"rows": rows[start : start + batch]}
+            )
+            if not answer:
+                answer = part
+                continue
+            answer["predictions"] = answer["predictions"] + part["predictions"]
+            if answer.get("probabilities") is not None:
+                answer["probabilities"] = answer["probabilities"] + part["probabilities"]
+        return answer
 
     def mlflow(self, id: str) -> JSON | None:
         """The MLflow links of a job or a sweep (run, experiment, compare view), or None

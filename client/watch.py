@@ -52,7 +52,7 @@ class Watcher:
         resource = self.client.get(self.id)
         if not self.live_mode:
             return self._loop(resource, None)
-        with Live(console=self.console, refresh_per_second=8, transient=False) as live:
+        with Live(console=self.console, refresh_per_second=8, transient=True) as live:
             return self._loop(resource, live)
 
     def _loop(self, resource: JSON, live: Live | None) -> JSON:

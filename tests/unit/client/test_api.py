@@ -134,3 +134,25 @@ def test_rows_to_table() -> None:
         "val_accuracy": [None, 0.9],
     }
     assert rows_to_table([]) == {}
+
+
+def test_predict_sends_many_rows_in_batches_answered_as_one() -> None:
+    sizes: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        rows = json.loads(request.content)["rows"]
+        sizes.append(len(rows))
+        return httpx.Response(
+            200,
+            json={
+                "job_id": "j",
+                "task": "classification",
+                "predictions": [int(r[0]) for r in rows],
+                "probabilities": [[1.0, 0.0] for _ in rows],
+                "classes": [0, 1],
+            },
+        )
+
+    answer = _client(handler).predict("j", [[float(i)] for i in range(7)], batch=3)
+    assert sizes == [3, 3, 1]
+    assert answer["predictions"] == list(range(7)) and len(answer["probabilities"]) == 7
