@@ -139,8 +139,9 @@ def current_best(settings: Any, sweep_id: str) -> tuple[str, str | None] | None:
         if sweep is None:
             return None
         found = best_trial_in(session, sweep, leaderboard_page(session, sweep, limit=10))
+        best = None if found is None else (found[0].id, sweep.mlflow_run_id)
         session.rollback()
-    return None if found is None else (found[0].id, sweep.mlflow_run_id)
+    return best
 
 
 def mark_if_best(settings: Any, client: Any, snap: JobSnapshot, run_id: str) -> bool:

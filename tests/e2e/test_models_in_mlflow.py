@@ -124,3 +124,5 @@ def test_a_sweeps_best_trial_is_marked_on_its_parent_run(stack, mlflow):
     assert all(tags(r)["sweeplab.status"] == "succeeded" for r in children.values())
     for run in children.values():  # every succeeded trial is a model
         assert "model" in mlflow.artifacts(run["info"]["run_id"])
+    logs = "".join(p.read_text() for p in stack.workdir.glob("w*.log"))
+    assert "cannot mark the best trial" not in logs  # marked as trials ended, not only at the end
