@@ -197,3 +197,29 @@ def test_rows_that_do_not_fit_are_a_422_naming_them(api, app, dispatcher):
         assert (status, code) == (422, "validation_error"), body
         assert got == locs, (body, got)
     assert api.post(url, json={"rows": [[0.0] * 4] * 10_000}).status_code == 200
+
+
+def test_a_diverged_jobs_weights_answer_nulls_not_a_server_error(api, app, dispatcher, sessions):
+    body = {
+        "dataset": {"name": "xor", "n_samples": 64, "seed": 0},
+        "architecture": {"layers": [{"units": 4, "activation": "relu"}]},
+        "hyperparameters": {"learning_rate": 1e4, "epochs": 3, "batch_size": 16},
+    }
+    job = api.post(f"{API}/jobs", json=body).get_json()
+    run_all(app, dispatcher)
+    assert api.get(f"{API}/jobs/{job['id']}").get_json()["status"] == "diverged"
+    assert api.get(f"{API}/jobs/{job['id']}/weights").status_code == 200
+    answer = api.post(f"{API}/jobs/{job['id']}/predict", json={"rows": [[0.0, 1.0]]})
+    assert answer.status_code == 200, answer.get_json()
+    with sessions() as session:  # weights that are not finite (a divergence's last step)
+        net = Network.from_npz_bytes(session.get(JobWeights, job["id"]).data)
+        net.params_flat[:] = np.nan
+        session.execute(
+            update(JobWeights)
+            .where(JobWeights.job_id == job["id"])
+            .values(data=net.to_npz_bytes(), epoch=99)
+        )
+        session.commit()
+    answer = api.post(f"{API}/jobs/{job['id']}/predict", json={"rows": [[0.0, 1.0]]})
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["probabilities"] == [[None, None]]  # not finite: null
