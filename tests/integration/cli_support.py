@@ -76,9 +76,13 @@ class Server:
         )
 
 
-def serve(tmp_path_factory: pytest.TempPathFactory, redis_base: str) -> Iterator[Server]:
-    """Start a stack whose API listens on a real port; stop it afterwards."""
+def serve(
+    tmp_path_factory: pytest.TempPathFactory, redis_base: str, mlflow_url: str = ""
+) -> Iterator[Server]:
+    """Start a stack whose API listens on a real port (mirroring to ``mlflow_url`` if
+    given: the API and the worker both read it); stop it afterwards."""
     stack = Stack("sqlite", tmp_path_factory.mktemp("cli-stack"), redis_base)
+    stack.env["MLFLOW_TRACKING_URI"] = mlflow_url
     port = free_port()
     log = open(stack.workdir / "api.log", "wb")  # noqa: SIM115 (closed at teardown)
     api = subprocess.Popen(
