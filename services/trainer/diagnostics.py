@@ -23,13 +23,24 @@ overfitting          >= 3 epochs after its best, the validation loss is up
                      between them grew by >= 10% of the best validation loss
 underfitting         final training accuracy < 0.8 (classification) or
                      R^2 on the training set < 0.5 (regression)
+lr_too_high          a finite but unstable training loss: it climbed well above
+                     its best, blew up in the first epoch, or keeps bouncing
+                     (measures and thresholds in ``lr_findings``)
+lr_too_low           at least half of an uninformed guess's loss is left and the
+                     loss is still falling, with healthy gradients
 ==================== =========================================================
+
+The learning-rate findings are not given to a diverged run (its ``diverged``
+finding already names the rate); a ``dead_relus`` finding whose units died
+right after a loss spike says so (``evidence.caused_by = "lr_too_high"``).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+
+from .lr_findings import blame_dead_relus, lr_measures, lr_too_high, lr_too_low
 
 NOT_LEARNING_REL = 0.01
 NOT_LEARNING_FLOOR = 1e-6  # a training loss this low from the start is learnt
@@ -61,6 +72,7 @@ def diagnose(
     task: str = "classification",
     diverged_epoch: int | None = None,
     baseline_loss: float | None = None,
+    reference_loss: float | None = None,
 ) -> list[dict]:
     """Findings for a run's ``history`` (list of epoch records), one rule after another.
 
@@ -70,6 +82,10 @@ def diagnose(
     task : ``"classification"`` or ``"regression"``
     baseline_loss : for regression, the MSE of predicting the training mean
         (the target variance), used for R^2.
+    reference_loss : the loss of an uninformed prediction, the scale of the
+        learning-rate findings (``ln K`` for cross-entropy over ``K`` classes,
+        ``ln 2`` for binary cross-entropy); ``baseline_loss`` when None for
+        regression, else the first epoch's training loss.
     """
     finite = [
         r for r in history if r.get("train_loss") is not None and r.get("epoch") != diverged_epoch
@@ -79,9 +95,19 @@ def diagnose(
         findings += _diverged(history, finite, diverged_epoch)
     not_learning = _not_learning(finite)
     overfitting = _overfitting(finite)
-    findings += not_learning + _gradients(history, finite) + _dead_relus(finite) + overfitting
+    gradients = _gradients(history, finite)
+    findings += not_learning + gradients + _dead_relus(finite) + overfitting
     if finite and status != "diverged" and not not_learning and not overfitting:
         findings += _underfitting(finite[-1], task, baseline_loss)
+    if reference_loss is None and task == "regression":
+        reference_loss = baseline_loss
+    measures = lr_measures(finite, reference_loss) if status != "diverged" else None
+    if measures is not None:
+        high = lr_too_high(finite, measures)
+        findings += high or lr_too_low(finite, measures, gradients_ok=not gradients)
+        blame_dead_relus(findings, finite, measures)
+        if high:
+            _defer_to_a_high_rate(findings)
     return findings
 
 
@@ -137,6 +163,23 @@ def _not_learning(finite: list[dict]) -> list[dict]:
                 )
             )
     return findings
+
+
+def _defer_to_a_high_rate(findings: list[dict]) -> None:
+    """With ``lr_too_high``, a flat loss or a poor fit is no sign of a low rate: the
+    findings that would advise raising it say to lower it first."""
+    for f in findings:
+        if f["code"] == "not_learning":
+            f["message"] = (
+                "The training loss did not improve on its first epoch: the learning rate "
+                "is too high (see lr_too_high)."
+            )
+            f["suggestion"] = "Lower the learning rate (see lr_too_high)."
+        elif f["code"] == "underfitting":
+            f["suggestion"] = (
+                "Lower the learning rate first (see lr_too_high); if it still underfits, "
+                "use a larger network or train longer."
+            )
 
 
 def _gradients(history: list[dict], finite: list[dict]) -> list[dict]:

@@ -12,6 +12,11 @@ little else lives here:
   loss F-ordered, like the training pass's outputs, without a copy per batch.
 - ``LearningRateFolding``: plain SGD folds its learning rate into the loss
   gradient's ``1 / batch`` factor, so the update is one subtraction.
+- ``GradientNorms``: the per-layer gradient norms of a record are the mean
+  over ``NORM_BATCHES`` (8) evenly spaced mini-batches of the epoch, not over
+  all of them: one ``np.dot`` per layer and step costs 8-16% of the training
+  time of a 2-64-64-2 network at batch 32 (measured), 8 steps an epoch
+  nothing measurable.
 - ``BatchLosses`` / ``DeferredCrossEntropy``: cross-entropy's logarithms are
   taken once per epoch, not once per batch.
 - ``RunningAccuracy``: ``train_metrics="running"`` counts each row's class as
@@ -20,12 +25,26 @@ little else lives here:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
 
 from .backprop import TrainingPass
 from .losses import CrossEntropy, Loss
+
+NORM_BATCHES = 8  # mini-batches per epoch whose gradient norms a record averages
+
+
+def norm_steps(bounds: list[tuple[int, int]], k: int = NORM_BATCHES) -> list[int]:
+    """The batches whose gradient norms an epoch's record averages: ``min(k, c)`` of the
+    ``c`` full-size batches (a short last batch is left out), evenly spaced, the last
+    full-size one included: ``full[(j + 1) * c // m - 1]`` for ``j < m``."""
+    size = bounds[0][1] - bounds[0][0]
+    full = [i for i, (s, e) in enumerate(bounds) if e - s == size]
+    c = len(full)
+    m = min(k, c)
+    return [full[(j + 1) * c // m - 1] for j in range(m)]
 
 
 class ShuffledTargets:
@@ -81,8 +100,8 @@ class Batches:
         bs = min(batch_size or n, n)
         self.n, self.X, self.Y = n, X_ones, Y
         self.bounds = [(s, min(s + bs, n)) for s in range(0, n, bs)]
-        #: the batch whose gradient norms the record reports: the last full-size one
-        self.norm_step = len(self.bounds) - (2 if n % bs and len(self.bounds) > 1 else 1)
+        #: the batches whose gradient norms the record averages (see ``norm_steps``)
+        self.norm_steps = norm_steps(self.bounds)
         self.passes: dict[int, TrainingPass] = {
             e - s: net.training_pass(e - s) for s, e in self.bounds
         }
@@ -127,25 +146,57 @@ class Batches:
             yield Xb, self._YbF[m], self.passes[m]
 
 
+class GradientNorms:
+    """Per layer, the mean of ``||dL/dW||`` (Frobenius; data loss + L2, before
+    clipping) over the batches ``add`` was called for: ``fit`` calls it at the
+    epoch's ``norm_steps``, after the backward pass (those steps are not folded,
+    so the gradient is ``g`` itself).
+    """
+
+    def __init__(self, net):
+        # 1-D views of each layer's dL/dW (contiguous blocks of grads_flat)
+        self._views = [layer.grads["W"].reshape(-1) for layer in net.layers]
+        self._sums = [0.0] * len(self._views)
+        self._count = 0
+
+    def start(self) -> None:
+        """Forget the previous epoch's batches."""
+        self._sums = [0.0] * len(self._views)
+        self._count = 0
+
+    def add(self) -> None:
+        dot, sqrt, sums = np.dot, math.sqrt, self._sums
+        for i, g in enumerate(self._views):
+            sums[i] += sqrt(dot(g, g))
+        self._count += 1
+
+    def means(self) -> list[float]:
+        """The means (empty when no batch was added: the epoch diverged before one)."""
+        return [s / self._count for s in self._sums] if self._count else []
+
+
 class LearningRateFolding:
     """Per batch ``(loss scale, prescaled)``: whether the gradient arrives as ``lr * g``.
 
     Why: for plain SGD without L2 or clipping the loss folds the learning
     rate into its gradient's ``1 / batch`` factor, backpropagation yields
     ``lr * g`` and the update is one subtraction (a pass over the parameters
-    saved per step). Not at the step whose gradient norms the record
-    reports, which must see ``g`` itself, nor at a rate of 0.
+    saved per step). Not at the steps whose gradient norms the record
+    averages, which must see ``g`` itself, nor at a rate of 0.
     """
 
-    def __init__(self, optimizer, l2: float, clip: float | None, n_batches: int, norm_step: int):
+    def __init__(
+        self, optimizer, l2: float, clip: float | None, n_batches: int, norm_steps: list[int]
+    ):
         self.enabled = optimizer.takes_prescaled and not l2 and clip is None
-        self.n_batches, self.norm_step = n_batches, norm_step
+        self.n_batches, self.norm_steps = n_batches, norm_steps
 
     def scales(self, lr: float) -> list[tuple[float, bool]]:
         if not (self.enabled and lr > 0):
             return [(1.0, False)] * self.n_batches
         scales = [(lr, True)] * self.n_batches
-        scales[self.norm_step] = (1.0, False)
+        for i in self.norm_steps:
+            scales[i] = (1.0, False)
         return scales
 
 

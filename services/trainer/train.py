@@ -24,9 +24,11 @@ A record per epoch (see ``docs/CONTRACTS.md``)::
                       (as Keras and Lightning report it)
     val_accuracy      classification only, after the epoch, on every validation row
     learning_rate     the epoch's rate
-    grad_norm         per layer ||dL/dW|| (data loss + L2, before clipping) on the
-                      epoch's last full-size mini-batch
-    weight_norm       per layer ||W|| after the epoch
+    grad_norm         per layer the mean of ||dL/dW|| (data loss + L2, before
+                      clipping) over 8 evenly spaced full-size mini-batches of
+                      the epoch (all of them when there are fewer; see
+                      epoch.norm_steps), each on its own batch's gradient
+    weight_norm       per layer ||W|| after the epoch's updates
     dead_relu_fraction per layer share of ReLU units that fired on no row of
                       the training sample after the epoch (on the validation
                       rows with "running"); None for other layers
@@ -57,7 +59,7 @@ from .build import (
 from .checkpoint import Checkpoint, dump_checkpoint, load_checkpoint, spec_digest
 from .data import CLASSIFICATION, Dataset
 from .diagnostics import diagnose
-from .epoch import Batches, LearningRateFolding, batch_losses
+from .epoch import Batches, GradientNorms, LearningRateFolding, batch_losses
 from .epoch_metrics import EpochMetrics
 from .network import Network
 from .optimizers import clip_by_global_norm, get_optimizer
@@ -141,8 +143,10 @@ def fit(
     losses = batch_losses(net.loss, batches.bounds, net.dtype)
     metrics = run.epoch_metrics(batches.bounds)
     folding = LearningRateFolding(
-        optimizer, hp.l2, hp.gradient_clip_norm, len(batches), batches.norm_step
+        optimizer, hp.l2, hp.gradient_clip_norm, len(batches), batches.norm_steps
     )
+    norms = GradientNorms(net)
+    measure_norms = [i in batches.norm_steps for i in range(len(batches))]
     params, grads, W, gW = net.params_flat, net.grads_flat, *run.weights
     l2, clip, running = hp.l2, hp.gradient_clip_norm, metrics.running
 
@@ -154,7 +158,7 @@ def fit(
         batches.shuffle(perm)
         metrics.shuffle(perm)
         scales = folding.scales(lr)  # per batch: the loss's scale, whether grads are lr * g
-        grad_norms: list[float] = []  # stays empty if the epoch diverges before its norm step
+        norms.start()
         diverged = interrupted = False
         with np.errstate(all="ignore"):
             for i, (Xb, Yb, step) in enumerate(batches):
@@ -172,8 +176,8 @@ def fit(
                 step.backward(step.dO)  # backward: every layer's gradients into grads
                 if l2:  # the L2 term's gradient, l2 * W, on the weights only
                     gW += np.multiply(W, l2, out=run.l2_tmp)
-                if i == batches.norm_step:
-                    grad_norms = net.grad_norms()
+                if measure_norms[i]:
+                    norms.add()
                 if clip is not None:
                     clip_by_global_norm(grads, clip)
                 optimizer.step(params, grads, lr, prescaled)  # step: update the parameters
@@ -192,7 +196,9 @@ def fit(
                     and (val_loss is None or math.isfinite(val_loss))
                 )
 
-        record = run.record(epoch, lr, grad_norms, train_loss, measured, time.perf_counter() - t0)
+        record = run.record(
+            epoch, lr, norms.means(), train_loss, measured, time.perf_counter() - t0
+        )
         status = run.end_epoch(record, diverged, on_epoch)
         if on_checkpoint is not None and run.checkpoint_due(
             epoch, status, checkpoint_every, checkpoint_due
@@ -381,15 +387,20 @@ class _Run:
             best_metrics = flatten_record(records[tracker.best_epoch - 1])
             best_metrics.pop("seconds", None)
         seconds = self.elapsed()
-        baseline = None
+        baseline = reference = None
         if not self.classification:
             baseline = float(np.mean(np.var(self.Y_train, axis=0)))
+        elif self.net.loss.name == "cross_entropy":  # an uninformed guess: ln K
+            reference = math.log(max(self.net.layers[-1].n_out, 2))
+        else:
+            reference = math.log(2)
         diagnosis = diagnose(
             records,
             status=status,
             task=data.task,
             diverged_epoch=self.diverged_epoch,
             baseline_loss=baseline,
+            reference_loss=reference,
         )
         return TrainResult(
             status,
