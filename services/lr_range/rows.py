@@ -114,16 +114,28 @@ def range_test_result(session: Session, test_id: str) -> RangeTestOutcome | None
 
 
 def claim_range_test(
-    session: Session, *, test_id: str, worker: str, lease_seconds: float, max_attempts: int
+    session: Session,
+    *,
+    test_id: str,
+    worker: str,
+    lease_seconds: float,
+    max_attempts: int,
+    dead_holder: tuple[str, int] | None = None,
 ) -> LrRangeTest | None:
-    """Take a queued test, or a running one whose lease ran out; None if neither."""
+    """Take a queued test, or a running one whose lease ran out; None if neither.
+
+    ``dead_holder`` (worker name, attempt): also take the test from that attempt, whose
+    process is known to be gone (it died on this host), without waiting for its lease.
+    """
     now = utcnow()
     lease = max(lease_seconds, MIN_LEASE_SECONDS)
-    takeover = and_(
-        LrRangeTest.status == "running",
-        LrRangeTest.lease_expires_at < now,
-        LrRangeTest.attempts < max_attempts,
-    )
+    lapsed = LrRangeTest.lease_expires_at < now
+    if dead_holder is not None:
+        lapsed = or_(
+            lapsed,
+            and_(LrRangeTest.worker == dead_holder[0], LrRangeTest.attempts == dead_holder[1]),
+        )
+    takeover = and_(LrRangeTest.status == "running", lapsed, LrRangeTest.attempts < max_attempts)
     return session.scalars(
         update(LrRangeTest)
         .where(LrRangeTest.id == test_id, or_(LrRangeTest.status == "queued", takeover))

@@ -43,15 +43,9 @@ def execute_range_test(
     """
     worker = worker or worker_name()
     with session_factory() as session:
-        test = claim_range_test(
-            session,
-            test_id=test_id,
-            worker=worker,
-            lease_seconds=settings.lease_seconds,
-            max_attempts=settings.max_attempts,
-        )
-        if test is None:
-            return _not_claimed(settings, session, test_id)
+        test = _claim(settings, session, test_id, worker)
+        if isinstance(test, str):
+            return test
         session.commit()
         attempt, spec = test.attempts, trainer_spec(test.spec)
         options: dict[str, Any] = dict(
@@ -88,14 +82,37 @@ def execute_range_test(
     return status
 
 
-def _not_claimed(settings: Settings, session: Session, test_id: str) -> str:
+def _claim(settings: Settings, session: Session, test_id: str, worker: str) -> LrRangeTest | str:
+    """The claimed test, or what became of it ("missing", "finished", "failed": its
+    workers were lost too often). A test whose holder died on this host (killed, out
+    of memory) is taken over at once; one running elsewhere raises LeaseHeldError."""
+
+    def take(dead_holder: tuple[str, int] | None = None) -> LrRangeTest | None:
+        return claim_range_test(
+            session,
+            test_id=test_id,
+            worker=worker,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+            dead_holder=dead_holder,
+        )
+
+    test = take()
+    if test is not None:
+        return test
     current = session.get(LrRangeTest, test_id)
     if current is None:
         return "missing"
     if current.status in FINISHED:
         return "finished"
+    now = utcnow()
     expires = current.lease_expires_at
-    if expires is not None and expires < utcnow():  # its workers were lost too often
+    held = LeaseHeldError(
+        max((expires - now).total_seconds(), 1.0) if expires is not None else 1.0,
+        holder=current.worker,
+    )
+    dead = held.holder_died_here or (expires is not None and expires < now)
+    if dead and current.attempts >= settings.max_attempts:
         fail_unstarted(
             session,
             test_id,
@@ -105,5 +122,9 @@ def _not_claimed(settings: Settings, session: Session, test_id: str) -> str:
         session.commit()
         range_test_finished(settings, test_id)
         return "failed"
-    retry_in = (expires - utcnow()).total_seconds() if expires is not None else 1.0
-    raise LeaseHeldError(max(retry_in, 1.0), holder=current.worker)
+    if held.holder_died_here and current.worker is not None:
+        session.rollback()
+        test = take(dead_holder=(current.worker, current.attempts))
+        if test is not None:
+            return test
+    raise held

@@ -5,7 +5,9 @@ with its error (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import copy
+import os
 import re
+import signal
 
 import pytest
 
@@ -77,3 +79,29 @@ def test_a_range_test_that_raises_is_failed_with_its_error(stack: Stack):
     failed = wait_test(stack, test_id)
     assert failed["status"] == "failed" and "optimizer" in failed["error"]
     assert failed["curve"] is None and failed["suggested_lr"] is None
+
+
+def test_a_range_test_whose_worker_process_dies_is_taken_over(stack: Stack):
+    """SIGKILL the process running a test: Celery hands the message back, and the next
+    process takes the test over at once (its holder died on this host), not after the
+    lease."""
+    spec = copy.deepcopy(SPEC)
+    spec["architecture"]["layers"] = [{"units": 256}, {"units": 256}]
+    spec["hyperparameters"]["batch_size"] = 256
+    body = {"spec": spec, "min_lr": 1e-7, "max_lr": 1e-5, "steps": 2000}  # ~3 s, no divergence
+    test = stack.post("/lr-range-tests", body)
+
+    def running() -> LrRangeTest | None:
+        with stack.sessions() as session:
+            row = session.get(LrRangeTest, test["id"])
+            return row if row is not None and row.status == "running" else None
+
+    row = wait_for(running, 30, "the test to start")
+    assert row.worker is not None and row.attempts == 1
+    os.kill(int(row.worker.rpartition(":")[2]), signal.SIGKILL)
+    done = wait_test(stack, test["id"], timeout=90)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["steps_taken"] == 2000
+    with stack.sessions() as session:
+        after = session.get(LrRangeTest, test["id"])
+        assert after is not None and after.attempts == 2 and after.worker != row.worker

@@ -5,12 +5,15 @@ failures. Every answer is checked against the OpenAPI document (the contract cli
 from __future__ import annotations
 
 import copy
+import socket
+import subprocess
+import sys
 
 import pytest
 from sqlalchemy import update
 
 from services.db.models import LrRangeTest
-from services.jobs.lease import LeaseHeldError
+from services.jobs.lease import LeaseHeldError, worker_name
 from services.lr_range import execute_range_test, range_test_result
 from services.lr_range.rows import claim_range_test
 from tests.auth_support import authorize, new_token
@@ -169,6 +172,44 @@ def test_a_test_running_elsewhere_is_left_alone(client, app, settings):
         run(app, settings, test["id"])
     assert held.value.holder == "elsewhere:1" and held.value.retry_in > 60
     assert client.get(test["links"]["self"]).get_json()["status"] == "running"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _claim_as(app, test_id: str, worker: str, *, lease_seconds: float = 60) -> None:
+    with app.extensions["sweeplab"].sessions() as session:
+        assert claim_range_test(
+            session, test_id=test_id, worker=worker, lease_seconds=lease_seconds, max_attempts=5
+        )
+        session.commit()
+
+
+def test_a_test_whose_worker_died_on_this_host_is_taken_over_at_once(client, app, settings):
+    test = client.post(f"{API}/lr-range-tests", json=body()).get_json()
+    _claim_as(app, test["id"], f"{socket.gethostname()}:{_dead_pid()}")  # lease: 15 min
+    assert run(app, settings, test["id"]) == "succeeded"
+    with app.extensions["sweeplab"].sessions() as session:
+        row = session.get(LrRangeTest, test["id"])
+        assert row is not None and row.attempts == 2 and row.worker == worker_name()
+
+
+def test_a_test_whose_workers_were_lost_too_often_is_failed(client, app, settings):
+    test = client.post(f"{API}/lr-range-tests", json=body()).get_json()
+    dead = f"{socket.gethostname()}:{_dead_pid()}"
+    with app.extensions["sweeplab"].sessions() as session:
+        session.execute(
+            update(LrRangeTest)
+            .where(LrRangeTest.id == test["id"])
+            .values(status="running", worker=dead, attempts=settings.max_attempts)
+        )
+        session.commit()
+    assert run(app, settings, test["id"]) == "failed"
+    failed = client.get(test["links"]["self"]).get_json()
+    assert failed["status"] == "failed" and f"lost {settings.max_attempts} times" in failed["error"]
 
 
 class DownDispatcher(FakeDispatcher):
