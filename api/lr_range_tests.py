@@ -130,7 +130,7 @@ def create_range_test(body: RangeTestCreate):
         settings=lr_range.RangeTestSettings(
             body.min_lr, body.max_lr, body.steps, body.smoothing, body.diverge_factor
         ),
-        name=body.name,
+        name=body.name or body.spec.name,
         experiment=body.experiment,
     )
     location = url_for("lr_range_tests.get_range_test", test_id=test_id)

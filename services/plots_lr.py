@@ -48,8 +48,9 @@ def lr_range_png(result: Mapping[str, Any], title: str = "") -> bytes:
         low, start = min(finite), finite[0]
         top = max(start * 1.5, low * 4)
         ax.set_ylim(max(0.0, low - 0.1 * (top - low)) if low >= 0 else None, top)
-    if lrs:
-        ax.set_xlim(lrs[0], max(lrs[-1], result.get("divergence_lr") or 0))
+    right = max(lrs[-1], result.get("divergence_lr") or 0) if lrs else 0
+    if lrs and right > lrs[0]:  # one point (a loss not finite at the second step): autoscale
+        ax.set_xlim(lrs[0], right)
     ax.legend(fontsize="small", loc="upper left")
     if title:
         fig.suptitle(title)

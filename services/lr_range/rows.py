@@ -63,7 +63,7 @@ def create_range_test(
     """Insert a queued test of the normalized job ``spec`` and flush it."""
     test = LrRangeTest(
         owner_id=owner_id,
-        name=name or spec.get("name"),
+        name=name,
         experiment=experiment,
         status="queued",
         spec=spec,

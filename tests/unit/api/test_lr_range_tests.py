@@ -45,6 +45,7 @@ def test_a_test_is_queued_run_and_read(client, app, settings, dispatcher):
     test = response.get_json()
     assert response.headers["Location"].endswith(f"/lr-range-tests/{test['id']}")
     assert test["status"] == "queued" and test["curve"] is None
+    assert test["name"] == "digits adam"
     assert (test["min_lr"], test["max_lr"], test["steps"]) == (1e-6, 10.0, 120)
     assert (test["smoothing"], test["diverge_factor"]) == (0.98, 4.0)
     assert test["spec"]["hyperparameters"]["optimizer"] == "adam"  # normalized
@@ -129,6 +130,7 @@ def test_another_users_test_is_a_404(app, settings):
     bob = authorize(contract_client(app), new_token(sessions, "bob", admin=False))
     root = authorize(contract_client(app), new_token(sessions, "root", admin=True))
     test = alice.post(f"{API}/lr-range-tests", json={"spec": copy.deepcopy(XOR_JOB)}).get_json()
+    assert test["name"] == XOR_JOB["name"]  # the spec's, when the test has none
     run(app, settings, test["id"])
     for url in (
         f"{API}/lr-range-tests/{test['id']}",
