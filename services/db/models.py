@@ -176,6 +176,15 @@ class Sweep(Base):
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
     mlflow_synced_status: Mapped[str | None] = mapped_column(String(16))
+    # a learning rate with "range_test": true: the test run first, and the bounds its
+    # reading gave ({"parameter", "min", "max"}; None until then) (0011)
+    range_test_id: Mapped[str | None] = mapped_column(
+        ForeignKey("lr_range_tests.id", ondelete="SET NULL"), index=True
+    )
+    range_bounds: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # trials to run again at the end (POST /sweeps/<id>/resume): {"<trial index>":
+    # {"params", "proposal", "from": the trial it replays}} (0008)
+    replays: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Job(Base):
@@ -227,6 +236,10 @@ class Job(Base):
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
     mlflow_synced_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     mlflow_synced_status: Mapped[str | None] = mapped_column(String(16))
+    # what makes two runs give the same numbers (services.sweeps.reuse.fingerprint), and
+    # the succeeded job whose results this one copied instead of training (0008)
+    fingerprint: Mapped[str | None] = mapped_column(String(64), index=True)
+    reused_from: Mapped[str | None] = mapped_column(String(32))
 
 
 class JobMetric(Base):
@@ -320,3 +333,21 @@ class LrRangeTest(Base):
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
     mlflow_synced_status: Mapped[str | None] = mapped_column(String(16))
+
+
+class IdempotencyKey(Base):
+    """An ``Idempotency-Key`` a user sent with a POST: the request it came with (the
+    SHA-256 of its canonical JSON body) and the resource it created, until it expires."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("owner", "scope", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(32))  # the user's id; "" without access control
+    scope: Mapped[str] = mapped_column(String(16))  # "jobs" | "sweeps" | ...
+    key: Mapped[str] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str] = mapped_column(String(32))
+    status_code: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
