@@ -19,7 +19,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from client.api import JSON, Client, is_final, kind_of
+from client.api import JOB_ENDS, JSON, Client, is_final, kind_of
 from client.render import (
     best_line,
     diagnosis_lines,
@@ -30,6 +30,8 @@ from client.render import (
 )
 
 BAR_WIDTH = 30
+#: Ends whose diagnosis is worth a line under the trial's (the trainer said why).
+DIAGNOSED = frozenset({"failed", "diverged", "timed_out"})
 
 
 def _now() -> str:
@@ -43,6 +45,8 @@ class Watcher:
         self.client, self.id, self.console, self.poll = client, id, console, poll
         self.live_mode = console.is_terminal
         self._running: dict[str, JSON] = {}
+        self._reported: set[str] = set()  # ended trials already given a line
+        self._ended_seen: int | None = None  # ended trials counted at the last poll
         self._last_line = ""
 
     # ------------------------------------------------------------------ the loop
@@ -80,21 +84,39 @@ class Watcher:
     # ------------------------------------------------------------------ sweeps
 
     def _trials(self, sweep: JSON) -> list[JSON]:
-        """The running trials; a line for each that started or ended since the last poll."""
+        """The running trials; a line for each trial that started or ended since the last
+        poll (ended ones are found newest first among the ended, as many as the counts
+        grew by: a trial that started and ended between two polls is reported too)."""
         limit = max(50, 2 * int(sweep.get("max_concurrency") or 1))
         running = self.client.trials(self.id, status="running", limit=limit)
-        now = {t["id"]: t for t in running}
         for trial in running:
             if trial["id"] not in self._running:
                 self._say(
                     f"trial {trial.get('trial_index')} running  {fmt_params(trial['params'])}"
                 )
-        for gone in self._running.keys() - now.keys():
-            self._trial_left(self.client.job(gone))
-        self._running = now
+        self._running = {t["id"]: t for t in running}
+        counts = sweep.get("counts") or {}
+        ended = sorted(s for s in JOB_ENDS if counts.get(s))
+        total = sum(counts[s] for s in ended)
+        if self._ended_seen is None:  # what had ended before we started watching: no lines
+            known = self.client.trials(self.id, status=",".join(ended), limit=200) if ended else []
+            self._reported.update(t["id"] for t in known)
+            self._ended_seen = total
+        elif total > self._ended_seen:
+            new = total - self._ended_seen
+            found = []
+            for trial in self.client.trials(self.id, status=",".join(ended), limit=new + 50):
+                if trial["id"] not in self._reported:
+                    found.append(trial)
+                    if len(found) == new:
+                        break
+            for trial in sorted(found, key=lambda t: t.get("trial_index") or 0):
+                self._reported.add(trial["id"])
+                self._trial_ended(trial)
+            self._ended_seen = total
         return sorted(running, key=lambda t: t.get("trial_index") or 0)
 
-    def _trial_left(self, job: JSON) -> None:
+    def _trial_ended(self, job: JSON) -> None:
         status = job.get("status")
         line = f"trial {job.get('trial_index')} {status}  {fmt_params(job.get('params'))}"
         if job.get("objective") is not None:
@@ -106,8 +128,8 @@ class Watcher:
         if job.get("error"):
             line += f"  error: {job['error']}"
         self._say(line)
-        if status != "succeeded":
-            for text in diagnosis_lines(job.get("diagnosis")):
+        if status in DIAGNOSED:  # the summary has no diagnosis: the job's page has
+            for text in diagnosis_lines(self.client.job(job["id"]).get("diagnosis")):
                 self.console.print(f"    {text}", markup=False, highlight=False, soft_wrap=True)
 
     def _sweep_epochs(self, sweep: JSON) -> str:
