@@ -12,7 +12,18 @@ from __future__ import annotations
 from flask import current_app, g, request
 from flask_openapi3 import Info
 
-from api import datasets, health, jobs, lr_range_tests, models, openapi, plots, sweeps, tokens
+from api import (
+    datasets,
+    health,
+    jobs,
+    lr_range_tests,
+    metrics,
+    models,
+    openapi,
+    plots,
+    sweeps,
+    tokens,
+)
 from api.auth import SECURITY_SCHEMES, authenticate_request
 from api.context import APIRequest, Services, StrictJSON, json_body, services
 from api.errors import register_error_handlers, validation_failed
@@ -55,6 +66,7 @@ def create_app(
         dispatcher=dispatcher or Dispatcher(settings),
         read_sessions=make_session_factory(engine, read=True),
     )
+    metrics.init_app(app)  # first: a refused request is timed too
     app.before_request(authenticate_request)
     app.before_request(_before_request)
     app.teardown_request(_teardown_request)
@@ -75,6 +87,7 @@ def create_app(
     app.register_api(plots.bp, url_prefix=API_PREFIX)
     app.register_api(lr_range_tests.bp, url_prefix=API_PREFIX)
     app.register_api(models.bp, url_prefix=API_PREFIX)
+    app.register_api(metrics.bp)
     return app
 
 

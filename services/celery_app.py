@@ -53,7 +53,11 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # Task events (sent, received, started, succeeded, failed, ...) for Flower and
+        # any event receiver: one Redis PUBLISH each, a handful per job; no receiver,
+        # no cost beyond that (benchmarks/monitoring_overhead.py).
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         enable_utc=True,
     )
     return app
@@ -121,6 +125,21 @@ class Dispatcher:
             if job_id := run_job_id(message):
                 ids.add(job_id)
         return ids
+
+    def queue_depths(self) -> tuple[dict[str, int], int]:
+        """Messages waiting in each of our queues (the trials' and the control queue),
+        and messages delivered to a worker and not yet acknowledged (jobs being run,
+        on every queue of this Redis database): one round trip, LLEN and HLEN.
+
+        Only priority 0 is counted: nothing here sends with a priority, and kombu
+        keeps other priorities in lists of their own."""
+        queues = [self.settings.celery_queue, control_queue(self.settings)]
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in queues:
+            pipe.llen(queue)
+        pipe.hlen(UNACKED_KEY)
+        *lengths, unacked = pipe.execute()
+        return dict(zip(queues, map(int, lengths), strict=True)), int(unacked)
 
     def request_cancel(self, job_ids: Iterable[str]) -> None:
         """Set the per-job cancel flag that running workers poll every epoch."""

@@ -47,6 +47,9 @@ class FakeDispatcher:
     def waiting_job_ids(self, *, fresh_seconds: float) -> set[str]:
         return set()  # nothing is queued for real: every message counts as lost
 
+    def queue_depths(self) -> tuple[dict[str, int], int]:
+        return {"sweeplab": len(self.enqueued)}, 0  # nothing consumes them
+
     def ping(self) -> bool:
         return True
 
