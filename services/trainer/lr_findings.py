@@ -9,12 +9,14 @@ target variance for mean squared error (the first epoch's loss when
 unknown). The measures, each in a finding's evidence:
 
 ``rise``
-    the largest climb of the loss above its best so far, as a share of the
-    reference: ``max_e (L_e - min_{e' < e} L_e') / L_ref``, with the epoch
-    where it peaked and the rate of that epoch.
+    the largest climb of the loss above its best so far ``m_e = min_{e' < e}
+    L_e'``: ``max_e (L_e - m_e) / max(L_ref, m_e)``, with the epoch where it
+    happened (``rise_epoch``), the loss it climbed from and to, and the rate
+    of that epoch.
 ``upward``
-    the loss's total upward movement: ``sum_e max(0, L_e - L_{e-1}) / L_ref``
-    (0 for a loss that only falls; a bouncing loss piles it up).
+    the loss's total upward movement: ``sum_e max(0, L_e - L_{e-1}) /
+    max(L_ref, m_e)`` (0 for a loss that only falls; a bouncing loss piles it
+    up).
 ``sign_changes``
     the share of the ``n - 2`` consecutive differences ``L_e - L_{e-1}``
     whose sign flips: 1.0 for a loss that goes up and down every epoch.
@@ -28,26 +30,29 @@ unknown). The measures, each in a finding's evidence:
     capacity of the network).
 ``final``
     the last loss against the reference: ``L_n / L_ref``.
-
 ``first``
     the first epoch's loss against the reference, ``L_1 / L_ref``: a network
     that starts sane (He or Xavier initialization) is near 1 (the grid's
     runs at small rates: 1.0 to 2.2); far above it, the first updates
-    overshot.
+    overshot. ``first_over_best = L_1 / min_e L_e`` says how far the run came
+    back down.
 
-The climbs (``rise`` and ``upward``) are taken against ``max(L_ref, best so
-far)``, so that the noise of a loss that is still far above the reference
-(a bad initialization at a tiny rate) is no climb.
+The climbs are taken against ``max(L_ref, m_e)`` so that the noise of a loss
+still far above the reference (a bad initialization at a tiny rate) is no
+climb, and a climb from a small loss counts at the scale of the task.
 
 Rules (thresholds chosen on the runs of ``benchmarks/lr_diagnosis_table.py``,
 table in ``docs/DIAGNOSIS.md``), on at least ``MIN_EPOCHS`` finite epochs:
 
-- ``lr_too_high``: ``rise >= HIGH_RISE`` (a spike), or ``first >=
-  HIGH_FIRST`` with ``final >= HIGH_FIRST_FINAL`` (a blow-up in the first
-  epoch the run did not recover from), or ``upward >= HIGH_UPWARD``
-  with ``sign_changes >= HIGH_SIGN_CHANGES`` (it keeps bouncing). The
-  suggestion divides the rate of the worst epoch by 10 when the spike or the
-  blow-up is large (``rise >= 1`` or ``first >= 10``), by 3 otherwise.
+- ``lr_too_high``: ``rise >= HIGH_RISE`` (a spike), or a blow-up in the first
+  epoch that the run came back from but did not recover from: ``first >=
+  HIGH_FIRST``, the best loss at least ``HIGH_FIRST`` times lower than the
+  first (a loss that starts far above the reference and stays there is an
+  initialization, not a rate) and ``final >= HIGH_FIRST_FINAL``; or ``upward
+  >= HIGH_UPWARD`` with ``sign_changes >= HIGH_SIGN_CHANGES`` (it keeps
+  bouncing). The suggestion divides the rate of the worst epoch by 10 when
+  the spike or the blow-up is large (``rise >= 1`` or ``first >= 10``), by 3
+  otherwise.
 - ``lr_too_low``: at least ``LOW_MIN_EPOCHS`` finite epochs, no
   ``lr_too_high``, the gradients neither vanishing nor exploding, no ReLU
   layer half dead, ``final >= LOW_FINAL`` (at least half of the uninformed
@@ -111,6 +116,7 @@ def lr_measures(finite: list[dict], reference_loss: float | None = None) -> dict
     return {
         "reference_loss": ref,
         "first": first / ref,
+        "first_over_best": first / max(min(losses), 1e-12),
         "rise": rise,
         "rise_epoch": finite[rise_at]["epoch"] if rise > 0 else None,
         "rise_from": rise_from,
@@ -144,7 +150,11 @@ def _fmt(lr: float) -> str:
 def lr_too_high(finite: list[dict], m: dict) -> list[dict]:
     """The loss spiked, blew up in the first epoch, or keeps bouncing (see the module)."""
     spike = m["rise"] >= HIGH_RISE
-    blown = m["first"] >= HIGH_FIRST and m["final"] >= HIGH_FIRST_FINAL
+    blown = (
+        m["first"] >= HIGH_FIRST
+        and m["first_over_best"] >= HIGH_FIRST
+        and m["final"] >= HIGH_FIRST_FINAL
+    )
     bouncing = m["upward"] >= HIGH_UPWARD and m["sign_changes"] >= HIGH_SIGN_CHANGES
     if not (spike or blown or bouncing):
         return []
