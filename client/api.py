@@ -343,7 +343,7 @@ def mlflow_link(resource: JSON) -> str | None:
 
 def metric_rows(body: JSON) -> list[JSON]:
     """The API's metrics answer (``{"job_id", "epochs": [{"epoch", "metrics"}]}``) as rows."""
-    return [{"epoch": row["epoch"], **row["metrics"]} for row in body.get("epochs") or []]
+    return [{**row["metrics"], "epoch": row["epoch"]} for row in body.get("epochs") or []]
 
 
 def rows_to_table(rows: list[JSON]) -> dict[str, list[Any]]:

@@ -252,8 +252,10 @@ def weights(
     blob = api.weights_npz(job_id)
     output.write_bytes(blob)
     with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-        shapes = ", ".join(f"{n} {tuple(npz[n].shape)}" for n in npz.files if n != "spec")
-    say(f"wrote {output} ({len(blob)} bytes): job {job_id}: {shapes}")
+        layers = [n for n in npz.files if n[:1] in "Wb" and n[1:].isdigit()]
+        shapes = ", ".join(f"{n} {tuple(npz[n].shape)}" for n in layers)
+        rest = ", ".join(n for n in npz.files if n not in layers)
+    say(f"wrote {output} ({len(blob)} bytes), job {job_id}: {shapes}; also {rest}")
 
 
 @app.command()

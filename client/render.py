@@ -21,6 +21,16 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def fmt_time(value: str | None) -> str:
+    """An ISO time as ``2026-12-04 16:15:38`` (seconds, no zone: the server's UTC)."""
+    return value.replace("T", " ")[:19] if value else "-"
+
+
+def _id_column(table: Table, name: str = "id") -> None:
+    # ids are for copying: never cut or wrapped
+    table.add_column(name, no_wrap=True, min_width=32)
+
+
 def fmt_params(params: dict[str, Any] | None) -> str:
     """``{"hyperparameters.learning_rate": 0.01}`` -> ``learning_rate=0.01`` (the last part
     of each path, or the whole path where two would read the same)."""
@@ -130,9 +140,9 @@ def leaderboard_table(rows: list[JSON], *, title: str | None = None) -> Table:
         ("best epoch", "right"),
         ("epochs", "right"),
         ("params", "left"),
-        ("job", "left"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    _id_column(table, "job")
     for row in rows:
         table.add_row(
             fmt(row.get("rank")),
@@ -149,8 +159,10 @@ def leaderboard_table(rows: list[JSON], *, title: str | None = None) -> Table:
 
 def jobs_table(items: list[JSON], *, title: str | None = "jobs") -> Table:
     table = Table(title=title, title_justify="left")
-    for name in ("id", "name", "status", "epochs", "objective", "sweep", "created"):
+    _id_column(table)
+    for name in ("name", "status", "epochs", "objective", "sweep"):
         table.add_column(name)
+    table.add_column("created", no_wrap=True)
     for job in items:
         progress = job.get("progress") or {}
         table.add_row(
@@ -160,15 +172,17 @@ def jobs_table(items: list[JSON], *, title: str | None = "jobs") -> Table:
             f"{progress.get('epoch')}/{fmt(progress.get('epochs'))}",
             fmt(job.get("objective")),
             fmt(job.get("sweep_id") and f"{job['sweep_id'][:8]}#{job.get('trial_index')}"),
-            fmt((job.get("timings") or {}).get("created_at")),
+            fmt_time((job.get("timings") or {}).get("created_at")),
         )
     return table
 
 
 def sweeps_table(items: list[JSON], *, title: str | None = "sweeps") -> Table:
     table = Table(title=title, title_justify="left")
-    for name in ("id", "name", "status", "method", "trials", "best", "created"):
+    _id_column(table)
+    for name in ("name", "status", "method", "trials", "best"):
         table.add_column(name)
+    table.add_column("created", no_wrap=True)
     for sweep in items:
         best = sweep.get("best_trial") or {}
         table.add_row(
@@ -178,14 +192,15 @@ def sweeps_table(items: list[JSON], *, title: str | None = "sweeps") -> Table:
             fmt(sweep.get("method")),
             fmt_counts(sweep.get("counts")),
             fmt(best.get("objective")),
-            fmt((sweep.get("timings") or {}).get("created_at")),
+            fmt_time((sweep.get("timings") or {}).get("created_at")),
         )
     return table
 
 
 def tokens_table(items: list[JSON]) -> Table:
     table = Table(title="tokens", title_justify="left")
-    for name in ("id", "user", "admin", "name", "created", "last used", "revoked"):
+    _id_column(table)
+    for name in ("user", "admin", "name", "created", "last used", "revoked"):
         table.add_column(name)
     for tok in items:
         table.add_row(
@@ -193,26 +208,36 @@ def tokens_table(items: list[JSON]) -> Table:
             fmt(tok.get("user")),
             "yes" if tok.get("admin") else "no",
             fmt(tok.get("name")),
-            fmt(tok.get("created_at")),
-            fmt(tok.get("last_used_at")),
-            fmt(tok.get("revoked_at")),
+            fmt_time(tok.get("created_at")),
+            fmt_time(tok.get("last_used_at")),
+            fmt_time(tok.get("revoked_at")),
         )
     return table
 
 
+#: Up to this many classes, a column of probability each; beyond, the predicted one's.
+PROBABILITY_COLUMNS = 5
+
+
 def predictions_table(answer: JSON) -> Table:
-    """One row per input row: the prediction, and the probability of each class."""
-    classes = answer.get("classes")
+    """One row per input row: the prediction, and the probability of each class (or of
+    the predicted class, when there are many)."""
+    classes = answer.get("classes") or []
     probabilities = answer.get("probabilities")
+    each = bool(probabilities) and len(classes) <= PROBABILITY_COLUMNS
     table = Table(title=f"predictions of job {answer.get('job_id')}", title_justify="left")
     table.add_column("row", justify="right")
-    table.add_column("prediction")
-    if classes and probabilities:
+    table.add_column("prediction", no_wrap=True)
+    if each:
         for label in classes:
             table.add_column(f"p({label})", justify="right")
+    elif probabilities:
+        table.add_column("p(prediction)", justify="right")
     for i, prediction in enumerate(answer.get("predictions") or []):
         cells = [str(i + 1), fmt(prediction)]
-        if classes and probabilities:
+        if probabilities and each:
             cells.extend(fmt(p) for p in probabilities[i])
+        elif probabilities:
+            cells.append(fmt(max((p for p in probabilities[i] if p is not None), default=None)))
         table.add_row(*cells)
     return table
