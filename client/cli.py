@@ -273,6 +273,7 @@ def predict(
     if as_json:
         emit_json(answer)
     else:
+        out.print(f"predictions of job {answer.get('job_id')}", markup=False, highlight=False)
         out.print(predictions_table(answer))
 
 

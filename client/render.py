@@ -225,7 +225,7 @@ def predictions_table(answer: JSON) -> Table:
     classes = answer.get("classes") or []
     probabilities = answer.get("probabilities")
     each = bool(probabilities) and len(classes) <= PROBABILITY_COLUMNS
-    table = Table(title=f"predictions of job {answer.get('job_id')}", title_justify="left")
+    table = Table()
     table.add_column("row", justify="right")
     table.add_column("prediction", no_wrap=True)
     if each:

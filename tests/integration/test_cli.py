@@ -137,7 +137,8 @@ def test_best_weights_and_predictions_agree_between_cli_and_client(
     right = sum(int(p) == t for p, t in zip(by_cli["predictions"], labels, strict=True))
     assert right >= 15, (by_cli["predictions"], labels)  # a trained network, not noise
     table = server.cli("predict", sweep_id, "digits.csv", "--target", "label")
-    assert table.returncode == 0 and "p(0)" in table.stdout, table.stdout
+    assert table.returncode == 0, table.stderr
+    assert f"predictions of job {best}" in table.stdout and "p(prediction)" in table.stdout
 
 
 def test_exit_codes(server: Server, finished_sweep: dict[str, Any]) -> None:
