@@ -26,6 +26,7 @@ race; the sweep's final pass settles the marks under the sweep's lock.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import platform
 from importlib import metadata
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's: ~5x faster
 MODEL_DIR = "model"
 CODE = Path(__file__).with_name("pyfunc_model.py")
+HISTORY_TAG = "mlflow.log-model.history"
 BEST_TAG, BEST_TRIAL_TAG, BEST_RUN_TAG = (
     "sweeplab.best",
     "sweeplab.best_trial_id",
@@ -85,21 +87,26 @@ def requirements() -> list[str]:
     return out
 
 
+def _flavors() -> dict[str, Any]:
+    return {
+        "python_function": {
+            "artifacts": {"job": {"path": "artifacts/job.npz", "uri": "job.npz"}},
+            "code": None,
+            "env": {"virtualenv": "python_env.yaml"},
+            "loader_module": "mlflow.pyfunc.loaders.code_model",
+            "model_code_path": "model.py",
+            "python_version": platform.python_version(),
+            "streamable": False,
+        }
+    }
+
+
 def model_files(job_id: str, run_id: str | None, npz: bytes, created: str) -> dict[str, bytes]:
     """The files of the model directory (names relative to the run's artifact root)."""
-    pyfunc = {
-        "artifacts": {"job": {"path": "artifacts/job.npz", "uri": "job.npz"}},
-        "code": None,
-        "env": {"virtualenv": "python_env.yaml"},
-        "loader_module": "mlflow.pyfunc.loaders.code_model",
-        "model_code_path": "model.py",
-        "python_version": platform.python_version(),
-        "streamable": False,
-    }
     static = _static_files()
     mlmodel = {
         "artifact_path": MODEL_DIR,
-        "flavors": {"python_function": pyfunc},
+        "flavors": _flavors(),
         "mlflow_version": _version("mlflow"),
         "model_size_bytes": len(npz) + len(static[f"{MODEL_DIR}/model.py"]),
         "model_uuid": job_id,
@@ -111,6 +118,21 @@ def model_files(job_id: str, run_id: str | None, npz: bytes, created: str) -> di
         f"{MODEL_DIR}/artifacts/job.npz": npz,
         **static,
     }
+
+
+def model_tags(snap: JobSnapshot, run_id: str) -> dict[str, str]:
+    """The run's tag that lists its logged models, as MLflow's own ``log_model`` sets it
+    (the UI's runs table shows the model from it); a succeeded job's only."""
+    if snap.status != "succeeded":
+        return {}
+    entry = {
+        "run_id": run_id,
+        "artifact_path": MODEL_DIR,
+        "utc_time_created": snap.finished_at.isoformat() if snap.finished_at else "",
+        "flavors": _flavors(),
+        "model_uuid": snap.id,
+    }
+    return {HISTORY_TAG: json.dumps([entry])}
 
 
 def job_model_files(settings: Any, snap: JobSnapshot, blob: bytes) -> dict[str, bytes]:

@@ -25,7 +25,7 @@ from services.mirror.entities import (
     run_tags,
     sweep_params,
 )
-from services.mirror.models import BEST_TRIAL_TAG, mark_if_best, settle_best
+from services.mirror.models import BEST_TRIAL_TAG, mark_if_best, model_tags, settle_best
 from services.mirror.names import (
     RUN_STATUS,
     SWEEP_RUN_STATUS,
@@ -248,6 +248,8 @@ def mirror_job(
         run_id, fresh = _ensure_job_run(settings, client, snap)
         final = finalize and snap.status in TERMINAL and snap.synced_status != snap.status
         tags = job_tags(snap, None) if final else None
+        if tags is not None:  # a succeeded job's run lists its MLflow model
+            tags.update(model_tags(snap, run_id))
         best = _best_metric(settings, snap) if final else []
         _log_epochs(settings, client, snap, run_id, fresh=fresh, tags=tags, final_metrics=best)
         if snap.status not in TERMINAL:

@@ -36,6 +36,7 @@ from tests.reports_support import RELU_XOR
 pytestmark = pytest.mark.e2e
 
 API = "/api/v1"
+HISTORY = "mlflow.log-model.history"  # the run's logged models, as the UI reads them
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,8 @@ def test_the_runs_model_answers_what_the_predict_route_answers(stack, mlflow, mo
         "model/python_env.yaml",
         "model/requirements.txt",
     ]
+    history = json.loads(tags(mlflow.get("runs/get", run_id=run_id)["run"])[HISTORY])
+    assert [(h["run_id"], h["artifact_path"]) for h in history] == [(run_id, "model")]
     weights = stack.client.get(f"{API}/jobs/{job['id']}/weights").data
     assert mlflow.artifact_bytes(run_id, "model/artifacts/job.npz") == weights
 

@@ -75,8 +75,9 @@ def test_the_mlflow_model_answers_what_the_route_answers(tmp_path, name):
     if answer.probabilities is not None:
         proba = loaded.unwrap_python_model().predict_proba(X)
         assert proba.tolist() == answer.probabilities
-    one = loaded.predict(X[:1])
-    assert one.tolist() == answer.predictions[:1]
+    # one row takes another BLAS path than a batch (its last bits may differ): the same
+    # one row through the route's computation
+    assert loaded.predict(X[:1]).tolist() == model.predict(X[:1].tolist()).predictions
 
 
 def test_the_model_directory_is_small_and_explicit(tmp_path):
