@@ -17,6 +17,7 @@ from api.params import PageQuery
 from services import lr_range
 from services.db.models import RANGE_TEST_STATUSES, LrRangeTest
 from services.db.pages import BadCursorError
+from services.lr_range import start as lr_range_start
 from services.lr_range.rows import FINISHED
 from services.mirror.range_tests import links_for_range_test, range_test_title
 from services.specs import (
@@ -119,10 +120,10 @@ def _test_or_404(test_id: str) -> LrRangeTest:
 def create_range_test(body: RangeTestCreate):
     """Validate the job spec and the rates, store the test (yours) and queue it."""
     svc = services()
-    spec = lr_range.prepare_range_test(
+    spec = lr_range_start.prepare_range_test(
         db(), body.spec, principal=principal(), limits=svc.settings.limits
     )
-    test_id = lr_range.start_range_test(
+    test_id = lr_range_start.start_range_test(
         db(),
         svc.dispatcher,
         spec=spec,

@@ -24,6 +24,7 @@ from services.db.models import Job, Sweep
 from services.db.pages import BadCursorError
 from services.jobs import deletion
 from services.jobs.rows import list_jobs
+from services.lr_range import range_test_result
 from services.ranking import BoardPage, best_trial_in, leaderboard_page
 from services.specs import (
     LEADERBOARD_TOP,
@@ -36,12 +37,14 @@ from services.specs import (
     SweepObjective,
     SweepPage,
     SweepPublic,
+    SweepRangeTest,
     SweepSummary,
     SweepTimings,
     check_sweep,
 )
 from services.sweeps import scheduler
 from services.sweeps.ceiling import ceilings
+from services.sweeps.range_bounds import tested_parameter
 from services.sweeps.scheduler import SweepFinishedError, trial_totals
 
 bp = APIBlueprint("sweeps", __name__, abp_tags=[Tag(name="sweeps")], abp_security=SECURITY)
@@ -73,7 +76,27 @@ def sweep_public(sweep: Sweep) -> SweepPublic:
         **_summary_fields(sweep, top),
         leaderboard=_rows(top),
         divergence_ceiling=[DivergenceCeiling(**c.public()) for c in ceilings(db(), sweep)],
+        range_test=_range_test(sweep),
         spec=sweep.spec,
+    )
+
+
+def _range_test(sweep: Sweep) -> SweepRangeTest | None:
+    """The range test the sweep's learning rate takes its bounds from, if any."""
+    tested = tested_parameter(sweep.spec)
+    if tested is None or sweep.range_test_id is None:
+        return None
+    outcome = range_test_result(db(), sweep.range_test_id)
+    fixed = sweep.range_bounds or {}
+    return SweepRangeTest(
+        id=sweep.range_test_id,
+        status=outcome.status if outcome is not None else "deleted",
+        parameter=tested[0],
+        min=fixed.get("min"),
+        max=fixed.get("max"),
+        suggested_lr=outcome.suggested_lr if outcome is not None else None,
+        divergence_lr=outcome.divergence_lr if outcome is not None else None,
+        link=link("lr_range_tests.get_range_test", test_id=sweep.range_test_id),
     )
 
 

@@ -27,6 +27,7 @@ from services.specs import (
 )
 from services.specs.job import trainer_normalize
 from services.sweeps import scheduler
+from services.lr_range.rows import fail_unstarted
 from services.sweeps.scheduler import advance_and_enqueue, create_sweep
 
 
@@ -139,10 +140,14 @@ def submit_sweep(
     row.dataset_id = refers_to(row.spec["base"])
     session.commit()
     try:
+        if row.range_test_id is not None:  # its trials wait for the test's bounds
+            dispatcher.enqueue_range_tests([row.range_test_id])
         dispatcher.enqueue_jobs(job_ids)
     except Exception as err:
         scheduler.cancel_sweep(session, row.id)
         fail_unqueued(session, job_ids, err)
+        if row.range_test_id is not None:
+            fail_unstarted(session, row.range_test_id, f"the queue was unavailable ({err!r})")
         session.commit()
         raise QueueUnavailable(err) from err
     return row

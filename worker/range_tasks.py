@@ -10,9 +10,11 @@ from celery import shared_task
 from services.celery_app import RUN_RANGE_TEST
 from services.config import Settings
 from services.jobs.lease import LeaseHeldError
-from services.lr_range import execute_range_test
+from services.lr_range.rows import FINISHED
+from services.lr_range.run import execute_range_test
 from services.mirror.plumbing import LOW_PRIORITY, MirrorBusy
 from services.mirror.range_tests import MIRROR_RANGE_TEST_TASK, mirror_range_test
+from services.sweeps.waiting import advance_waiting
 from worker.tasks import runtime
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ def run_lr_range_test(self, test_id: str) -> str:
     dropped (or retried once its lease runs out, if its holder died on this host)."""
     rt = runtime()
     try:
-        return execute_range_test(
+        status = execute_range_test(
             settings=rt.settings, session_factory=rt.sessions, test_id=test_id
         )
     except LeaseHeldError as err:
@@ -34,6 +36,14 @@ def run_lr_range_test(self, test_id: str) -> str:
             raise self.retry(countdown=err.retry_in) from None
         log.info("run_lr_range_test %s: duplicate dropped; it runs elsewhere", test_id)
         return "duplicate"
+    if status in FINISHED:  # a sweep whose bounds come from it creates its trials now
+        advance_waiting(
+            settings=rt.settings,
+            session_factory=rt.sessions,
+            dispatcher=rt.dispatcher,
+            test_id=test_id,
+        )
+    return status
 
 
 @shared_task(name=MIRROR_RANGE_TEST_TASK, bind=True, max_retries=200, acks_late=True)

@@ -4,11 +4,14 @@
            ``range_test_result`` for a caller that waits on a test (a sweep)
     run    what a worker runs for one message: claim, test, record, hand to the mirror
     start  the unit of work behind ``POST /lr-range-tests``: store, commit, enqueue
+    recovery  tests whose message was lost, or whose worker died: sent again
 
-A sweep that takes its bounds from a test calls :func:`start_range_test` (or
-:func:`create_range_test` in its own transaction, then
-:func:`enqueue_range_test` after its commit) and reads the outcome with
-:func:`range_test_result`.
+A sweep that takes its bounds from a test (``services.sweeps.range_bounds``) calls
+:func:`create_range_test` in its own transaction, sends it after its commit, and reads
+the outcome with :func:`range_test_result`. The package re-exports the rows only:
+``run``, ``start`` and ``recovery`` reach ``services.submit`` and the job run, which
+import the sweep scheduler, which imports this package's rows; import them as
+``services.lr_range.run`` etc.
 """
 
 from services.celery_app import RUN_RANGE_TEST  # the task (worker/range_tasks.py), by name
@@ -20,19 +23,13 @@ from services.lr_range.rows import (
     list_range_tests,
     range_test_result,
 )
-from services.lr_range.run import execute_range_test
-from services.lr_range.start import enqueue_range_test, prepare_range_test, start_range_test
 
 __all__ = [
     "RUN_RANGE_TEST",
     "RangeTestOutcome",
     "RangeTestSettings",
     "create_range_test",
-    "enqueue_range_test",
-    "execute_range_test",
     "get_range_test",
     "list_range_tests",
-    "prepare_range_test",
     "range_test_result",
-    "start_range_test",
 ]

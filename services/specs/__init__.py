@@ -78,6 +78,7 @@ from services.specs.public import (
     SweepObjective,
     SweepPage,
     SweepPublic,
+    SweepRangeTest,
     SweepSummary,
     SweepTimings,
 )
@@ -164,6 +165,7 @@ __all__ = [
     "SweepObjective",
     "SweepPage",
     "DivergenceCeiling",
+    "SweepRangeTest",
     "SweepPublic",
     "SweepSummary",
     "SweepTimings",

@@ -204,12 +204,28 @@ class DivergenceCeiling(Public):
     params: dict[str, Any] = Field(description="the other swept parameters' values")
 
 
+class SweepRangeTest(Public):
+    """The range test a sweep's learning rate takes its bounds from, and those bounds."""
+
+    id: str
+    status: str = Field(description="queued, running, succeeded or failed")
+    parameter: str = Field(description="the swept learning rate's path")
+    min: float | None = Field(description="the sampled lower bound: suggested_lr / 10")
+    max: float | None = Field(description="the sampled upper bound: divergence_lr")
+    suggested_lr: float | None
+    divergence_lr: float | None
+    link: str = Field(description="GET the range test (its curve, plot.png)")
+
+
 class SweepPublic(SweepSummary):
     """A sweep: its size does not grow with its trials (the top of the leaderboard;
     ``links.leaderboard`` and ``links.trials`` page through the rest)."""
 
     leaderboard: list[LeaderboardRow] = Field(
         description=f"the top {LEADERBOARD_TOP} trials (links.leaderboard pages through all)"
+    )
+    range_test: SweepRangeTest | None = Field(
+        None, description="a learning rate with range_test: the test, the bounds it gave"
     )
     divergence_ceiling: list[DivergenceCeiling] = Field(
         default_factory=list,

@@ -37,17 +37,34 @@ from services.specs.job import (
 )
 from services.trainer.data import CLASSIFICATION, dataset_task
 
+#: The bounds a range test sweeps when a ``range_test`` parameter gives none.
+RANGE_TEST_MIN, RANGE_TEST_MAX = 1e-6, 10.0
+
 
 class ParameterSpec(Strict):
-    """``{"values": [...]}`` or ``{"distribution": ..., "min": ..., "max": ...}``."""
+    """``{"values": [...]}`` or ``{"distribution": ..., "min": ..., "max": ...}``.
+
+    ``"range_test": true`` (a ``uniform`` or ``log_uniform`` learning rate) takes the
+    bounds from an LR range test of the sweep's base spec, run first: [suggested / 10,
+    divergence point]. Its ``min``/``max``, if given, bound the test instead
+    (default 1e-6 to 10)."""
 
     values: Annotated[list[Any], Field(min_length=1)] | None = None
     distribution: Literal["uniform", "log_uniform", "int_uniform", "choice"] | None = None
     min: float | None = None
     max: float | None = None
+    range_test: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ParameterSpec:
+        if self.range_test:
+            if self.distribution not in ("uniform", "log_uniform"):
+                raise ValueError("range_test goes with a uniform or log_uniform distribution")
+            low = RANGE_TEST_MIN if self.min is None else self.min
+            high = RANGE_TEST_MAX if self.max is None else self.max
+            if not 0 < low < high:
+                raise ValueError("a range test's min and max need 0 < min < max")
+            return self
         if self.distribution in (None, "choice"):
             if self.values is None:
                 raise ValueError("give 'values' (or a distribution with min and max)")
@@ -72,10 +89,19 @@ class ParameterSpec(Strict):
         """Values that together exercise the whole range (for validation)."""
         if self.values is not None:
             return list(self.values)
+        if self.range_test:
+            return list(self.range_test_bounds())
         assert self.min is not None and self.max is not None
         if self.distribution == "int_uniform":
             return [int(self.min), int(self.max)]
         return [self.min, self.max]
+
+    def range_test_bounds(self) -> tuple[float, float]:
+        """The rates a ``range_test`` parameter's test sweeps."""
+        return (
+            RANGE_TEST_MIN if self.min is None else self.min,
+            RANGE_TEST_MAX if self.max is None else self.max,
+        )
 
 
 class ObjectiveSpec(Strict):
@@ -134,6 +160,12 @@ class SweepCreate(Strict):
             raise error_at(
                 "max_concurrency", f"max_concurrency must be at most {limits.max_concurrency}"
             )
+        tested = [path for path, param in self.parameters.items() if param.range_test]
+        if len(tested) > 1:
+            raise error_at(f"parameters.{tested[1]}", "one parameter at most takes range_test")
+        for path in tested:
+            if path.rsplit(".", 1)[-1] != "learning_rate":
+                raise error_at(f"parameters.{path}", "range_test is for a learning rate")
         if self.method == "grid":
             for path, param in self.parameters.items():
                 if param.values is None or param.distribution not in (None, "choice"):

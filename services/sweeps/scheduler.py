@@ -39,6 +39,7 @@ from services.specs import (
 )
 from services.sweeps.ahead import Prepared, prepare_proposals, sampler_trials
 from services.sweeps.ceiling import Ceiling, above, ceilings, skip_queued, skip_values
+from services.sweeps.range_bounds import READY, WAITING, resolve, start_for
 from services.sweeps.samplers import propose
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def create_sweep(
     )
     session.add(row)
     session.flush()
+    start_for(session, row, limits)  # a range test first, if its learning rate takes one
     return row, advance_sweep(session, row.id, limits=limits)
 
 
@@ -114,6 +116,12 @@ def advance_sweep(
     """
     sweep = lock_sweep(session, sweep_id)
     if sweep is None or sweep.status != "running":
+        return []
+    state = resolve(session, sweep)  # the bounds a range test gives, once it has ended
+    if state == WAITING:
+        return []
+    if state != READY:
+        _stop(session, sweep, f"the sweep stopped: {state}")
         return []
     ahead: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
     if prepared is not None and prepared.n_created == sweep.n_created:
@@ -300,15 +308,20 @@ def _stop_sweep(session_factory: sessionmaker[Session], sweep_id: str, err: Exce
         sweep = lock_sweep(session, sweep_id)
         if sweep is None or sweep.status != "running":
             return
-        index = sweep.n_created
-        if index < sweep.n_trials:  # the trial it could not create says why
-            reason = f"the sweep stopped: it could not advance: {_describe(err)}"
-            name = f"{sweep.name or 'sweep'}-{index}"
-            _failed_trial(session, sweep, index, name, None, None, None, reason)
-            sweep.n_created = index + 1
-        _end(sweep)
-        sweep.updated_at = utcnow()
+        _stop(session, sweep, f"the sweep stopped: it could not advance: {_describe(err)}")
         session.commit()
+
+
+def _stop(session: Session, sweep: Sweep, reason: str) -> None:
+    """End the sweep; the trial it could not create next is failed with ``reason``."""
+    index = sweep.n_created
+    if index < sweep.n_trials:
+        name = f"{sweep.name or 'sweep'}-{index}"
+        _failed_trial(session, sweep, index, name, None, None, None, reason)
+        sweep.n_created = index + 1
+    _end(sweep)
+    sweep.updated_at = utcnow()
+    session.flush()
 
 
 class SweepFinishedError(Exception):

@@ -16,7 +16,15 @@ from services.specs import (
 
 
 def parameters_of(sweep: Sweep) -> dict[str, ParameterSpec]:
-    return {k: ParameterSpec.model_validate(v) for k, v in sweep.spec["parameters"].items()}
+    """The sweep's search space; a ``range_test`` learning rate with the bounds its
+    test gave (``Sweep.range_bounds``, services.sweeps.range_bounds)."""
+    fixed = sweep.range_bounds or {}
+    space = {}
+    for path, raw in sweep.spec["parameters"].items():
+        if raw.get("range_test") and fixed.get("parameter") == path:
+            raw = {**raw, "min": fixed["min"], "max": fixed["max"], "range_test": False}
+        space[path] = ParameterSpec.model_validate(raw)
+    return space
 
 
 def grid_point(parameters: dict[str, ParameterSpec], index: int) -> dict[str, Any]:

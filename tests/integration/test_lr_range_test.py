@@ -12,7 +12,8 @@ import signal
 import pytest
 
 from services.db.models import LrRangeTest
-from services.lr_range import create_range_test, enqueue_range_test, range_test_result
+from services.lr_range import create_range_test, range_test_result
+from services.lr_range.start import enqueue_range_test
 from tests.integration.harness import Stack, wait_for
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,9 @@ from sqlalchemy import update
 
 from services.db.models import LrRangeTest
 from services.jobs.lease import LeaseHeldError, worker_name
-from services.lr_range import execute_range_test, range_test_result
+from services.lr_range import range_test_result
 from services.lr_range.rows import claim_range_test
+from services.lr_range.run import execute_range_test
 from tests.auth_support import authorize, new_token
 from tests.conftest import XOR_JOB, FakeDispatcher
 from tests.unit.api.contract import contract_client
