@@ -95,7 +95,7 @@ class Dispatcher:
         for test_id in test_ids:
             self.celery.send_task(RUN_RANGE_TEST, args=[test_id], queue=self.settings.celery_queue)
 
-    def waiting_job_ids(self, *, fresh_seconds: float) -> set[str] | None:
+    def waiting_job_ids(self, *, fresh_seconds: float, task: str = RUN_JOB) -> set[str] | None:
         """Ids of jobs whose ``run_job`` message is still waiting in the queue, or was
         delivered to a worker less than ``fresh_seconds`` ago and not acknowledged yet.
 
@@ -105,7 +105,7 @@ class Dispatcher:
         older than ``fresh_seconds`` is not counted: a live worker claims a job within
         moments of receiving it (one message per process), so such a message belongs
         to a worker that died; kombu would restore it only after the visibility
-        timeout (hours).
+        timeout (hours). ``task``: another task's messages (the id is their first argument).
         """
         pipe = self.redis.pipeline(transaction=False)
         pipe.llen(self.settings.celery_queue)
@@ -114,7 +114,7 @@ class Dispatcher:
         length, queued, fresh = pipe.execute()
         if length > QUEUE_SCAN_CAP:
             return None
-        ids = {job_id for raw in queued if (job_id := run_job_id(raw))}
+        ids = {job_id for raw in queued if (job_id := run_job_id(raw, task))}
         for entry in self.redis.hmget(UNACKED_KEY, fresh) if fresh else []:
             if entry is None:  # acknowledged since
                 continue
@@ -122,7 +122,7 @@ class Dispatcher:
                 message = json.loads(entry)[0]  # [message, exchange, routing key]
             except (ValueError, TypeError, IndexError, KeyError):
                 continue
-            if job_id := run_job_id(message):
+            if job_id := run_job_id(message, task):
                 ids.add(job_id)
         return ids
 
@@ -162,13 +162,14 @@ class Dispatcher:
             self._redis = None
 
 
-def run_job_id(message: bytes | str | dict[str, Any]) -> str | None:
-    """The job id of a ``run_job`` message as kombu stores it in Redis; None for any
-    other message (another task, a body that does not parse)."""
+def run_job_id(message: bytes | str | dict[str, Any], task: str = RUN_JOB) -> str | None:
+    """The job id of a ``run_job`` message (or the first argument of a ``task`` message)
+    as kombu stores it in Redis; None for any other message (another task, a body that
+    does not parse)."""
     try:
         if not isinstance(message, dict):
             message = json.loads(message)
-        if not isinstance(message, dict) or (message.get("headers") or {}).get("task") != RUN_JOB:
+        if not isinstance(message, dict) or (message.get("headers") or {}).get("task") != task:
             return None
         body: Any = message["body"]
         if (message.get("properties") or {}).get("body_encoding") == "base64":

@@ -44,7 +44,7 @@ class FakeDispatcher:
     def cancel_requested(self, job_id: str) -> bool:
         return job_id in self.cancelled
 
-    def waiting_job_ids(self, *, fresh_seconds: float) -> set[str]:
+    def waiting_job_ids(self, *, fresh_seconds: float, task: str = "") -> set[str]:
         return set()  # nothing is queued for real: every message counts as lost
 
     def queue_depths(self) -> tuple[dict[str, int], int]:

@@ -17,6 +17,7 @@ from services.db import make_engine, make_session_factory
 from services.jobs.execute import RELEASED, run_chain
 from services.jobs.lease import LeaseHeldError
 from services.jobs.recovery import recover
+from services.lr_range.recovery import recover_range_tests
 from worker.ticker import Ticker, start_ticker
 
 log = logging.getLogger(__name__)
@@ -111,4 +112,9 @@ def recover_jobs() -> dict[str, int]:
     done = recover(settings=rt.settings, session_factory=rt.sessions, dispatcher=rt.dispatcher)
     if done.expired or done.requeued or done.created or done.failed:  # not news: waiting
         log.warning("recover: %s", {name: len(ids) for name, ids in done._asdict().items()})
+    tests = recover_range_tests(
+        settings=rt.settings, session_factory=rt.sessions, dispatcher=rt.dispatcher
+    )
+    if tests["sent"] or tests["failed"]:
+        log.warning("recover: range tests %s", {name: len(ids) for name, ids in tests.items()})
     return {name: len(ids) for name, ids in done._asdict().items()}

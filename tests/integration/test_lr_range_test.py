@@ -8,10 +8,13 @@ import copy
 import os
 import re
 import signal
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import update
 
-from services.db.models import LrRangeTest
+from services.celery_app import RECOVER, control_queue
+from services.db.models import LrRangeTest, utcnow
 from services.lr_range import create_range_test, range_test_result
 from services.lr_range.start import enqueue_range_test
 from tests.integration.harness import Stack, wait_for
@@ -106,3 +109,21 @@ def test_a_range_test_whose_worker_process_dies_is_taken_over(stack: Stack):
     with stack.sessions() as session:
         after = session.get(LrRangeTest, test["id"])
         assert after is not None and after.attempts == 2 and after.worker != row.worker
+
+
+def test_a_range_test_whose_message_was_lost_is_sent_again_by_the_recover_pass(stack: Stack):
+    """A test committed without its message (its sender died in between): the worker's
+    recover pass (the real task, on the control queue) sends it, and it runs."""
+    with stack.sessions() as session:
+        test = create_range_test(session, spec=copy.deepcopy(SPEC), owner_id=None)
+        session.execute(
+            update(LrRangeTest)
+            .where(LrRangeTest.id == test.id)
+            .values(created_at=utcnow() - timedelta(seconds=stack.settings.requeue_seconds + 1))
+        )
+        session.commit()
+        test_id = test.id
+    dispatcher = stack.app.extensions["sweeplab"].dispatcher
+    dispatcher.celery.send_task(RECOVER, queue=control_queue(stack.settings))
+    done = wait_test(stack, test_id)
+    assert done["status"] == "succeeded" and done["suggested_lr"] is not None
