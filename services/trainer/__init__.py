@@ -7,6 +7,10 @@ bundled datasets). Entry points::
     result = fit({"dataset": {"name": "moons"},
                   "architecture": {"layers": [{"units": 32}]},
                   "hyperparameters": {"learning_rate": 0.1}})
+
+``fit_packed(specs)`` trains the trials of a sweep that differ only in scalar
+hyperparameters (``pack_key``) as one stack, each with its solo numbers;
+``packing_pays`` says when that is faster.
 """
 
 from .build import build_network, load_dataset, load_uploaded
@@ -15,6 +19,7 @@ from .diagnostics import diagnose
 from .gradcheck import gradient_check
 from .lr_finder import lr_range_test, read_curve, smooth
 from .network import Network
+from .packed import PackError, fit_packed, pack_key, packing_pays
 from .records import improves
 from .spec import Spec, SpecError, parse_spec
 from .train import TrainResult, fit, flatten_record
@@ -22,6 +27,7 @@ from .train import TrainResult, fit, flatten_record
 __all__ = [
     "Dataset",
     "Network",
+    "PackError",
     "Spec",
     "SpecError",
     "TrainResult",
@@ -29,12 +35,15 @@ __all__ = [
     "dataset_from_arrays",
     "diagnose",
     "fit",
+    "fit_packed",
     "flatten_record",
     "gradient_check",
     "improves",
     "load_dataset",
     "load_uploaded",
     "lr_range_test",
+    "pack_key",
+    "packing_pays",
     "parse_spec",
     "read_curve",
     "smooth",

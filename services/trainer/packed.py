@@ -75,9 +75,10 @@ import numpy as np
 
 from .build import load_dataset, with_ones_column
 from .data import Dataset
+from .epoch import norm_steps
 from .epoch_metrics import EpochMetrics
 from .network import Network
-from .packed_rule import packing_pays
+from .packed_rule import pack_size, packing_pays
 from .packed_stack import Pack, Shared, Trial
 from .records import TrainResult
 from .schedules import learning_rate
@@ -85,7 +86,7 @@ from .spec import Spec, parse_spec
 from .train import COMPLETED, STOPPED
 from .train import _Run as Run  # fit's own run: the same records, checkpoints and results
 
-__all__ = ["PACKED_FIELDS", "PackError", "fit_packed", "pack_key", "packing_pays"]
+__all__ = ["PACKED_FIELDS", "PackError", "fit_packed", "pack_key", "pack_size", "packing_pays"]
 
 #: hyperparameters that may differ between the trials of a pack
 PACKED_FIELDS = (
@@ -261,7 +262,6 @@ def _shared(runs: list[Run]) -> tuple[Shared, list[EpochMetrics]]:
     n = len(run0.X_train)
     bs = min(run0.hp.batch_size or n, n)
     bounds = [(s, min(s + bs, n)) for s in range(0, n, bs)]
-    norm_step = len(bounds) - (2 if n % bs and len(bounds) > 1 else 1)  # as epoch.Batches
     labels = data.y_train.astype(np.int64) if run0.classification else None
     labels_val = data.y_val.astype(np.int64) if run0.classification else None
     Y_val = np.asfortranarray(net.encode_targets(data.y_val))
@@ -283,7 +283,7 @@ def _shared(runs: list[Run]) -> tuple[Shared, list[EpochMetrics]]:
                 run.hp.seed,
             )
         )
-    return Shared(run0.X_train, run0.Y_train, bounds, norm_step), metrics
+    return Shared(run0.X_train, run0.Y_train, bounds, norm_steps(bounds)), metrics
 
 
 def _train(members, shared, start, epochs, interrupt, every, leave) -> None:
@@ -350,7 +350,7 @@ def _end_epoch(pack: Pack, r: int, epoch: int, seconds: float, every: int) -> st
             and bool(np.isfinite(pack.P[r]).all())
             and (val_loss is None or math.isfinite(val_loss))
         )
-    record = run.record(epoch, trial.lr, trial.grad_norms, train_loss, measured, seconds)
+    record = run.record(epoch, trial.lr, trial.norms.means(), train_loss, measured, seconds)
     status = run.end_epoch(record, diverged, trial.on_epoch)
     if trial.on_checkpoint is not None and run.checkpoint_due(
         epoch, status, every, trial.checkpoint_due

@@ -289,6 +289,7 @@ class Segment:
         coef = self.clip / (norm + 1e-6)
         G *= np.where(coef < 1.0, coef, 1.0).astype(G.dtype)[:, None]
 
-    def step(self, norm_step: bool) -> None:
-        mode = PLAIN if norm_step else self.mode
+    def step(self, plain: bool) -> None:
+        """The update; ``plain``: at a step whose gradient norms are taken (never folded)."""
+        mode = PLAIN if plain else self.mode
         self.optimizer.step(self.params, self.grads, mode, self.eff)

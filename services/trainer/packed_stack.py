@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .epoch import GradientNorms
 from .packed_optim import Segment, path_of
 from .packed_pass import PackedBatches, PackedPass, packed_losses
 
@@ -35,7 +36,7 @@ class Shared:
     X: np.ndarray
     Y: np.ndarray
     bounds: list[tuple[int, int]]
-    norm_step: int
+    norm_steps: list[int]  # the batches whose gradient norms a record takes
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Trial:
     opt_state: dict = field(default_factory=dict)
     t: int = 0
     lr: float = 0.0
-    grad_norms: list = field(default_factory=list)
+    norms: Any = None  # its record's gradient norms, bound to its row (see Pack)
     frozen: tuple | None = None  # (params, optimizer state, steps) kept at a non-finite loss
     result: Any = None
 
@@ -74,6 +75,7 @@ class Pack:
         self.G = G = np.zeros((k, n_params), dtype)
         for r, trial in enumerate(trials):
             trial.run.net.rebind(P[r], G[r])
+            trial.norms = GradientNorms(trial.run.net)
         self.segments: list[Segment] = []
         self.row_segment: list[tuple[Segment, int]] = []
         a = 0
@@ -182,9 +184,9 @@ class Pack:
             column = [dtype.type(factor(s, m)) for s in scales]
             scaled[m] = np.array(column, dtype).reshape(k, 1, 1)
             plain[m] = np.full((k, 1, 1), dtype.type(factor(1.0, m)), dtype)
-        norm_step = self.shared.norm_step
+        norm_steps = self.shared.norm_steps
         self.scales = [
-            (plain if i == norm_step else scaled)[e - s]
+            (plain if i in norm_steps else scaled)[e - s]
             for i, (s, e) in enumerate(self.shared.bounds)
         ]
         n = len(self.shared.X)
@@ -192,13 +194,15 @@ class Pack:
             if not self.dead[r]:
                 self.perms[r] = trial.run.rng.permutation(n)
                 trial.metrics.shuffle(self.perms[r])
-            trial.grad_norms, trial.frozen = [], None
+            trial.norms.start()
+            trial.frozen = None
         self.batches.shuffle(self.perms)
 
     def train_epoch(self, interrupt) -> bool:
         """``fit``'s batch loop for every trial at once; True if ``interrupt()`` stopped it."""
         trials, segments, losses = self.trials, self.segments, self.losses
-        norm_step, live, scales = self.shared.norm_step, self.live, self.scales
+        live, scales = self.live, self.scales
+        norm_steps = set(self.shared.norm_steps)
         running = [
             (r, t.metrics.running) for r, t in enumerate(trials) if t.metrics.running is not None
         ]
@@ -220,12 +224,13 @@ class Pack:
                 step.backward(step.dO)
                 for seg in segments:
                     seg.add_l2()
-                if i == norm_step:
+                measured = i in norm_steps
+                if measured:
                     for row, trial in enumerate(trials):
                         if live[row]:
-                            trial.grad_norms = trial.run.net.grad_norms()
+                            trial.norms.add()
                 for seg in segments:
                     seg.clip_gradients()
                 for seg in segments:
-                    seg.step(i == norm_step)
+                    seg.step(measured)
         return False
