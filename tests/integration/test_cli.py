@@ -9,6 +9,7 @@ import csv
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,22 @@ def test_python_client_waits_with_a_callback(api: Client) -> None:
     with pytest.raises(ApiError) as caught:
         api.cancel(job["id"])
     assert caught.value.status == 409
+
+
+def test_a_submission_sent_again_with_its_key_is_the_same_job(api: Client) -> None:
+    """What the client's retry relies on: the server answers a repeated key with the
+    resource it made (and refuses the key with another body)."""
+    spec = digits_job(epochs=3, learning_rate=0.07)
+    key = uuid.uuid4().hex
+    first = api.submit(spec, idempotency_key=key)
+    again = api.submit(spec, idempotency_key=key)
+    assert again["id"] == first["id"]
+    with pytest.raises(ApiError) as caught:
+        api.submit(digits_job(epochs=3, learning_rate=0.08), idempotency_key=key)
+    assert (caught.value.status, caught.value.code) == (422, "idempotency_key_reused")
+    assert caught.value.details[0]["loc"] == "Idempotency-Key"
+    fresh = api.submit(spec)  # a new key: a new job (the finished one reused, or queued)
+    assert fresh["id"] != first["id"]
 
 
 def test_the_example_script_runs(server: Server, api: Client) -> None:
