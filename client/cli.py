@@ -89,6 +89,8 @@ def submit(
         else:
             size = f": {created.get('n_trials')} trials" if kind == "sweep" else ""
             out.print(f"submitted {kind} {created['id']} ({created.get('name') or '-'}){size}")
+            if created.get("reused_from"):
+                out.print(f"an identical job had succeeded: reused {created['reused_from']}")
             if not wait:
                 out.print(f"watch it with: sweeplab watch {created['id']}")
     if wait:
