@@ -225,10 +225,11 @@ def check_rows(rows: list[list[float]], n_features: int) -> np.ndarray:
 
 class ModelCache:
     """Trained models by (job id, weights epoch and time): a prediction request does
-    not read and parse the weights again, nor recompute statistics."""
+    not read and parse the weights again, nor recompute statistics. The least recently
+    used go first, past ``max_entries`` or ``max_bytes`` of parameters."""
 
-    def __init__(self, max_entries: int = 32):
-        self.max_entries = max_entries
+    def __init__(self, max_entries: int = 32, max_bytes: int = 256 << 20):
+        self.max_entries, self.max_bytes = max_entries, max_bytes
         self._entries: OrderedDict[tuple[Any, ...], TrainedModel] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -241,13 +242,21 @@ class ModelCache:
         model = load()
         with self._lock:
             self._entries[key] = model
-            while len(self._entries) > self.max_entries:
+            while len(self._entries) > self.max_entries or self._nbytes() > self.max_bytes:
                 self._entries.popitem(last=False)
         return model
+
+    def _nbytes(self) -> int:
+        return sum(_nbytes(m) for m in self._entries.values())
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+def _nbytes(model: Any) -> int:
+    network = getattr(model, "network", None)
+    return int(network.params_flat.nbytes) if network is not None else 0
 
 
 #: this process's models

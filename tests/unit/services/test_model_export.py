@@ -171,3 +171,16 @@ def test_the_cache_keeps_the_latest_models():
     for key in ("a", "b", "a", "c", "b"):
         cache.get((key,), loader(key))  # type: ignore[arg-type]
     assert loads == ["a", "b", "c", "b"]  # "b" was the least recent when "c" came
+
+
+def test_the_cache_is_bounded_by_the_parameters_bytes():
+    result = fit(IRIS)
+    model = trained_model(IRIS, weights_blob(result.network, result.data))
+    size = model.network.params_flat.nbytes
+    cache = ModelCache(max_entries=10, max_bytes=2 * size)
+    for key in range(3):
+        cache.get((key,), lambda: model)
+    loads = []
+    cache.get((0,), lambda: loads.append(0) or model)  # gone: only two fit
+    cache.get((2,), lambda: loads.append(2) or model)  # kept
+    assert loads == [0]
