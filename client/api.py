@@ -315,6 +315,17 @@ class Client:
         """The page to look at in MLflow: a sweep's compare view, a job's run page."""
         return mlflow_link(self.get(id))
 
+    def readiness(self) -> JSON:
+        """The server's ``/readyz``: ``{"status": "ready" | "unavailable", "checks": {...}}``
+        (the database and Redis; answered, not raised, when unavailable)."""
+        try:
+            response = self._http.get(self.url.removesuffix("/api/v1") + "/readyz")
+        except httpx.TransportError as err:
+            raise Unreachable(self.url, _reason(err)) from err
+        if response.status_code not in (200, 503):
+            raise _api_error(response)
+        return response.json()
+
     # ------------------------------------------------------------------ tokens
 
     def me(self) -> JSON:

@@ -16,7 +16,7 @@ from client import outcome
 from client.api import JSON, Client
 from client.config import local_url, resolve
 from client.render import leaderboard_table
-from client.shell import options, out, say
+from client.shell import emit_json, options, out, say
 from client.specfile import load_spec
 from client.watch import watch
 
@@ -43,9 +43,22 @@ def down() -> None:
     raise typer.Exit(run_stack("down"))
 
 
-def status() -> None:
-    """What answers: Redis, the API, MLflow, the worker (exit 3 while the API is down)."""
-    raise typer.Exit(outcome.OK if run_stack("status") == 0 else outcome.UNREACHABLE)
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="the API's /readyz JSON only")] = False,
+) -> None:
+    """What answers: Redis, the API, MLflow, the worker (exit 3 while the API is down).
+
+    With --json, the readiness of the server the flags or environment name (any server,
+    not only the local stack): its /readyz answer."""
+    if not as_json:
+        raise typer.Exit(outcome.OK if run_stack("status") == 0 else outcome.UNREACHABLE)
+    opts = options(ctx)
+    where = resolve(opts.url, opts.token)
+    with Client(where.url, where.token, timeout=opts.timeout) as api:
+        ready = api.readiness()
+    emit_json(ready)
+    raise typer.Exit(outcome.OK if ready.get("status") == "ready" else outcome.UNREACHABLE)
 
 
 def demo(

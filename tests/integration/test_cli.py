@@ -172,6 +172,9 @@ def test_exit_codes(server: Server, finished_sweep: dict[str, Any]) -> None:
     gone = server.cli("--url", closed, "show", finished_sweep["id"])
     assert gone.returncode == 3 and "cannot reach the sweeplab server" in gone.stderr
     assert server.cli("ls", SWEEPLAB_URL=closed).returncode == 3
+    assert server.cli("status", "--json", SWEEPLAB_URL=closed).returncode == 3
+    ready = _json(server.cli("status", "--json"))  # this server's /readyz, exit 0
+    assert ready == {"status": "ready", "checks": {"database": "ok", "redis": "ok"}}
 
     # 0, then 1: a cancelled sweep
     (work / "long.json").write_text(json.dumps(lr_sweep([0.01, 0.02, 0.05], digits_job(200))))
