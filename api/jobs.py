@@ -6,15 +6,24 @@ import csv
 import io
 from typing import Any
 
-from flask import Response, url_for
+from flask import Response, request, url_for
 from flask_openapi3 import APIBlueprint, Tag
 from flask_openapi3.types import ResponseDict
 
 from api.auth import SECURITY
-from api.context import db, link, mlflow_links, no_content, principal, reply, services
+from api.context import (
+    db,
+    json_body,
+    link,
+    mlflow_links,
+    no_content,
+    principal,
+    reply,
+    services,
+)
 from api.errors import APIError
 from api.params import JobListQuery, JobPath, MetricsQuery
-from services import submit
+from services import idempotency, submit
 from services.db.models import Job
 from services.db.pages import BadCursorError
 from services.jobs import deletion
@@ -60,6 +69,7 @@ def job_public(job: Job) -> JobPublic:
         best_metrics=job.best_metrics,
         result=job.result,
         diagnosis=job.diagnosis,
+        reused_from=job.reused_from,
     )
 
 
@@ -121,6 +131,61 @@ def _job_or_404(job_id: str, *columns: Any) -> Job:
     return job
 
 
+#: the request header that makes a POST idempotent (the IETF draft's, Stripe's)
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def idempotency_claim(scope: str) -> idempotency.Claim | None:
+    """The request's Idempotency-Key for a resource of ``scope`` (400 if malformed)."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    problem = idempotency.key_problem(key)
+    if problem:
+        raise APIError(400, problem, details=[{"loc": IDEMPOTENCY_HEADER, "msg": problem}])
+    return idempotency.make_claim(
+        key,
+        owner_id=principal().user_id,
+        scope=scope,
+        body=json_body(),
+        ttl_seconds=services().settings.idempotency_seconds,
+    )
+
+
+def named_by(claim: idempotency.Claim | None) -> str | None:
+    """The id of the resource the request's key already names (a 422 with the code
+    ``idempotency_key_reused`` if it came with another body)."""
+    if claim is None:
+        return None
+    try:
+        return idempotency.lookup(db(), claim)
+    except idempotency.KeyReused as err:
+        raise APIError(
+            422,
+            str(err),
+            code="idempotency_key_reused",
+            details=[{"loc": IDEMPOTENCY_HEADER, "msg": str(err)}],
+        ) from err
+
+
+def replayed(location: str) -> dict[str, str]:
+    """The headers of an answer to a request whose key named an existing resource."""
+    return {"Location": location, "Idempotent-Replayed": "true"}
+
+
+def _replay_job(claim: idempotency.Claim | None) -> Any:
+    """The answer to a repeated request: its job as it is now, 201; None if the key
+    names none (or its job was deleted: the key is forgotten)."""
+    job_id = named_by(claim)
+    if job_id is None or claim is None:
+        return None
+    job = job_rows.get_job(db(), job_id)
+    if job is None:
+        idempotency.forget(db(), claim)
+        return None
+    return reply(job_public(job), 201, replayed(url_for("jobs.get_job", job_id=job.id)))
+
+
 def bad_cursor(err: Exception) -> APIError:
     return APIError(400, str(err), details=[{"loc": "cursor", "msg": str(err)}])
 
@@ -133,12 +198,31 @@ def bad_cursor(err: Exception) -> APIError:
 )
 def create_job(body: JobCreate):
     """Validate a job spec, store the job (yours) and queue it; 429 with Retry-After when
-    your queued and running jobs are at the budget (SWEEPLAB_MAX_ACTIVE_JOBS)."""
+    your queued and running jobs are at the budget (SWEEPLAB_MAX_ACTIVE_JOBS).
+
+    An identical job of yours that succeeded (same spec and seed, trainer and numpy) is
+    reused unless the spec says ``"reuse": false``: the job is answered finished, a copy
+    of it (``reused_from``). With an ``Idempotency-Key`` header, the same key and body
+    again answer the same job (201, ``Idempotent-Replayed: true``); another body, 422
+    ``idempotency_key_reused``. Keys last SWEEPLAB_IDEMPOTENCY_SECONDS (24 h)."""
     svc = services()
+    claim = idempotency_claim("jobs")
+    if (answer := _replay_job(claim)) is not None:
+        return answer
     spec = submit.prepare_job(db(), body, principal=principal(), limits=svc.settings.limits)
-    job = submit.submit_job(
-        db(), svc.dispatcher, spec=spec, principal=principal(), settings=svc.settings
-    )
+    try:
+        job = submit.submit_job(
+            db(),
+            svc.dispatcher,
+            spec=spec,
+            principal=principal(),
+            settings=svc.settings,
+            claim=claim,
+        )
+    except idempotency.KeyTaken:  # a racing request with the key committed first
+        if (answer := _replay_job(claim)) is not None:
+            return answer
+        raise
     return reply(job_public(job), 201, {"Location": url_for("jobs.get_job", job_id=job.id)})
 
 

@@ -17,9 +17,17 @@ from sqlalchemy.orm import defer
 from api.auth import SECURITY
 from api.context import db, link, mlflow_links, no_content, principal, reply, services
 from api.errors import APIError
-from api.jobs import bad_cursor, errors, iso_time, job_page
+from api.jobs import (
+    bad_cursor,
+    errors,
+    idempotency_claim,
+    iso_time,
+    job_page,
+    named_by,
+    replayed,
+)
 from api.params import LeaderboardQuery, SweepListQuery, SweepPath, TrialListQuery
-from services import submit
+from services import idempotency, submit
 from services.db.models import Job, Sweep
 from services.db.pages import BadCursorError
 from services.jobs import deletion
@@ -42,8 +50,10 @@ from services.specs import (
     SweepTimings,
     check_sweep,
 )
+from services.specs.sweep import SweepExtend
 from services.sweeps import scheduler
 from services.sweeps.ceiling import ceilings
+from services.sweeps.lifecycle import SweepStateError
 from services.sweeps.range_bounds import tested_parameter
 from services.sweeps.scheduler import SweepFinishedError, trial_totals
 
@@ -155,15 +165,97 @@ def _sweep_or_404(sweep_id: str, *, spec: bool = True) -> Sweep:
 )
 def create_sweep(body: SweepCreate):
     """Validate a sweep spec, store it (yours) and queue its first trials; 429 with
-    Retry-After when they would take you over your budget of active jobs."""
+    Retry-After when they would take you over your budget of active jobs.
+
+    A trial identical to a succeeded job of yours is reused (see POST /jobs); a tpe
+    sweep's ``warm_start`` (an earlier sweep of yours with the same objective and
+    parameter paths) seeds its model with that sweep's finished trials. An
+    ``Idempotency-Key`` works as for POST /jobs."""
     svc = services()
     limits = svc.settings.limits
+    claim = idempotency_claim("sweeps")
+    if (answer := _replay_sweep(claim)) is not None:
+        return answer
     body = submit.prepare_sweep(db(), body, principal=principal(), limits=limits)
     sweep = check_sweep(body, limits)
-    row = submit.submit_sweep(
-        db(), svc.dispatcher, sweep=sweep, settings=svc.settings, principal=principal()
-    )
+    try:
+        row = submit.submit_sweep(
+            db(),
+            svc.dispatcher,
+            sweep=sweep,
+            settings=svc.settings,
+            principal=principal(),
+            claim=claim,
+        )
+    except idempotency.KeyTaken:  # a racing request with the key committed first
+        if (answer := _replay_sweep(claim)) is not None:
+            return answer
+        raise
     return reply(sweep_public(row), 201, {"Location": url_for("sweeps.get_sweep", sweep_id=row.id)})
+
+
+def _replay_sweep(claim: idempotency.Claim | None) -> Any:
+    """The answer to a repeated request: its sweep as it is now, 201; None if the key
+    names none (or its sweep was deleted: the key is forgotten)."""
+    sweep_id = named_by(claim)
+    if sweep_id is None or claim is None:
+        return None
+    sweep = db().get(Sweep, sweep_id)
+    if sweep is None:
+        idempotency.forget(db(), claim)
+        return None
+    return reply(sweep_public(sweep), 201, replayed(url_for("sweeps.get_sweep", sweep_id=sweep_id)))
+
+
+@bp.post(
+    "/sweeps/<sweep_id>/resume",
+    operation_id="resumeSweep",
+    summary="Resume a cancelled or stopped sweep",
+    responses={202: SweepPublic, **errors(404, 409, 429)},
+)
+def resume_sweep(path: SweepPath):
+    """Continue a cancelled sweep, or one that ended with trials failed or never
+    created: the missing trials are created, and each cancelled or failed trial runs
+    again with its parameters (a new trial at the end). 409 ``sweep_running`` while
+    it runs, ``sweep_stopping`` while cancelled trials are still stopping,
+    ``sweep_complete`` when nothing is missing."""
+    return _restart(path.sweep_id, None)
+
+
+@bp.post(
+    "/sweeps/<sweep_id>/extend",
+    operation_id="extendSweep",
+    summary="Add trials to a sweep",
+    responses={202: SweepPublic, **errors(404, 409, 422, 429)},
+)
+def extend_sweep(path: SweepPath, body: SweepExtend):
+    """Add ``n_trials`` trials (the sampler continues from what it has seen), starting
+    the sweep again if it had ended. A grid runs each point once: 409
+    ``grid_exhausted`` when it has fewer unused points; 422 ``too_many_trials`` past
+    SWEEPLAB_MAX_TRIALS."""
+    return _restart(path.sweep_id, body.n_trials)
+
+
+def _restart(sweep_id: str, n_trials: int | None) -> Any:
+    svc = services()
+    _sweep_or_404(sweep_id, spec=False)
+    try:
+        sweep = submit.restart_sweep(
+            db(),
+            svc.dispatcher,
+            sweep_id=sweep_id,
+            settings=svc.settings,
+            principal=principal(),
+            n_trials=n_trials,
+        )
+    except LookupError as err:
+        raise APIError(404, f"no sweep {sweep_id}") from err
+    except SweepStateError as err:
+        loc = "n_trials" if n_trials is not None else "sweep"
+        raise APIError(
+            err.status, err.message, code=err.code, details=[{"loc": loc, "msg": err.message}]
+        ) from err
+    return reply(sweep_public(sweep), 202)
 
 
 @bp.get(

@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     # an API process trusts a token it checked this long ago (a revocation made through
     # another process takes effect within it); 0: check every request
     auth_cache_seconds: float = Field(5.0, ge=0, validation_alias="SWEEPLAB_AUTH_CACHE_SECONDS")
+    # an Idempotency-Key of a POST names its resource this long (then it may name another)
+    idempotency_seconds: float = Field(
+        24 * 3600.0, gt=0, validation_alias="SWEEPLAB_IDEMPOTENCY_SECONDS"
+    )
 
     @model_validator(mode="before")
     @classmethod

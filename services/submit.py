@@ -8,16 +8,20 @@ committed, and a row whose message could not leave must not stay queued.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from services import idempotency, reuse
 from services.auth import LOCAL, Principal, check_quota
 from services.celery_app import Dispatcher
 from services.config import Limits, Settings
 from services.datasets import attach_dataset, refers_to
 from services.db.models import Job, Sweep
 from services.jobs.rows import create_job, fail_unqueued, request_cancel
+from services.lr_range.rows import fail_unstarted
+from services.mirror import catch_up as mirror
 from services.specs import (
     JobCreate,
     SpecValidationError,
@@ -25,10 +29,13 @@ from services.specs import (
     normalize_job,
     validate_job,
 )
-from services.specs.job import trainer_normalize
+from services.specs.job import trainer_normalize, trainer_spec
 from services.sweeps import scheduler
-from services.lr_range.rows import fail_unstarted
+from services.sweeps.lifecycle import check_warm_start, extend_sweep, resume_sweep
+from services.sweeps.reused import reused_trials
 from services.sweeps.scheduler import advance_and_enqueue, create_sweep
+
+log = logging.getLogger(__name__)
 
 
 class QueueUnavailable(RuntimeError):
@@ -64,6 +71,7 @@ def prepare_sweep(
     """``sweep`` whose base refers to a stored dataset (see :func:`prepare_job`): its
     trials' specs hold the reference, never rows. A sweep cannot vary the dataset
     itself (its id, name or rows), only how each trial splits it."""
+    check_warm_start(session, sweep, principal.user_id, principal.is_admin)
     base = sweep.base.model_dump(exclude_unset=True)
     if sweep.base.dataset.name not in ("arrays", "uploaded"):
         return sweep
@@ -80,7 +88,7 @@ def prepare_sweep(
                 ],
             )
     if sweep.base.dataset.name == "arrays":
-        trainer_normalize(base, prefix="base")
+        trainer_normalize(trainer_spec(base), prefix="base")
     base, _ = attach_dataset(session, base, principal, prefix="base.")
     data = sweep.model_dump(exclude_unset=True)
     data["base"] = base
@@ -97,17 +105,36 @@ def submit_job(
     spec: dict,
     principal: Principal = LOCAL,
     settings: Settings | None = None,
+    claim: idempotency.Claim | None = None,
 ) -> Job:
-    """Store a job (normalized ``spec``) owned by ``principal`` and queue it.
+    """Store a job (normalized ``spec``) owned by ``principal`` and queue it; or, if an
+    identical job of theirs already succeeded (``services.reuse``) and the spec does not
+    say ``"reuse": false``, store it as a finished copy of that job (nothing queued).
+    ``claim``: its Idempotency-Key, stored with it (:class:`idempotency.KeyTaken` if
+    a racing request stored it first: nothing was stored).
 
     Raises :class:`services.auth.QuotaExceeded` when the owner already has their
     budget of active jobs, and :class:`QueueUnavailable` after failing the job if
     the broker is down, so that no job is left queued that nobody will run.
     """
-    if settings is not None:
+    fp = reuse.fingerprint(spec)
+    source = None
+    if reuse.wants_reuse(spec):
+        source = reuse.find_source(session, fingerprint=fp, owner_id=principal.user_id)
+    if settings is not None and source is None:
         check_quota(session, principal, 1, settings.limits.max_active_jobs)
-    job = create_job(session, spec=spec, owner_id=principal.user_id)
+    status = "queued" if source is None else "succeeded"
+    job = create_job(session, spec=spec, owner_id=principal.user_id, status=status)
+    job.fingerprint = fp
+    if source is not None:
+        reuse.copy_results(session, job, source)
+    if claim is not None:
+        idempotency.remember(session, claim, resource_id=job.id)
     session.commit()
+    if source is not None:
+        if settings is not None:
+            mirror_finished(settings, [job.id])
+        return job
     try:
         dispatcher.enqueue_jobs([job.id])
     except Exception as err:
@@ -124,6 +151,7 @@ def submit_sweep(
     sweep: SweepCreate,
     settings: Settings,
     principal: Principal = LOCAL,
+    claim: idempotency.Claim | None = None,
 ) -> Sweep:
     """Store a sweep owned by ``principal`` and its first trials, and queue them.
 
@@ -138,7 +166,11 @@ def submit_sweep(
         session, sweep=sweep, limits=settings.limits, owner_id=principal.user_id
     )
     row.dataset_id = refers_to(row.spec["base"])
+    if claim is not None:
+        idempotency.remember(session, claim, resource_id=row.id)
+    reused = reused_trials(session)
     session.commit()
+    mirror_finished(settings, reused)
     try:
         if row.range_test_id is not None:  # its trials wait for the test's bounds
             dispatcher.enqueue_range_tests([row.range_test_id])
@@ -151,6 +183,49 @@ def submit_sweep(
         session.commit()
         raise QueueUnavailable(err) from err
     return row
+
+
+def restart_sweep(
+    session: Session,
+    dispatcher: Dispatcher,
+    *,
+    sweep_id: str,
+    settings: Settings,
+    principal: Principal = LOCAL,
+    n_trials: int | None = None,
+) -> Sweep:
+    """Resume a stopped sweep (``n_trials`` None) or extend it by ``n_trials``, then queue
+    its new trials (``services.sweeps.lifecycle``). They count against the owner's
+    budget of active jobs (:class:`services.auth.QuotaExceeded`); if the broker is down
+    the sweep is cancelled again and its new trials failed (:class:`QueueUnavailable`).
+    Raises ``LookupError`` and ``lifecycle.SweepStateError`` as those do."""
+    limits = settings.limits
+    if n_trials is None:
+        row, job_ids = resume_sweep(session, sweep_id, limits=limits)
+    else:
+        row, job_ids = extend_sweep(session, sweep_id, n_trials, limits=limits)
+    check_quota(session, principal, 0, limits.max_active_jobs)  # the new ones are counted
+    reused = reused_trials(session)
+    session.commit()
+    mirror_finished(settings, reused)
+    try:
+        dispatcher.enqueue_jobs(job_ids)
+    except Exception as err:
+        scheduler.cancel_sweep(session, row.id)
+        fail_unqueued(session, job_ids, err)
+        session.commit()
+        raise QueueUnavailable(err) from err
+    return row
+
+
+def mirror_finished(settings: Settings, job_ids: list[str]) -> None:
+    """Hand jobs that were reused (finished at once) to the MLflow mirror; if that
+    fails, its periodic catch-up finds them (the database says what MLflow lacks)."""
+    for job_id in job_ids:
+        try:
+            mirror.job_finished(settings, job_id)
+        except Exception:
+            log.warning("job %s: not handed to the mirror; the catch-up will", job_id)
 
 
 def cancel_job(

@@ -225,6 +225,10 @@ class JobCreate(Strict):
     architecture: ArchitectureSpec
     hyperparameters: HyperparametersSpec
     limits: JobLimits | None = None
+    # the MLflow experiment of a job's run (a sweep's trials go to the sweep's)
+    experiment: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    # false: train even if an identical job of yours already succeeded (else it is reused)
+    reuse: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -283,17 +287,21 @@ def normalize_job(model: JobCreate, limits: Limits | None = None) -> dict[str, A
     """Run the trainer's checks and the budgets on a validated job spec; return its
     normalized spec. ``limits``: by default the request's (``LIMITS_IN_FORCE``)."""
     spec = model.model_dump(exclude_unset=True)
-    run_limits = spec.pop("limits", None)
+    service = {key: spec.pop(key) for key in SERVICE_FIELDS if spec.get(key) is not None}
     normalized = trainer_normalize(spec)
     check_budgets(normalized, limits or LIMITS_IN_FORCE.get() or Limits())
-    if run_limits:
-        normalized["limits"] = run_limits
+    normalized.update(service)
     return normalized
 
 
+#: fields of a job spec that are the service's, not the trainer's (taken off before it
+#: sees the spec): run limits, the MLflow experiment, whether an identical run is reused
+SERVICE_FIELDS = ("limits", "experiment", "reuse")
+
+
 def trainer_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """The part of a stored job spec that is the trainer's (without the service's ``limits``)."""
-    return {key: value for key, value in spec.items() if key != "limits"}
+    """The part of a stored job spec that is the trainer's (without the service's fields)."""
+    return {key: value for key, value in spec.items() if key not in SERVICE_FIELDS}
 
 
 def check_budgets(spec: dict[str, Any], limits: Limits) -> None:

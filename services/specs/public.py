@@ -98,6 +98,11 @@ class JobPublic(Public):
     worker: str | None
     links: JobLinks
     mlflow: MlflowLinks | None = Field(description="null when mirroring is off")
+    reused_from: str | None = Field(
+        None,
+        description="the succeeded job whose results, metrics and weights this job copied "
+        "instead of training (an identical spec, seed, trainer and numpy); null if it trained",
+    )
 
 
 class JobSummary(Public):

@@ -33,6 +33,7 @@ from services.specs.job import (
     JobCreate,
     has_validation,
     trainer_normalize,
+    trainer_spec,
     validate_job,
 )
 from services.trainer.data import CLASSIFICATION, dataset_task
@@ -139,6 +140,9 @@ class SweepCreate(Strict):
     # Skip trials whose learning rate is at or above one that diverged, other swept
     # parameters equal (services/sweeps/ceiling.py).
     skip_above_divergence: bool = True
+    # a tpe sweep's model starts from the finished trials of this earlier sweep of yours
+    # (the same objective and search-space paths; services/sweeps/lifecycle.py)
+    warm_start: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -190,6 +194,12 @@ class SweepCreate(Strict):
         return self.n_trials
 
 
+class SweepExtend(Strict):
+    """``POST /sweeps/<id>/extend``: how many more trials."""
+
+    n_trials: Annotated[int, Field(ge=1)]
+
+
 def validate_sweep(data: Any, limits: Limits | None = None) -> SweepCreate:
     """Validate a sweep spec, including every parameter value applied to the base."""
     limits = limits or Limits()
@@ -206,7 +216,7 @@ def check_sweep(sweep: SweepCreate, limits: Limits | None = None) -> SweepCreate
     """Check a validated sweep: the base and every parameter value applied to it."""
     limits = limits or Limits()
     base = sweep.base.model_dump(exclude_unset=True)
-    normalized = trainer_normalize(base, prefix="base")
+    normalized = trainer_normalize(trainer_spec(base), prefix="base")
     base_problem = _objective_problem(sweep.objective.metric, normalized)
     # the base has the problem and no swept field can change it: no trial could be ranked
     if base_problem and not set(base_problem[0]) & set(sweep.parameters):

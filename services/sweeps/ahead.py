@@ -11,22 +11,45 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, load_only, sessionmaker
 
-from services.db.models import ACTIVE_STATUSES, Job, Sweep
+from services.db.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, Sweep
 from services.db.session import begin_read
-from services.sweeps.samplers import propose
+from services.sweeps.samplers import in_space, propose
+from services.sweeps.space import parameters_of
 
 log = logging.getLogger(__name__)
 
 
-def sampler_trials(session: Session, sweep_id: str) -> list[Job]:
-    """The sweep's trials with what a sampler reads of them (no spec, no result)."""
+def sampler_trials(session: Session, sweep_id: str, sweep: Sweep | None = None) -> list[Job]:
+    """The sweep's trials with what a sampler reads of them (no spec, no result); with
+    ``sweep``, first the finished trials of the sweep it warm-starts from (those whose
+    parameters lie in its space), which its TPE model learns from as its own."""
     stmt = (
         select(Job)
-        .options(load_only(Job.trial_index, Job.status, Job.params, Job.objective, Job.epochs_done))
+        .options(load_only(*SAMPLER_COLUMNS))
         .where(Job.sweep_id == sweep_id)
         .order_by(Job.trial_index)
     )
-    return list(session.scalars(stmt))
+    warm = warm_trials(session, sweep) if sweep is not None else []
+    return warm + list(session.scalars(stmt))
+
+
+SAMPLER_COLUMNS = (Job.trial_index, Job.status, Job.params, Job.objective, Job.epochs_done)
+
+
+def warm_trials(session: Session, sweep: Sweep) -> list[Job]:
+    """The finished trials of the sweep ``sweep`` warm-starts from (``warm_start`` in its
+    spec) whose parameters are points of its space; none without a warm start."""
+    source = (sweep.spec or {}).get("warm_start")
+    if not source or sweep.method != "tpe":
+        return []
+    stmt = (
+        select(Job)
+        .options(load_only(*SAMPLER_COLUMNS))
+        .where(Job.sweep_id == source, Job.status.in_(TERMINAL_STATUSES))
+        .order_by(Job.trial_index)
+    )
+    parameters = parameters_of(sweep)
+    return [t for t in session.scalars(stmt) if in_space(parameters, t.params)]
 
 
 #: sweep id -> its method, read once per process (it never changes)
@@ -70,7 +93,7 @@ def prepare_proposals(sessions: sessionmaker[Session], sweep_id: str) -> Prepare
             sweep = session.get(Sweep, sweep_id)
             if sweep is None or sweep.status != "running":
                 return None
-            trials = sampler_trials(session, sweep_id)
+            trials = sampler_trials(session, sweep_id, sweep)
             active = sum(t.status in ACTIVE_STATUSES for t in trials)
             n_new = min(sweep.max_concurrency - active, sweep.n_trials - sweep.n_created)
             proposals = []

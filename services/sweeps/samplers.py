@@ -112,13 +112,50 @@ def _worst(trials: list[Job], maximize: bool) -> float | None:
     return min(values) if maximize else max(values)
 
 
+def point_of(sweep: Sweep, index: int) -> int:
+    """Which point of a grid or random sequence trial ``index`` takes: its index less
+    the trials before it that run an earlier trial's parameters again (a resume's
+    replays), so that the points continue where they were."""
+    replays = sweep.replays or {}
+    return index - sum(1 for k, r in replays.items() if int(k) < index and r.get("params"))
+
+
+def replays_ahead(sweep: Sweep) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
+    """The parameters of the trials still to create that run an earlier trial again
+    (``Sweep.replays``, set by a resume), by trial index."""
+    out = {}
+    for key, replay in (sweep.replays or {}).items():
+        if int(key) >= sweep.n_created and replay.get("params") is not None:
+            proposal = {**(replay.get("proposal") or {}), "replays": replay["from"]}
+            out[int(key)] = (dict(replay["params"]), proposal)
+    return out
+
+
+def in_space(parameters: dict[str, ParameterSpec], params: dict[str, Any] | None) -> bool:
+    """Whether ``params`` is a point of the space (a warm start's trials must be)."""
+    if not params or set(params) != set(parameters):
+        return False
+    for path, p in parameters.items():
+        value = params[path]
+        if p.values is not None:
+            if value not in p.values:
+                return False
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        elif not (p.min is not None and p.max is not None and p.min <= value <= p.max):
+            return False
+    return True
+
+
 def propose(sweep: Sweep, index: int, trials: list[Job]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Parameters for trial ``index`` and a note on where they came from."""
     parameters = parameters_of(sweep)
     if sweep.method == "grid":
-        return grid_point(parameters, index), {"method": "grid", "index": index}
+        point = point_of(sweep, index)
+        return grid_point(parameters, point), {"method": "grid", "index": point}
     if sweep.method == "random":
-        return random_point(parameters, sweep.seed, index), {"method": "random", "index": index}
+        point = point_of(sweep, index)
+        return random_point(parameters, sweep.seed, point), {"method": "random", "index": point}
     study, dists, parameters = tpe_study(sweep, trials, index)
     trial = study.ask(dists)
     params = {

@@ -31,6 +31,7 @@ from services.db.models import (
 from services.db.pages import paginate
 from services.jobs.ending import retire_checkpoints
 from services.jobs.rows import create_job
+from services.mirror import catch_up as mirror
 from services.specs import (
     SpecValidationError,
     SweepCreate,
@@ -40,7 +41,8 @@ from services.specs import (
 from services.sweeps.ahead import Prepared, prepare_proposals, sampler_trials
 from services.sweeps.ceiling import Ceiling, above, ceilings, skip_queued, skip_values
 from services.sweeps.range_bounds import READY, WAITING, resolve, start_for
-from services.sweeps.samplers import propose
+from services.sweeps.reused import reuse_trial, reused_trials
+from services.sweeps.samplers import propose, replays_ahead
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,7 @@ def advance_sweep(
     ahead: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
     if prepared is not None and prepared.n_created == sweep.n_created:
         ahead = {sweep.n_created + i: p for i, p in enumerate(prepared.proposals)}
+    ahead.update(replays_ahead(sweep))  # trials a resume runs again: their own parameters
     # Trials queued above a learning rate that diverged are skipped before they train.
     found = ceilings(session, sweep)
     skip_queued(session, sweep, found)
@@ -137,7 +140,7 @@ def advance_sweep(
     while sweep.n_created < sweep.n_trials and active < sweep.max_concurrency:
         index = sweep.n_created
         if trials is None and sweep.method == "tpe" and index not in ahead:
-            trials = sampler_trials(session, sweep_id)
+            trials = sampler_trials(session, sweep_id, sweep)
         job, stop = _create_trial(
             session, sweep, index, trials or [], limits, ahead.get(index), found
         )
@@ -206,6 +209,8 @@ def _create_trial(
             if ceiling is not None:
                 for key, value in skip_values(ceiling, float(params[ceiling.path])).items():
                     setattr(job, key, value)
+            else:  # identical to a succeeded job of its owner: a copy of it
+                reuse_trial(session, job)
         return job, False
     except SpecValidationError as err:
         # A combination the checks at submission could not foresee.
@@ -289,6 +294,7 @@ def advance_and_enqueue(
         with session_factory() as session:
             new_ids = advance_sweep(session, sweep_id, limits=settings.limits, prepared=prepared)
             session.commit()
+            reused = reused_trials(session)
     except DBAPIError as err:
         if _outage(err):
             raise
@@ -297,8 +303,18 @@ def advance_and_enqueue(
     except Exception as err:
         _stop_sweep(session_factory, sweep_id, err)
         return []
+    for job_id in reused:  # finished at once: the mirror learns of them here
+        mirror_reused(settings, job_id)
     dispatcher.enqueue_jobs(new_ids[1:] if keep else new_ids)
     return new_ids
+
+
+def mirror_reused(settings: Settings, job_id: str) -> None:
+    """Hand a reused trial to the MLflow mirror (its catch-up finds it otherwise)."""
+    try:
+        mirror.job_finished(settings, job_id)
+    except Exception:
+        log.warning("trial %s: not handed to the mirror; the catch-up will", job_id)
 
 
 def _stop_sweep(session_factory: sessionmaker[Session], sweep_id: str, err: Exception) -> None:
