@@ -270,7 +270,28 @@ def test_the_example_script_runs(server: Server, api: Client) -> None:
 def test_resume_and_extend(server: Server, api: Client) -> None:
     if not has_route(api, "/api/v1/sweeps/{sweep_id}/extend"):
         pytest.skip("POST /sweeps/<id>/resume and /extend are not on this branch yet")
-    spec = lr_sweep([0.01, 0.05], digits_job(epochs=3))
+    # a sweep cancelled while its first trial trains, then resumed to its end
+    spec = lr_sweep([0.011, 0.021, 0.051], digits_job(epochs=300), max_concurrency=1)
+    (server.workdir / "resume.json").write_text(json.dumps(spec))
+    sweep_id = _json(server.cli("submit", "resume.json", "--json"))["id"]
+    wait_for(lambda: api.trials(sweep_id, status="running"), 60, "a trial to run")
+    assert server.cli("cancel", sweep_id).returncode == 0
+    stopped = server.cli("watch", sweep_id, "--json", "--poll", "0.2")
+    assert stopped.returncode == 1 and json.loads(stopped.stdout)["status"] == "cancelled"
+    resumed = server.cli("resume", sweep_id, "--wait", "--json", "--poll", "0.2", timeout=300)
+    final = _json(resumed)
+    assert final["status"] == "done" and final["best_trial"] is not None, final
+    rates = {
+        row["params"]["hyperparameters.learning_rate"]
+        for row in api.leaderboard(sweep_id)
+        if row["status"] == "succeeded"
+    }
+    assert rates == {0.011, 0.021, 0.051}
+    done_again = server.cli("resume", sweep_id)  # nothing is missing: the API's 409
+    assert done_again.returncode == 2 and "409" in done_again.stderr, done_again.stderr
+
+    # a random sweep extended by 2 trials, the sampler going on
+    spec = lr_sweep([0.01], digits_job(epochs=3))
     spec.update(method="random", n_trials=2)
     spec["parameters"] = {
         "hyperparameters.learning_rate": {"distribution": "log_uniform", "min": 0.01, "max": 0.1}
@@ -279,3 +300,8 @@ def test_resume_and_extend(server: Server, api: Client) -> None:
     done = _json(server.cli("submit", "random.json", "--wait", "--json"))
     grown = _json(server.cli("extend", done["id"], "--trials", "2", "--wait", "--json"))
     assert grown["n_trials"] == 4 and grown["counts"].get("succeeded") == 4, grown
+    board = api.leaderboard(done["id"])
+    assert len({r["params"]["hyperparameters.learning_rate"] for r in board}) == 4
+    # a grid has no more points: 409, shown with its code
+    exhausted = server.cli("extend", sweep_id, "--trials", "1")
+    assert exhausted.returncode == 2 and "grid_exhausted" in exhausted.stderr, exhausted.stderr
