@@ -123,7 +123,7 @@ def create_range_test(body: RangeTestCreate):
     spec = lr_range_start.prepare_range_test(
         db(), body.spec, principal=principal(), limits=svc.settings.limits
     )
-    test_id = lr_range_start.start_range_test(
+    test = lr_range_start.start_range_test(
         db(),
         svc.dispatcher,
         spec=spec,
@@ -134,8 +134,9 @@ def create_range_test(body: RangeTestCreate):
         name=body.name or body.spec.name,
         experiment=body.experiment,
     )
-    location = url_for("lr_range_tests.get_range_test", test_id=test_id)
-    return reply(range_test_public(_test_or_404(test_id)), 202, {"Location": location})
+    # the test as committed (a worker may be running it already: GET shows that)
+    location = url_for("lr_range_tests.get_range_test", test_id=test.id)
+    return reply(range_test_public(test), 202, {"Location": location})
 
 
 @bp.get(

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 from services.auth import LOCAL, Principal
 from services.celery_app import Dispatcher
 from services.config import Limits
+from services.db.models import LrRangeTest
 from services.lr_range.rows import RangeTestSettings, create_range_test, fail_unstarted
 from services.specs import JobCreate, SpecValidationError
 from services.submit import QueueUnavailable, prepare_job
@@ -38,8 +39,9 @@ def start_range_test(
     settings: RangeTestSettings | None = None,
     name: str | None = None,
     experiment: str | None = None,
-) -> str:
-    """Store a test of the normalized job ``spec``, commit, queue it; return its id.
+) -> LrRangeTest:
+    """Store a test of the normalized job ``spec``, commit, queue it; return its row as
+    committed (``queued``: a worker may have claimed it since; its ``id`` is the test's).
 
     Raises :class:`services.submit.QueueUnavailable` after failing the test if the
     broker is down, so that no test is left queued that nobody will run.
@@ -59,4 +61,4 @@ def start_range_test(
         fail_unstarted(session, test.id, f"the queue was unavailable ({type(err).__name__})")
         session.commit()
         raise QueueUnavailable(err) from err
-    return test.id
+    return test
