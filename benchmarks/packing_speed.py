@@ -47,9 +47,9 @@ from services.trainer.packed_rule import step_work  # noqa: E402
 
 NETWORKS = [
     # (name, layer sizes, batch size, training rows, epochs)
-    ("tiny", [2, 64, 2], 32, 4096, 3),  # the first measurement
-    ("small", [2, 64, 64, 2], 32, 4096, 3),
-    ("medium", [64, 128, 10], 64, 4096, 3),
+    ("tiny", [2, 64, 2], 32, 4096, 5),  # the first measurement
+    ("small", [2, 64, 64, 2], 32, 4096, 5),
+    ("medium", [64, 128, 10], 64, 4096, 5),
     ("mid", [64, 256, 256, 10], 64, 4096, 2),
     ("large", [784, 256, 10], 128, 2048, 2),
 ]

@@ -11,7 +11,14 @@ import pytest
 
 from services.trainer import fit
 from services.trainer.checkpoint import load_checkpoint
-from services.trainer.packed import PackError, check_packable, fit_packed, pack_key
+from services.trainer.packed import (
+    PackError,
+    check_packable,
+    fit_packed,
+    pack_key,
+    pack_size,
+    packing_pays,
+)
 
 from .conftest import strip_seconds
 
@@ -296,3 +303,40 @@ def test_pack_key_ignores_the_scalars_a_pack_may_differ_in():
         fit_packed([a, wider])
     with pytest.raises(PackError, match="one entry per spec"):
         fit_packed([a, b], on_epoch=[None])
+
+
+def test_packing_pays_where_the_benchmark_measured_it_faster():
+    assert packing_pays([2, 64, 64, 2], 32, 8) and packing_pays([2, 64, 2], 32, 2)
+    assert not packing_pays([2, 64, 64, 2], 32, 1)  # one trial is no pack
+    assert not packing_pays([784, 256, 10], 128, 8)  # GEMM-bound: the stack only costs
+    assert not packing_pays([64, 256, 256, 10], 64, 16)
+    assert packing_pays([64, 128, 10], 64, 4) and not packing_pays([64, 128, 10], 64, 2)
+    assert not packing_pays([2, 64, 2], None, 8)  # the whole set per batch
+    assert pack_size([2, 64, 64, 2], 32, 40) == 16 and pack_size([2, 64, 64, 2], 32, 5) == 5
+    assert pack_size([784, 256, 10], 128, 8) == 1
+
+
+def test_batches_gathered_one_by_one_give_the_same_numbers(monkeypatch):
+    """A stack too big to gather per epoch is gathered batch by batch (as solo ``fit``
+    does for big sets): the same batches."""
+    from services.trainer import packed_stack
+
+    monkeypatch.setattr(packed_stack, "GATHER_PER_EPOCH_BYTES", 0)
+    check([spec(learning_rate=lr, seed=i, dropout=0.1) for i, lr in enumerate((0.05, 0.2))])
+
+
+def test_an_interrupt_after_a_divergence_in_the_same_epoch_records_the_divergence():
+    sine = {
+        "dataset": {"name": "sine", "n_samples": 200},
+        "architecture": {"layers": [{"units": 32}, {"units": 32}]},
+        "hyperparameters": {"learning_rate": 0.01, "epochs": 6, "batch_size": 16},
+    }
+    specs = [spec(sine, learning_rate=10.0), spec(sine, learning_rate=0.01)]
+    alone = fit(specs[0])
+    assert alone.status == "diverged"
+    n_batches = 10  # 160 training rows / 16
+    stop_at = (alone.diverged_epoch - 1) * n_batches + n_batches - 1  # its epoch's last batch
+    calls = iter(range(10**6))
+    results = fit_packed(specs, interrupt=lambda: next(calls) >= stop_at)
+    assert_same(alone, results[0])
+    assert results[1].status == "stopped" and len(results[1].history) == alone.diverged_epoch - 1
