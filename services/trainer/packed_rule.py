@@ -39,8 +39,9 @@ bits (``packed``'s docstring). A pack of 8 measured 2.2x per training step
 against 8 packs of one (``d @ W.T`` alone, BLAS's slower transposed-B path,
 is about a quarter of the packed step); the per-epoch evaluation of each
 trial (the validation set and the 1,024-row training sample, the same work
-packed or not) brings the whole run to ~1.65x. The tiny 2-64-2 network of the issue's first measurement,
-call-bound, reaches 3.8x per step and 2.2-2.6x per run.
+packed or not) brings the whole run to ~1.65x. The tiny 2-64-2 network of
+the issue's first measurement, call-bound, reaches 3.8x per step and 2.2-2.6x
+per run.
 
 Leaving the pack (``fit_packed(leave=...)``): with 4 of 8 small-network
 trials stopped by their callback after epoch 2 of 8, dropping them from the
