@@ -20,8 +20,9 @@ def lr_range_png(result: Mapping[str, Any], title: str = "") -> bytes:
 
     ``result`` is what the trainer's ``lr_range_test`` returns (``learning_rates``,
     ``losses``, ``smoothed_losses``, ``suggested_lr``, ``divergence_lr``,
-    ``min_loss_lr``). The y axis is cut at a few times the first smoothed loss, so
-    that the blow-up at the end does not flatten the part that matters.
+    ``min_loss_lr``). The y axis runs from the lowest loss to the larger of 1.5 x
+    the first smoothed loss and 4 x its minimum, so that the blow-up at the end does not
+    flatten the part that matters.
     """
     lrs = list(result.get("learning_rates") or [])
     losses = list(result.get("losses") or [])
@@ -34,7 +35,7 @@ def lr_range_png(result: Mapping[str, Any], title: str = "") -> bytes:
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
-    ax.grid(True, which="both", alpha=0.25)
+    ax.grid(True, which="major", alpha=0.3)
     marks = (
         ("suggested_lr", "C2", "suggested (steepest descent)"),
         ("divergence_lr", "C3", "loss starts to diverge"),
@@ -45,9 +46,9 @@ def lr_range_png(result: Mapping[str, Any], title: str = "") -> bytes:
             ax.axvline(value, color=color, linestyle="--", label=f"{label}: {value:.3g}")
     finite = [v for v in smoothed if math.isfinite(v)]
     if finite:
-        low, start = min(finite), finite[0]
-        top = max(start * 1.5, low * 4)
-        ax.set_ylim(max(0.0, low - 0.1 * (top - low)) if low >= 0 else None, top)
+        low = min(finite + [v for v in losses if math.isfinite(v)])
+        top = max(finite[0] * 1.5, min(finite) * 4)
+        ax.set_ylim(max(0.0, low - 0.05 * (top - low)), top)
     right = max(lrs[-1], result.get("divergence_lr") or 0) if lrs else 0
     if lrs and right > lrs[0]:  # one point (a loss not finite at the second step): autoscale
         ax.set_xlim(lrs[0], right)
