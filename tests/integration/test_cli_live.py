@@ -103,3 +103,18 @@ def test_watch_redraws_bars_as_trials_train(server: Server) -> None:
         assert f"trial {index} running" in text and f"trial {index} succeeded" in text, text[-3000:]
     assert "best " in text and "objective=" in text
     assert "top of the leaderboard" in text  # the final summary once the sweep is done
+
+
+def test_watch_a_job_redraws_its_bar_then_says_how_it_ended(server: Server) -> None:
+    (server.workdir / "job.json").write_text(json.dumps(digits_job(epochs=EPOCHS, units=96)))
+    submitted = server.cli("submit", "job.json", "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+
+    code, screen = run_in_terminal(server, "watch", job_id, "--poll", "0.2")
+    text = ANSI.sub("", screen)
+    assert code == 0, text[-3000:]
+    seen = {int(d) for d in re.findall(rf"job\s+[━╸╺ ]+\s+(\d+)/{EPOCHS}\b", text)}
+    assert len({e for e in seen if 0 < e < EPOCHS}) >= 3, (sorted(seen), text[-2000:])
+    assert "val_loss=" in text  # the latest metrics beside the bar
+    assert f"job {job_id} succeeded  best epoch" in text
