@@ -4,7 +4,8 @@ Trains a grid of small runs (moons, circles, spirals, xor, digits; SGD, SGD
 with momentum 0.9, Adam; rates from 1e-4 to 10; seeds 0, 1 and 2; 20 epochs,
 batch 32, one hidden layer of ReLUs, two for spirals) and prints, per
 dataset, optimizer and rate, each seed's final training loss (``div`` when it
-diverged) and the findings of the diagnosis. ``--measures`` prints, per run,
+diverged) and the findings of the diagnosis, then per optimizer and rate how
+many runs got which verdict. ``--measures`` prints, per run,
 the measures ``lr_too_high`` and ``lr_too_low`` read (see
 ``services/trainer/lr_findings.py``), which is how their thresholds were
 chosen; ``--markdown`` prints the table as Markdown (``docs/DIAGNOSIS.md``
@@ -140,6 +141,30 @@ def print_measures(rows: list[dict]) -> None:
         )
 
 
+def print_summary(rows: list[dict], markdown: bool) -> None:
+    """Per optimizer and rate, over datasets and seeds: how many runs got which verdict."""
+    heads = ["optimizer", "lr", "runs", "diverged", "lr_too_high", "lr_too_low", "no lr finding"]
+    if markdown:
+        print("| " + " | ".join(heads) + " |")
+        print("|" + "|".join("---" for _ in heads) + "|")
+    else:
+        print("".join(f"{h:>14}" for h in heads))
+    for opt_name, _ in OPTIMIZERS:
+        for lr in RATES:
+            cell = [r for r in rows if r["optimizer"] == opt_name and r["lr"] == lr]
+            div = sum(r["status"] == "diverged" for r in cell)
+            high = sum("lr_too_high" in r["codes"] for r in cell)
+            low = sum("lr_too_low" in r["codes"] for r in cell)
+            none = sum(
+                r["status"] != "diverged" and not set(LR_CODES) & set(r["codes"]) for r in cell
+            )
+            values = [opt_name, f"{lr:g}", len(cell), div, high, low, none]
+            if markdown:
+                print("| " + " | ".join(map(str, values)) + " |")
+            else:
+                print("".join(f"{v:>14}" for v in values))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3)")
@@ -153,12 +178,14 @@ def main() -> int:
         print_measures(rows)
         print()
     print_table(rows, args.markdown)
-    lr_rows = [r for r in rows if r["status"] != "diverged"]
+    print()
+    print_summary(rows, args.markdown)
+    finished = [r for r in rows if r["status"] != "diverged"]
     counts = {c: sum(c in r["codes"] for r in rows) for c in (*LR_CODES, "diverged")}
     print(
         f"\n{len(rows)} runs in {seconds:.0f} s; "
         + ", ".join(f"{c}: {n}" for c, n in counts.items())
-        + f"; {len(lr_rows)} finished without diverging"
+        + f"; {len(finished)} finished without diverging"
     )
     return 0
 

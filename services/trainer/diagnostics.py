@@ -26,7 +26,7 @@ underfitting         final training accuracy < 0.8 (classification) or
 lr_too_high          a finite but unstable training loss: it climbed well above
                      its best, blew up in the first epoch, or keeps bouncing
                      (measures and thresholds in ``lr_findings``)
-lr_too_low           at least half of an uninformed guess's loss is left and the
+lr_too_low           >= 40% of an uninformed guess's loss is left and the
                      loss is still falling, with healthy gradients
 ==================== =========================================================
 
@@ -107,7 +107,9 @@ def diagnose(
         findings += high or lr_too_low(finite, measures, gradients_ok=not gradients)
         blame_dead_relus(findings, finite, measures)
         if high:
-            _defer_to_a_high_rate(findings)
+            _defer_to_a_high_rate(findings, "lr_too_high")
+    if status == "diverged":
+        _defer_to_a_high_rate(findings, "diverged")
     return findings
 
 
@@ -165,19 +167,19 @@ def _not_learning(finite: list[dict]) -> list[dict]:
     return findings
 
 
-def _defer_to_a_high_rate(findings: list[dict]) -> None:
-    """With ``lr_too_high``, a flat loss or a poor fit is no sign of a low rate: the
-    findings that would advise raising it say to lower it first."""
+def _defer_to_a_high_rate(findings: list[dict], because: str) -> None:
+    """With ``lr_too_high`` or ``diverged`` (``because``), a flat loss or a poor fit is
+    no sign of a low rate: the findings that would advise raising it say to lower it."""
     for f in findings:
         if f["code"] == "not_learning":
             f["message"] = (
                 "The training loss did not improve on its first epoch: the learning rate "
-                "is too high (see lr_too_high)."
+                f"is too high (see {because})."
             )
-            f["suggestion"] = "Lower the learning rate (see lr_too_high)."
+            f["suggestion"] = f"Lower the learning rate (see {because})."
         elif f["code"] == "underfitting":
             f["suggestion"] = (
-                "Lower the learning rate first (see lr_too_high); if it still underfits, "
+                f"Lower the learning rate first (see {because}); if it still underfits, "
                 "use a larger network or train longer."
             )
 

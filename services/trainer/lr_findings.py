@@ -55,7 +55,7 @@ table in ``docs/DIAGNOSIS.md``), on at least ``MIN_EPOCHS`` finite epochs:
   otherwise.
 - ``lr_too_low``: at least ``LOW_MIN_EPOCHS`` finite epochs, no
   ``lr_too_high``, the gradients neither vanishing nor exploding, no ReLU
-  layer half dead, ``final >= LOW_FINAL`` (at least half of the uninformed
+  layer half dead, ``final >= LOW_FINAL`` (at least 40% of the uninformed
   loss is left) and the loss still falling steadily: ``late_share >=
   LOW_LATE_SHARE``. (A loss that falls as ``exp(-t / tau)`` has a late share
   of 0.15 for ``tau = n / 2``: at its pace, the run would need half its epochs
@@ -81,7 +81,7 @@ HIGH_FIRST_FINAL = 0.1
 HIGH_UPWARD = 0.75
 HIGH_SIGN_CHANGES = 0.3
 LOW_MIN_EPOCHS = 5
-LOW_FINAL = 0.5
+LOW_FINAL = 0.4
 LOW_LATE_SHARE = 0.15
 DEAD_FRACTION = 0.5  # as diagnostics.DEAD_FRACTION
 DEAD_JUMP = 0.05

@@ -135,6 +135,13 @@ def test_a_diverged_run_is_left_to_the_divergence_finding():
     findings = diagnose(history, status="diverged", diverged_epoch=5, reference_loss=LN2)
     assert [f["code"] for f in findings][0] == "diverged"
     assert not [f for f in findings if f["code"].startswith("lr_")]
+    # a loss flat before it diverged is not a rate too low
+    flat = _history([0.7, 0.7, 0.7, 0.7]) + [
+        {"epoch": 5, "train_loss": None, "val_loss": None, "learning_rate": 0.1}
+    ]
+    findings = diagnose(flat, status="diverged", diverged_epoch=5, reference_loss=LN2)
+    assert [f["code"] for f in findings] == ["diverged", "not_learning"]
+    assert "too high" in findings[1]["message"] and "Lower" in findings[1]["suggestion"]
     # a non-finite loss in a record (not what fit records) is no measure either
     assert lr_measures(_history([0.6, float("nan"), 0.5, 0.4]), LN2) is None
 
