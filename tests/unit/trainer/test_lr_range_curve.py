@@ -48,6 +48,18 @@ def test_a_synthetic_curve_gives_its_steepest_point_and_its_divergence():
     assert out["suggested_lr"] < out["min_loss_lr"] < out["divergence_lr"]
 
 
+def test_a_one_step_wobble_is_not_the_steepest_descent():
+    # flat at 0.6 with a one-step drop of 0.015 at step 21, then a real descent from
+    # step 50 to 95 (0.0055 a step), then a rise: the descent is steeper over the
+    # window (5 steps either side), though a one-step slope would pick the drop
+    lrs = list(np.logspace(-7, 1, 100))
+    s = [0.6] * 21 + [0.585] * 29 + [0.585 - 0.0055 * i for i in range(1, 46)]
+    s += [s[-1] + 0.05 * i for i in range(1, 6)]
+    assert len(s) == 100 and int(np.argmin(s)) == 94
+    out = read_curve(lrs, s, s)
+    assert lrs[55] <= out["suggested_lr"] <= lrs[89]
+
+
 def test_a_real_run_suggests_a_rate_that_trains_below_the_one_that_diverges():
     spec = {
         "dataset": {"name": "digits"},
