@@ -38,6 +38,9 @@ from services.specs.job import (
 )
 from services.trainer.data import CLASSIFICATION, dataset_task
 
+#: The largest pack a sweep may ask for (``"packing": k``).
+MAX_PACK_SIZE = 64
+
 #: The bounds a range test sweeps when a ``range_test`` parameter gives none.
 RANGE_TEST_MIN, RANGE_TEST_MAX = 1e-6, 10.0
 
@@ -143,11 +146,25 @@ class SweepCreate(Strict):
     # a tpe sweep's model starts from the finished trials of this earlier sweep of yours
     # (the same objective and search-space paths; services/sweeps/lifecycle.py)
     warm_start: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    # Trial packing (services/sweeps/packing.py): "auto" trains trials of one
+    # architecture together in one worker process where the measured rule says it
+    # pays; "off" never; an int k packs up to k trials (bounded by max_concurrency).
+    packing: Literal["auto", "off"] | int = "auto"
 
     @model_validator(mode="before")
     @classmethod
     def _printable(cls, data: Any) -> Any:
         return reject_control_characters(data)
+
+    @field_validator("packing", mode="before")
+    @classmethod
+    def _packing(cls, value: Any) -> Any:
+        ok = value in ("auto", "off") if isinstance(value, str) else None
+        if ok is None and isinstance(value, int) and not isinstance(value, bool):
+            ok = 2 <= value <= MAX_PACK_SIZE
+        if not ok:
+            raise ValueError(f'packing is "auto", "off" or an integer from 2 to {MAX_PACK_SIZE}')
+        return value
 
     @field_validator("parameters")
     @classmethod
