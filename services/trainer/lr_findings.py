@@ -140,7 +140,8 @@ def _rate(finite: list[dict], epoch: int | None) -> float | None:
 
 
 def _evidence(m: dict, keys: tuple[str, ...]) -> dict:
-    return {k: round(m[k], 4) if isinstance(m[k], float) else m[k] for k in keys}
+    """The measures ``keys`` of ``m``, floats to 4 significant digits."""
+    return {k: float(f"{m[k]:.4g}") if isinstance(m[k], float) else m[k] for k in keys}
 
 
 def _fmt(lr: float) -> str:
@@ -219,7 +220,7 @@ def lr_too_low(finite: list[dict], m: dict, gradients_ok: bool) -> list[dict]:
             f"loss is still {m['final']:.0%} of an uninformed guess's and still falling "
             f"({m['late_share']:.0%} of its fall came in the last third of the epochs).",
             "evidence": evidence,
-            "suggestion": suggestion + " (an lr_range_test finds the range).",
+            "suggestion": suggestion + " (a learning-rate range test, lr-range-tests, finds it).",
         }
     ]
 
