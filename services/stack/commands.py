@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import urllib.parse
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from services.config import Settings
 from services.db import make_engine, make_session_factory
 from services.db.models import Job, utcnow
 from services.jobs.lease import worker_name
+from services.stack.flower import FLOWER_HOST, flower_port, flower_status, start_flower
 from services.stack.processes import (
     LOCAL_HOSTS,
     ensure_redis,
@@ -31,7 +33,7 @@ from services.stack.processes import (
     var_dir,
     wait_for,
 )
-from services.stack.tokens import ensure_local_token, token_file
+from services.stack.tokens import ensure_local_token, read_local_token, token_file
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 API_HOST = "127.0.0.1"
@@ -41,6 +43,9 @@ SWEEPLAB_OK = {"status": "ok", "service": "sweeplab"}  # what our API's /healthz
 # How long `down` waits for the worker's warm shutdown (a mini-batch, then the job's
 # release: SHUTDOWN_WRITE_SECONDS) before SIGKILL; as compose's stop_grace_period.
 WORKER_STOP_SECONDS = 60.0
+# Flower keeps nothing to save (not --persistent), and after SIGTERM it can wait
+# ~20 s on its threads before exiting: SIGKILL after this.
+FLOWER_STOP_SECONDS = 3.0
 
 
 def release_jobs_of(pids: Sequence[int], env: dict[str, str]) -> int:
@@ -117,7 +122,7 @@ def up(*, workers: int = 2, mlflow: bool = True) -> None:
 
     migrate(env)
     print("database: migrated to head")
-    ensure_local_token(env)
+    token = ensure_local_token(env)
     print(f"admin token: in {token_file()} (readable by you only; local tools use it)")
 
     if mlflow and env.get("MLFLOW_TRACKING_URI"):
@@ -127,6 +132,11 @@ def up(*, workers: int = 2, mlflow: bool = True) -> None:
     if port_taken(API_HOST, API_PORT, lambda: (http_json(api + "/healthz") or {}) == SWEEPLAB_OK):
         print(f"api: already running on {API_HOST}:{API_PORT}")
     else:
+        # The gunicorn workers' request metrics go to files here, summed at each
+        # scrape (api/metrics.py); counts start again with each start of the API.
+        metrics_dir = var / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir()
         argv = [
             find_executable("gunicorn"),
             "--bind",
@@ -143,7 +153,7 @@ def up(*, workers: int = 2, mlflow: bool = True) -> None:
             str(_repo_root()),
             "api:create_app()",
         ]
-        proc = spawn(argv, log / "api.log", env)
+        proc = spawn(argv, log / "api.log", dict(env, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)))
         record_pid("api", proc)
         wait_for(lambda: http_ok(f"http://{API_HOST}:{API_PORT}/healthz"), "api", 30, proc)
         print(f"started api on http://{API_HOST}:{API_PORT} (pid {proc.pid})")
@@ -169,6 +179,7 @@ def up(*, workers: int = 2, mlflow: bool = True) -> None:
         proc = spawn(argv, log / "worker.log", dict(env, PYTHONPATH=str(_repo_root())))
         record_pid("worker", proc)
         print(f"started worker with {workers} processes (pid {proc.pid})")
+    up_flower(env, token, log)
     wait_for(lambda: http_ok(f"http://{API_HOST}:{API_PORT}/readyz"), "api /readyz", 30)
 
 
@@ -194,6 +205,26 @@ def _up_mlflow(env: dict[str, str], var: Path) -> None:
     print(f"started mlflow server on http://{host}:{port} (pid {proc.pid})")
 
 
+def up_flower(env: dict[str, str], token: str, log: Path) -> subprocess.Popen | None:
+    """Start Flower on 127.0.0.1 (``SWEEPLAB_FLOWER_PORT``, 5555) unless it runs;
+    see services/stack/flower.py for its access rule."""
+    port = flower_port()
+    url = f"http://{FLOWER_HOST}:{port}"
+    if port_taken(FLOWER_HOST, port, lambda: flower_status(url, token) == 200):
+        print(f"flower: already running on {url}")
+        return None
+    proc = start_flower(
+        dict(env, PYTHONPATH=str(_repo_root())),
+        token,
+        host=FLOWER_HOST,
+        port=port,
+        log_file=log / "flower.log",
+    )
+    record_pid("flower", proc)
+    print(f"started flower on {url} (pid {proc.pid}; user admin, the admin token as password)")
+    return proc
+
+
 def down() -> None:
     """Stop what ``up`` started, workers first; the jobs they were training are
     released, so that the next ``up`` resumes them at once.
@@ -202,10 +233,10 @@ def down() -> None:
     its next mini-batch and releases itself; the worker has WORKER_STOP_SECONDS
     before SIGKILL, and a job still held by one of its processes then (a job it
     could not release: the database away) is released here."""
-    for name in ("worker", "api", "mlflow", "redis"):
+    for name in ("flower", "worker", "api", "mlflow", "redis"):
         pgid = recorded_pid(name) if name == "worker" else None
         members = group_members(pgid) if pgid is not None else []
-        timeout = WORKER_STOP_SECONDS if name == "worker" else 20.0
+        timeout = {"worker": WORKER_STOP_SECONDS, "flower": FLOWER_STOP_SECONDS}.get(name, 20.0)
         print(f"{name}: {'stopped' if stop(name, timeout=timeout) else 'not started by sweeplab'}")
         if members:
             try:
@@ -232,4 +263,8 @@ def status() -> int:
     else:
         worker = "not started here"
     print(f"worker  {worker}")
+    flower = f"http://{FLOWER_HOST}:{flower_port()}"
+    answer = flower_status(flower, read_local_token())
+    shown = {200: "up", 401: "up (the admin token in var/ is not its password)", None: "down"}
+    print(f"flower  {shown.get(answer, f'answers {answer}')}  {flower}")
     return 0 if http_ok(api + "/readyz") else 1
