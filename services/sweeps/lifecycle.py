@@ -83,7 +83,12 @@ def resume_sweep(
         )
     index = sweep.n_trials
     for trial in redo:
-        replays[str(index)] = {"params": trial.params, "proposal": trial.proposal, "from": trial.id}
+        replays[str(index)] = {
+            "params": trial.params,
+            "proposal": trial.proposal,
+            "from": trial.id,
+            "index": trial.trial_index,
+        }
         index += 1
     sweep.replays = replays
     _restart(sweep, index)
@@ -103,7 +108,7 @@ def extend_sweep(
         raise LookupError(sweep_id)
     if sweep.method == "grid":
         size = math.prod(len(p.values or ()) for p in parameters_of(sweep).values())
-        planned = sweep.n_trials - sum(1 for r in (sweep.replays or {}).values() if r["params"])
+        planned = sweep.n_trials - len(sweep.replays or {})  # replays take no new point
         if n_trials > size - planned:
             raise SweepStateError(
                 "grid_exhausted",

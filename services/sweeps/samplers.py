@@ -114,10 +114,14 @@ def _worst(trials: list[Job], maximize: bool) -> float | None:
 
 def point_of(sweep: Sweep, index: int) -> int:
     """Which point of a grid or random sequence trial ``index`` takes: its index less
-    the trials before it that run an earlier trial's parameters again (a resume's
-    replays), so that the points continue where they were."""
+    the trials before it that run an earlier trial again (a resume's replays), so that
+    the points continue where they were; a replay of a trial that never had parameters
+    (the sampler failed) takes the point that trial was to take."""
     replays = sweep.replays or {}
-    return index - sum(1 for k, r in replays.items() if int(k) < index and r.get("params"))
+    replay = replays.get(str(index))
+    if replay is not None and replay.get("params") is None and replay.get("index") is not None:
+        return point_of(sweep, int(replay["index"]))
+    return index - sum(1 for k in replays if int(k) < index)
 
 
 def replays_ahead(sweep: Sweep) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
