@@ -73,7 +73,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .build import load_dataset, with_ones_column
+from .build import as_dataset, load_dataset, with_ones_column
 from .data import Dataset
 from .epoch import norm_steps
 from .epoch_metrics import EpochMetrics
@@ -213,8 +213,7 @@ def fit_packed(
     parsed = check_packable(specs)
     k = len(parsed)
     nets = _per_trial(networks, k, "networks")
-    if data is None:
-        data = load_dataset(parsed[0].dataset)
+    data = load_dataset(parsed[0].dataset) if data is None else as_dataset(data)  # once
     runs = [Run(spec, data, net) for spec, net in zip(parsed, nets, strict=True)]
     if len({_shape_of(r.net) for r in runs}) > 1:
         raise PackError("the networks of a pack must have one architecture")

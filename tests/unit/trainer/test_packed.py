@@ -9,7 +9,7 @@ import copy
 import numpy as np
 import pytest
 
-from services.trainer import fit
+from services.trainer import build_network, fit, load_dataset, packed_stack
 from services.trainer.checkpoint import load_checkpoint
 from services.trainer.packed import (
     PackError,
@@ -319,8 +319,6 @@ def test_packing_pays_where_the_benchmark_measured_it_faster():
 def test_batches_gathered_one_by_one_give_the_same_numbers(monkeypatch):
     """A stack too big to gather per epoch is gathered batch by batch (as solo ``fit``
     does for big sets): the same batches."""
-    from services.trainer import packed_stack
-
     monkeypatch.setattr(packed_stack, "GATHER_PER_EPOCH_BYTES", 0)
     check([spec(learning_rate=lr, seed=i, dropout=0.1) for i, lr in enumerate((0.05, 0.2))])
 
@@ -340,3 +338,14 @@ def test_an_interrupt_after_a_divergence_in_the_same_epoch_records_the_divergenc
     results = fit_packed(specs, interrupt=lambda: next(calls) >= stop_at)
     assert_same(alone, results[0])
     assert results[1].status == "stopped" and len(results[1].history) == alone.diverged_epoch - 1
+
+
+def test_given_networks_and_data_train_in_place_as_solo():
+    data = load_dataset(BASE["dataset"])
+    specs = [spec(learning_rate=lr, seed=i, epochs=3) for i, lr in enumerate((0.05, 0.2))]
+    nets = [build_network(s, data) for s in specs]
+    solo = [fit(s, data=data, network=build_network(s, data)) for s in specs]
+    results = fit_packed(specs, data=BASE["dataset"], networks=nets)
+    for s, r, n in zip(solo, results, nets, strict=True):
+        assert_same(s, r)
+        assert r.network is n  # trained in place, as fit does
