@@ -120,9 +120,9 @@ def _test_or_404(test_id: str) -> LrRangeTest:
 def create_range_test(body: RangeTestCreate):
     """Validate the job spec and the rates, store the test (yours) and queue it."""
     svc = services()
-    spec = lr_range_start.prepare_range_test(
-        db(), body.spec, principal=principal(), limits=svc.settings.limits
-    )
+    limits = svc.settings.limits
+    spec = lr_range_start.prepare_range_test(db(), body.spec, principal=principal(), limits=limits)
+    lr_range_start.check_range_test_budget(spec, body.steps, limits)
     test = lr_range_start.start_range_test(
         db(),
         svc.dispatcher,

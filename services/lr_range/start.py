@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from sqlalchemy.orm import Session
 
+from services import budgets
 from services.auth import LOCAL, Principal
 from services.celery_app import Dispatcher
 from services.config import Limits
@@ -11,6 +15,7 @@ from services.db.models import LrRangeTest
 from services.lr_range.rows import RangeTestSettings, create_range_test, fail_unstarted
 from services.specs import JobCreate, SpecValidationError
 from services.submit import QueueUnavailable, prepare_job
+from services.trainer.data import dataset_shape, validation_rows
 
 
 def prepare_range_test(
@@ -19,10 +24,30 @@ def prepare_range_test(
     """The normalized job spec of a test, as ``POST /jobs`` would store it (an
     uploaded dataset's facts filled in, inline arrays stored); errors name ``spec.*``."""
     try:
-        return prepare_job(session, spec, principal=principal, limits=limits)
+        normalized = prepare_job(session, spec, principal=principal, limits=limits)
     except SpecValidationError as err:
         details = [{**d, "loc": f"spec.{d['loc']}".rstrip(".")} for d in err.details]
         raise SpecValidationError("invalid range test spec", details) from err
+    return normalized
+
+
+def check_range_test_budget(spec: dict[str, Any], steps: int, limits: Limits) -> None:
+    """A 422 at ``steps`` if ``steps`` batches of the normalized ``spec`` are over the
+    job budgets: costed as a job of enough epochs to train that many batches (an upper
+    bound: a test evaluates nothing), since a full-batch spec of 20 epochs passes its own
+    budget with 20 batches where a test may train 2,000."""
+    ds, hp = spec["dataset"], spec["hyperparameters"]
+    n, _ = dataset_shape(ds["name"], ds)
+    n_val = validation_rows(ds["name"], ds, ds.get("validation_split", 0.2))
+    n_tr = max(n - (round(n * ds.get("validation_split", 0.2)) if n_val is None else n_val), 1)
+    batches = math.ceil(n_tr / min(int(hp.get("batch_size") or n_tr), n_tr))
+    as_job = {**spec, "hyperparameters": {**hp, "epochs": math.ceil(steps / batches)}}
+    details = budgets.problems(
+        budgets.estimate(as_job), limits.max_job_memory_bytes, limits.max_job_flops
+    )
+    if details:
+        msgs = [{"loc": "steps", "msg": d["msg"].replace("the job", "the test")} for d in details]
+        raise SpecValidationError("the range test is over its budget", msgs)
 
 
 def enqueue_range_test(dispatcher: Dispatcher, test_id: str) -> None:

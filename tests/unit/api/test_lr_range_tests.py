@@ -215,6 +215,26 @@ def test_a_test_whose_workers_were_lost_too_often_is_failed(client, app, setting
     assert failed["status"] == "failed" and f"lost {settings.max_attempts} times" in failed["error"]
 
 
+def test_a_test_over_the_flop_budget_is_a_422_at_steps(settings):
+    """A full-batch spec passes its own budget with 20 batches; a test trains `steps`."""
+    from api import create_app
+
+    limits = settings.limits.model_copy(update={"max_job_flops": 5e9})
+    app = create_app(settings.replace(limits=limits), dispatcher=FakeDispatcher())  # type: ignore[arg-type]
+    try:
+        client = authorize(contract_client(app), new_token(app.extensions["sweeplab"].sessions))
+        spec = copy.deepcopy(DIGITS_ADAM)
+        spec["hyperparameters"]["batch_size"] = None  # full batch: one batch an epoch
+        assert client.post(f"{API}/jobs", json=spec).status_code == 201
+        assert client.post(f"{API}/lr-range-tests", json={"spec": spec}).status_code == 202
+        response = client.post(f"{API}/lr-range-tests", json={"spec": spec, "steps": 2000})
+        assert response.status_code == 422
+        (detail,) = response.get_json()["error"]["details"]
+        assert detail["loc"] == "steps" and "the test needs about" in detail["msg"]
+    finally:
+        app.extensions["sweeplab"].engine.dispose()
+
+
 class DownDispatcher(FakeDispatcher):
     def enqueue_range_tests(self, test_ids):
         raise ConnectionError("redis is down")
