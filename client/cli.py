@@ -30,6 +30,7 @@ from client.render import (
 )
 from client.shell import Options, client, emit_json, err, out, read_csv_rows, say
 from client.specfile import load_spec
+from client.watch import RETRY_SECONDS
 from client.watch import watch as watch_live
 
 app = typer.Typer(
@@ -61,9 +62,11 @@ def main_options(
     ctx.obj = Options(url=url, token=token, timeout=timeout)
 
 
-def _follow(api: Client, id: str, as_json: bool, poll: float) -> None:
+def _follow(
+    api: Client, id: str, as_json: bool, poll: float, retry_for: float = RETRY_SECONDS
+) -> None:
     """Watch to the end (live on a terminal), print the result, exit 0 or 1."""
-    final = watch_live(api, id, err if as_json else out, poll=poll)
+    final = watch_live(api, id, err if as_json else out, poll=poll, retry_for=retry_for)
     if as_json:
         emit_json(final)
     elif kind_of(final) == "sweep":
@@ -98,9 +101,17 @@ def submit(
 
 
 @app.command()
-def watch(ctx: typer.Context, id: IdArg, as_json: JsonFlag = False, poll: Poll = 1.0) -> None:
+def watch(
+    ctx: typer.Context,
+    id: IdArg,
+    as_json: JsonFlag = False,
+    poll: Poll = 1.0,
+    retry_for: Annotated[
+        float, typer.Option(min=0, help="seconds to keep asking a server that went away")
+    ] = RETRY_SECONDS,
+) -> None:
     """Live progress until the job or sweep ends (exit 0 succeeded, 1 otherwise)."""
-    _follow(client(ctx), id, as_json, poll)
+    _follow(client(ctx), id, as_json, poll, retry_for)
 
 
 @app.command("ls")

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from client.api import JOB_ENDS, JSON, Client, is_final, kind_of
+from client.errors import ApiError, Unreachable
 from client.render import (
     best_line,
     diagnosis_lines,
@@ -30,6 +31,8 @@ from client.render import (
 )
 
 BAR_WIDTH = 30
+#: How long a watch keeps asking a server that does not answer (a restart, an outage).
+RETRY_SECONDS = 60.0
 #: Ends whose diagnosis is worth a line under the trial's (the trainer said why).
 DIAGNOSED = frozenset({"failed", "diverged", "timed_out"})
 
@@ -41,8 +44,18 @@ def _now() -> str:
 class Watcher:
     """Poll ``id`` every ``poll`` seconds until it ends, drawing on ``console``."""
 
-    def __init__(self, client: Client, id: str, console: Console, *, poll: float = 1.0):
+    def __init__(
+        self,
+        client: Client,
+        id: str,
+        console: Console,
+        *,
+        poll: float = 1.0,
+        retry_for: float = RETRY_SECONDS,
+    ):
         self.client, self.id, self.console, self.poll = client, id, console, poll
+        self.retry_for = retry_for
+        self._answered = False  # the server answered once: later silences are waited out
         self.live_mode = console.is_terminal
         self._running: dict[str, JSON] = {}
         self._reported: set[str] = set()  # ended trials already given a line
@@ -53,16 +66,15 @@ class Watcher:
 
     def run(self) -> JSON:
         """Watch until the job or the sweep ends; return its final answer."""
-        resource = self.client.get(self.id)
         if not self.live_mode:
-            return self._loop(resource, None)
+            return self._loop(None)
         with Live(console=self.console, refresh_per_second=8, transient=True) as live:
-            return self._loop(resource, live)
+            return self._loop(live)
 
-    def _loop(self, resource: JSON, live: Live | None) -> JSON:
-        sweep = kind_of(resource) == "sweep"
+    def _loop(self, live: Live | None) -> JSON:
         while True:
-            trials = self._trials(resource) if sweep else []
+            resource, trials = self._poll()
+            sweep = kind_of(resource) == "sweep"
             view = self._sweep_view(resource, trials) if sweep else self._job_view(resource)
             if live is not None:
                 live.update(view, refresh=True)
@@ -76,7 +88,31 @@ class Watcher:
                     self._job_ended(resource)
                 return resource
             time.sleep(self.poll)
-            resource = self.client.get(self.id)
+
+    def _poll(self) -> tuple[JSON, list[JSON]]:
+        """The job or sweep and its running trials. While the server is away (no answer,
+        or a 5xx: an API restart, a database outage) it is asked again for up to
+        ``retry_for`` seconds before giving up, so that a watch outlives a restart."""
+        away_since: float | None = None
+        while True:
+            try:
+                resource = self.client.get(self.id)
+                trials = self._trials(resource) if kind_of(resource) == "sweep" else []
+            except (Unreachable, ApiError) as err:
+                if not self._answered or (isinstance(err, ApiError) and err.status < 500):
+                    raise  # a wrong address or id is said at once
+                now = time.monotonic()
+                if away_since is None:
+                    away_since = now
+                    self._say(f"no answer ({err}); asking again for {self.retry_for:.0f} s")
+                if now - away_since > self.retry_for:
+                    raise
+                time.sleep(max(self.poll, 0.5))
+                continue
+            if away_since is not None:
+                self._say("the server answers again")
+            self._answered = True
+            return resource, trials
 
     def _say(self, text: str) -> None:
         self.console.print(f"[{_now()}] {text}", markup=False, highlight=False, soft_wrap=True)
@@ -213,6 +249,13 @@ class Watcher:
                 self.console.print(f"  - {text}", markup=False, highlight=False, soft_wrap=True)
 
 
-def watch(client: Client, id: str, console: Console, *, poll: float = 1.0) -> dict[str, Any]:
+def watch(
+    client: Client,
+    id: str,
+    console: Console,
+    *,
+    poll: float = 1.0,
+    retry_for: float = RETRY_SECONDS,
+) -> dict[str, Any]:
     """Watch a job or a sweep to its end (live on a terminal); return its final answer."""
-    return Watcher(client, id, console, poll=poll).run()
+    return Watcher(client, id, console, poll=poll, retry_for=retry_for).run()

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +50,37 @@ def lr_sweep(lrs: list[float], base: dict[str, Any], **extra: Any) -> dict[str, 
     }
 
 
-@dataclass
 class Server:
-    stack: Stack
-    url: str
-    workdir: Path
+    """The API under gunicorn on ``port`` (it can be stopped and started again), the
+    stack's worker behind it, and a working directory for the CLI."""
+
+    def __init__(self, stack: Stack, port: int, workdir: Path):
+        self.stack, self.port, self.workdir = stack, port, workdir
+        self.url = f"http://127.0.0.1:{port}"
+        self.api: subprocess.Popen[bytes] | None = None
+
+    def start_api(self) -> None:
+        with open(self.stack.workdir / "api.log", "ab") as log:
+            self.api = subprocess.Popen(
+                [GUNICORN, "--bind", f"127.0.0.1:{self.port}", "--workers", "1"]
+                + ["--threads", "4", "--chdir", str(REPO), "api:create_app()"],
+                cwd=REPO,
+                env=self.stack.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        api = self.api
+        wait_for(lambda: api.poll() is not None or _answers(self.port), 30, "the API")
+        assert api.poll() is None, (self.stack.workdir / "api.log").read_text()[-3000:]
+
+    def stop_api(self) -> None:
+        if self.api is None:
+            return
+        with suppress(ProcessLookupError):
+            os.killpg(self.api.pid, signal.SIGTERM)
+        self.api.wait(timeout=15)
+        self.api = None
 
     def env(self, **extra: str) -> dict[str, str]:
         """The CLI's environment: this server and an admin token, nothing from var/."""
@@ -83,28 +108,13 @@ def serve(
     given: the API and the worker both read it); stop it afterwards."""
     stack = Stack("sqlite", tmp_path_factory.mktemp("cli-stack"), redis_base)
     stack.env["MLFLOW_TRACKING_URI"] = mlflow_url
-    port = free_port()
-    log = open(stack.workdir / "api.log", "wb")  # noqa: SIM115 (closed at teardown)
-    api = subprocess.Popen(
-        [GUNICORN, "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4"]
-        + ["--chdir", str(REPO), "api:create_app()"],
-        cwd=REPO,
-        env=stack.env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    server = Server(stack, f"http://127.0.0.1:{port}", tmp_path_factory.mktemp("cli-cwd"))
+    server = Server(stack, free_port(), tmp_path_factory.mktemp("cli-cwd"))
     try:
+        server.start_api()
         stack.start_worker(concurrency=2)
-        wait_for(lambda: api.poll() is not None or _answers(port), 30, "the API")
-        assert api.poll() is None, (stack.workdir / "api.log").read_text()[-3000:]
         yield server
     finally:
-        with suppress(ProcessLookupError):
-            os.killpg(api.pid, signal.SIGTERM)
-        api.wait(timeout=15)
-        log.close()
+        server.stop_api()
         stack.close()
         api_log = (stack.workdir / "api.log").read_text()
         assert "Traceback" not in api_log, api_log[-3000:]  # no request ever hit a 500

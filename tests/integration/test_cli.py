@@ -9,6 +9,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import yaml
 from sklearn.datasets import load_digits
 
 from client import ApiError, Client
-from tests.integration.cli_support import Server, digits_job, free_port, lr_sweep, serve
+from tests.integration.cli_support import SWEEPLAB, Server, digits_job, free_port, lr_sweep, serve
 from tests.integration.harness import wait_for
 
 pytestmark = pytest.mark.integration
@@ -199,6 +200,37 @@ def test_watch_without_a_terminal_prints_plain_lines(server: Server) -> None:
     assert "\x1b" not in watched.stdout  # no cursor movement, no colour: a log file's lines
     assert any("succeeded: epoch 5/5" in line for line in lines), lines
     assert any(line.startswith("[") and f"job {created['id']} succeeded" in line for line in lines)
+
+
+def test_watch_outlives_an_api_restart(server: Server) -> None:
+    (server.workdir / "restart.json").write_text(json.dumps(digits_job(epochs=500, units=48)))
+    job_id = _json(server.cli("submit", "restart.json", "--json"))["id"]
+    watcher = subprocess.Popen(
+        [SWEEPLAB, "watch", job_id, "--poll", "0.2", "--retry-for", "60"],
+        cwd=server.workdir,
+        env=server.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stdout is not None
+        first = watcher.stdout.readline()  # the first progress line: it is watching
+        assert job_id not in first and "epoch" in first, first
+        server.stop_api()
+        time.sleep(3)  # Client retries for ~2 s: the watch must wait longer than that
+        server.start_api()
+        out, errors = watcher.communicate(timeout=180)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    assert watcher.returncode == 0, (out, errors)
+    assert "no answer (cannot reach the sweeplab server" in out
+    assert "the server answers again" in out
+    assert f"job {job_id} succeeded" in out
+    # a server that never answered is said at once (exit 3), not waited for
+    closed = server.cli("watch", job_id, SWEEPLAB_URL=f"http://127.0.0.1:{free_port()}")
+    assert closed.returncode == 3 and "no answer" not in closed.stdout
 
 
 def test_tokens(server: Server) -> None:
