@@ -13,6 +13,8 @@ import pytest
 from sqlalchemy import update
 
 from services.db.models import LrRangeTest
+from services.lr_range import create_range_test
+from services.lr_range.start import enqueue_range_test
 from services.mirror import catch_up
 from tests.e2e.mlflow_support import MlflowServer, mirroring_stack, params, tags
 from tests.integration.harness import Stack, wait_for
@@ -111,3 +113,21 @@ def test_a_range_test_has_its_run_curve_and_png_in_mlflow(stack: Stack, mlflow: 
     assert _row(stack, test["id"]).mlflow_run_id == run_id
     assert [r["info"]["run_id"] for r in mlflow.runs(links["experiment_id"])] == [run_id]
     assert len(mlflow.history(run_id, "loss")) == done["steps_taken"]
+
+
+def test_a_failed_range_test_has_a_failed_run_with_its_error(stack: Stack, mlflow: MlflowServer):
+    experiment = f"e2e-lr-{uuid.uuid4().hex[:8]}"
+    spec = copy.deepcopy(SPEC)
+    spec["hyperparameters"]["optimizer"] = "lbfgs"  # stored as is: the trainer refuses it
+    with stack.sessions() as session:
+        test = create_range_test(session, spec=spec, owner_id=None, experiment=experiment)
+        session.commit()
+        test_id = test.id
+    enqueue_range_test(stack.app.extensions["sweeplab"].dispatcher, test_id)
+    row = _wait_mirrored(stack, test_id)
+    assert row.status == "failed" and row.error
+    (run,) = mlflow.runs(mlflow.experiment_id(experiment))
+    assert run["info"]["run_id"] == row.mlflow_run_id and run["info"]["status"] == "FAILED"
+    assert tags(run)["sweeplab.status"] == "failed"
+    assert row.error in tags(run)["mlflow.note.content"]
+    assert mlflow.artifacts(row.mlflow_run_id) == ["spec.json"]  # no curve, no PNG
