@@ -132,7 +132,7 @@ def create_range_test(body: RangeTestCreate):
             body.min_lr, body.max_lr, body.steps, body.smoothing, body.diverge_factor
         ),
         name=body.name or body.spec.name,
-        experiment=body.experiment,
+        experiment=body.experiment or body.spec.experiment,
     )
     # the test as committed (a worker may be running it already: GET shows that)
     location = url_for("lr_range_tests.get_range_test", test_id=test.id)

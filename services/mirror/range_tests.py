@@ -127,7 +127,9 @@ def _ensure_run(settings: Any, client: Any, snap: dict[str, Any]) -> str:
     if snap["mlflow_run_id"]:
         return str(snap["mlflow_run_id"])
     exp_id = snap["mlflow_experiment_id"] or experiment_id_for(
-        client, settings.mlflow_tracking_uri, experiment_name(snap["experiment"])
+        client,
+        settings.mlflow_tracking_uri,
+        experiment_name(snap["experiment"] or snap["spec"].get("experiment")),
     )
     run_id = find_run(client, exp_id, ID_TAG, snap["id"], KIND)
     if run_id is None:

@@ -45,7 +45,7 @@ class RangeTestCreate(Strict):
             Field(
                 min_length=1,
                 max_length=200,
-                description="the MLflow experiment of its run (default: sweeplab)",
+                description="the MLflow experiment of its run (default: the spec's, else sweeplab)",
             ),
         ]
         | None

@@ -119,8 +119,9 @@ def test_a_failed_range_test_has_a_failed_run_with_its_error(stack: Stack, mlflo
     experiment = f"e2e-lr-{uuid.uuid4().hex[:8]}"
     spec = copy.deepcopy(SPEC)
     spec["hyperparameters"]["optimizer"] = "lbfgs"  # stored as is: the trainer refuses it
+    spec["experiment"] = experiment  # the spec's experiment, the test naming none
     with stack.sessions() as session:
-        test = create_range_test(session, spec=spec, owner_id=None, experiment=experiment)
+        test = create_range_test(session, spec=spec, owner_id=None)
         session.commit()
         test_id = test.id
     enqueue_range_test(stack.app.extensions["sweeplab"].dispatcher, test_id)

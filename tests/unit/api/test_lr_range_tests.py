@@ -46,7 +46,7 @@ def test_a_test_is_queued_run_and_read(client, app, settings, dispatcher):
     test = response.get_json()
     assert response.headers["Location"].endswith(f"/lr-range-tests/{test['id']}")
     assert test["status"] == "queued" and test["curve"] is None
-    assert test["name"] == "digits adam"
+    assert test["name"] == "digits adam" and test["experiment"] is None
     assert (test["min_lr"], test["max_lr"], test["steps"]) == (1e-6, 10.0, 120)
     assert (test["smoothing"], test["diverge_factor"]) == (0.98, 4.0)
     assert test["spec"]["hyperparameters"]["optimizer"] == "adam"  # normalized
@@ -85,6 +85,15 @@ def test_a_test_is_queued_run_and_read(client, app, settings, dispatcher):
     assert outcome is not None and outcome.done and outcome.status == "succeeded"
     assert outcome.suggested_lr == done["suggested_lr"]
     assert outcome.divergence_lr == done["divergence_lr"]
+
+
+def test_a_tests_experiment_is_its_own_or_its_specs(client):
+    named = body()
+    named["spec"]["experiment"] = "lr-finding"
+    test = client.post(f"{API}/lr-range-tests", json=named).get_json()
+    assert test["experiment"] == "lr-finding"  # the spec's, the test naming none
+    mine = client.post(f"{API}/lr-range-tests", json={**named, "experiment": "mine"})
+    assert mine.get_json()["experiment"] == "mine"
 
 
 @pytest.mark.parametrize(
