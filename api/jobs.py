@@ -9,6 +9,7 @@ from typing import Any
 from flask import Response, request, url_for
 from flask_openapi3 import APIBlueprint, Tag
 from flask_openapi3.types import ResponseDict
+from pydantic import Field
 
 from api.auth import SECURITY
 from api.context import (
@@ -22,7 +23,7 @@ from api.context import (
     services,
 )
 from api.errors import APIError
-from api.params import JobListQuery, JobPath, MetricsQuery
+from api.params import JobListQuery, JobPath, MetricsQuery, QueryModel
 from services import idempotency, submit
 from services.db.models import Job
 from services.db.pages import BadCursorError
@@ -135,6 +136,18 @@ def _job_or_404(job_id: str, *columns: Any) -> Job:
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
+class IdempotencyHeader(QueryModel):  # QueryModel: its schema is built once, not per request
+    """The headers a POST that creates a resource reads (documented in OpenAPI)."""
+
+    idempotency_key: str | None = Field(
+        None,
+        alias=IDEMPOTENCY_HEADER,
+        description="up to 255 printable ASCII characters (a UUID, say): the same key with "
+        "the same body answers the resource it created (201, Idempotent-Replayed: true), with "
+        "another body a 422 idempotency_key_reused; keys last SWEEPLAB_IDEMPOTENCY_SECONDS",
+    )
+
+
 def idempotency_claim(scope: str) -> idempotency.Claim | None:
     """The request's Idempotency-Key for a resource of ``scope`` (400 if malformed)."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -196,7 +209,7 @@ def bad_cursor(err: Exception) -> APIError:
     summary="Submit a job",
     responses={201: JobPublic, **errors(400, 413, 415, 422, 429, 503)},
 )
-def create_job(body: JobCreate):
+def create_job(body: JobCreate, header: IdempotencyHeader):
     """Validate a job spec, store the job (yours) and queue it; 429 with Retry-After when
     your queued and running jobs are at the budget (SWEEPLAB_MAX_ACTIVE_JOBS).
 

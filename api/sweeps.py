@@ -18,6 +18,7 @@ from api.auth import SECURITY
 from api.context import db, link, mlflow_links, no_content, principal, reply, services
 from api.errors import APIError
 from api.jobs import (
+    IdempotencyHeader,
     bad_cursor,
     errors,
     idempotency_claim,
@@ -163,7 +164,7 @@ def _sweep_or_404(sweep_id: str, *, spec: bool = True) -> Sweep:
     summary="Submit a sweep",
     responses={201: SweepPublic, **errors(400, 413, 415, 422, 429, 503)},
 )
-def create_sweep(body: SweepCreate):
+def create_sweep(body: SweepCreate, header: IdempotencyHeader):
     """Validate a sweep spec, store it (yours) and queue its first trials; 429 with
     Retry-After when they would take you over your budget of active jobs.
 

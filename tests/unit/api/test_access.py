@@ -103,8 +103,22 @@ def test_nobody_cancels_or_deletes_anothers_work(world):
     for url in (
         f"{API}/jobs/{theirs['job']}/cancel",
         f"{API}/sweeps/{theirs['sweep']}/cancel",
+        f"{API}/sweeps/{theirs['sweep']}/resume",
     ):
         assert alice.post(url).status_code == 404, url
+    extend = f"{API}/sweeps/{theirs['sweep']}/extend"
+    assert alice.post(extend, json={"n_trials": 1}).status_code == 404
+    # nor warm-starts from it: a 422 as for a sweep that does not exist
+    warm = {
+        "base": copy.deepcopy(XOR_JOB),
+        "method": "tpe",
+        "n_trials": 2,
+        "parameters": {"hyperparameters.learning_rate": {"values": [0.1, 0.5]}},
+        "warm_start": theirs["sweep"],
+    }
+    refused = alice.post(f"{API}/sweeps", json=warm)
+    assert refused.status_code == 422
+    assert refused.get_json()["error"]["details"][0]["loc"] == "warm_start"
     for url in (f"{API}/jobs/{theirs['job']}", f"{API}/sweeps/{theirs['sweep']}"):
         assert alice.delete(url).status_code == 404, url
     # bob's work is untouched
@@ -185,6 +199,8 @@ def test_every_protected_route_wants_a_valid_token(world, app):
         ("GET", f"{API}/sweeps/{sweep}/trials"),
         ("GET", f"{API}/sweeps/{sweep}/leaderboard"),
         ("POST", f"{API}/sweeps/{sweep}/cancel"),
+        ("POST", f"{API}/sweeps/{sweep}/resume"),
+        ("POST", f"{API}/sweeps/{sweep}/extend"),
         ("GET", f"{API}/jobs/{job}/plots/curves.png"),
         ("GET", f"{API}/jobs/{job}/plots/layers.png"),
         ("GET", f"{API}/jobs/{job}/weights"),
