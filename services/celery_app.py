@@ -18,6 +18,7 @@ from celery import Celery
 from services.config import Settings
 
 RUN_JOB = "sweeplab.run_job"
+RUN_PACK = "sweeplab.run_pack"  # a sweep's trials trained together (services.jobs.pack_run)
 RECOVER = "sweeplab.recover"
 RUN_RANGE_TEST = "sweeplab.run_lr_range_test"  # services.lr_range
 CANCEL_KEY = "sweeplab:cancel:{job_id}"
@@ -54,8 +55,9 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         # Task events (sent, received, started, succeeded, failed, ...) for Flower and
-        # any event receiver: one Redis PUBLISH each, a handful per job; no receiver,
-        # no cost beyond that (benchmarks/monitoring_overhead.py).
+        # any event receiver: one Redis PUBLISH each, a handful per task. Measured
+        # (benchmarks/monitoring_overhead.py): sending a task takes ~0.3 ms more for
+        # its task-sent event; a sweep of tiny trials ends no later with them on.
         worker_send_task_events=True,
         task_send_sent_event=True,
         enable_utc=True,
@@ -90,6 +92,19 @@ class Dispatcher:
         for job_id in job_ids:
             self.celery.send_task(RUN_JOB, args=[job_id], queue=self.settings.celery_queue)
 
+    def enqueue_pack(self, job_ids: list[str]) -> None:
+        """Send one ``run_pack`` for the trials ``job_ids``, trained together in one
+        process (call after the rows are committed)."""
+        self.celery.send_task(RUN_PACK, args=[list(job_ids)], queue=self.settings.celery_queue)
+
+    def enqueue_units(self, units: Iterable[list[str]]) -> None:
+        """Send each unit: one id as ``run_job``, several as one ``run_pack``."""
+        for unit in units:
+            if len(unit) > 1:
+                self.enqueue_pack(unit)
+            else:
+                self.enqueue_jobs(unit)
+
     def enqueue_range_tests(self, test_ids: Iterable[str]) -> None:
         """Send ``run_lr_range_test`` for each id (call after the rows are committed)."""
         for test_id in test_ids:
@@ -114,7 +129,7 @@ class Dispatcher:
         length, queued, fresh = pipe.execute()
         if length > QUEUE_SCAN_CAP:
             return None
-        ids = {job_id for raw in queued if (job_id := run_job_id(raw, task))}
+        ids = {job_id for raw in queued for job_id in message_job_ids(raw, task)}
         for entry in self.redis.hmget(UNACKED_KEY, fresh) if fresh else []:
             if entry is None:  # acknowledged since
                 continue
@@ -122,8 +137,7 @@ class Dispatcher:
                 message = json.loads(entry)[0]  # [message, exchange, routing key]
             except (ValueError, TypeError, IndexError, KeyError):
                 continue
-            if job_id := run_job_id(message, task):
-                ids.add(job_id)
+            ids.update(message_job_ids(message, task))
         return ids
 
     def queue_depths(self) -> tuple[dict[str, int], int]:
@@ -162,10 +176,25 @@ class Dispatcher:
             self._redis = None
 
 
+def message_job_ids(message: bytes | str | dict[str, Any], task: str = RUN_JOB) -> list[str]:
+    """The job ids a ``task`` message names; for ``run_job``, a ``run_pack``'s too."""
+    if (args := _task_args(message, task)) is not None:
+        return [str(args[0])]
+    if task == RUN_JOB and (args := _task_args(message, RUN_PACK)) is not None:
+        return [str(job_id) for job_id in args[0]] if isinstance(args[0], list) else []
+    return []
+
+
 def run_job_id(message: bytes | str | dict[str, Any], task: str = RUN_JOB) -> str | None:
     """The job id of a ``run_job`` message (or the first argument of a ``task`` message)
     as kombu stores it in Redis; None for any other message (another task, a body that
     does not parse)."""
+    args = _task_args(message, task)
+    return None if args is None else str(args[0])
+
+
+def _task_args(message: bytes | str | dict[str, Any], task: str) -> list[Any] | None:
+    """The arguments of a ``task`` message as kombu stores it; None for another message."""
     try:
         if not isinstance(message, dict):
             message = json.loads(message)
@@ -176,7 +205,8 @@ def run_job_id(message: bytes | str | dict[str, Any], task: str = RUN_JOB) -> st
             body = base64.b64decode(body)
         body = json.loads(body)
         args = body["args"] if isinstance(body, dict) else body[0]  # protocol 1 or 2
-        return str(args[0])
+        args[0]  # noqa: B018 (a message without arguments is no job's)
+        return list(args)
     except (
         ValueError,
         TypeError,
