@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     # message (0: never); then it sends it like any other. Short trials spend more
     # time in Celery's delivery than in training; other messages wait this long at most.
     chain_seconds: float = Field(3.0, ge=0, validation_alias="SWEEPLAB_CHAIN_SECONDS")
+    # The worker processes a sweep's packs of trials are spread over ("packing": "auto"
+    # makes packs of ceil(trials at once / this), so that each process gets one; see
+    # services/sweeps/packing.py): the workers' --concurrency, summed over workers.
+    pack_processes: int = Field(2, ge=1, validation_alias="SWEEPLAB_PACK_PROCESSES")
     checkpoint_every: int = Field(10, validation_alias="SWEEPLAB_CHECKPOINT_EVERY")
     flush_seconds: float = Field(0.5, validation_alias="SWEEPLAB_FLUSH_SECONDS")
     blas_threads: int = Field(1, validation_alias="SWEEPLAB_BLAS_THREADS")

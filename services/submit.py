@@ -32,6 +32,7 @@ from services.specs import (
 from services.specs.job import trainer_normalize, trainer_spec
 from services.sweeps import scheduler
 from services.sweeps.lifecycle import check_warm_start, extend_sweep, resume_sweep
+from services.sweeps.packing import trial_units
 from services.sweeps.reused import reused_trials
 from services.sweeps.scheduler import advance_and_enqueue, create_sweep
 
@@ -169,12 +170,13 @@ def submit_sweep(
     if claim is not None:
         idempotency.remember(session, claim, resource_id=row.id)
     reused = reused_trials(session)
+    units = trial_units(session, job_ids, settings.pack_processes)  # packs: sweeps.packing
     session.commit()
     mirror_finished(settings, reused)
     try:
         if row.range_test_id is not None:  # its trials wait for the test's bounds
             dispatcher.enqueue_range_tests([row.range_test_id])
-        dispatcher.enqueue_jobs(job_ids)
+        dispatcher.enqueue_units(units)
     except Exception as err:
         scheduler.cancel_sweep(session, row.id)
         fail_unqueued(session, job_ids, err)
@@ -206,10 +208,11 @@ def restart_sweep(
         row, job_ids = extend_sweep(session, sweep_id, n_trials, limits=limits)
     check_quota(session, principal, 0, limits.max_active_jobs)  # the new ones are counted
     reused = reused_trials(session)
+    units = trial_units(session, job_ids, settings.pack_processes)
     session.commit()
     mirror_finished(settings, reused)
     try:
-        dispatcher.enqueue_jobs(job_ids)
+        dispatcher.enqueue_units(units)
     except Exception as err:
         scheduler.cancel_sweep(session, row.id)
         fail_unqueued(session, job_ids, err)

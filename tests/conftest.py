@@ -31,9 +31,18 @@ class FakeDispatcher:
         self.enqueued: list[str] = []
         self.cancelled: set[str] = set()
         self.range_tests: list[str] = []
+        self.packs: list[list[str]] = []  # run_pack messages (their ids are in enqueued too)
 
     def enqueue_jobs(self, job_ids: Any) -> None:
         self.enqueued.extend(job_ids)
+
+    def enqueue_pack(self, job_ids: Any) -> None:
+        self.packs.append(list(job_ids))
+        self.enqueued.extend(job_ids)  # each id too: a test may run them one by one
+
+    def enqueue_units(self, units: Any) -> None:
+        for unit in units:
+            self.enqueue_pack(unit) if len(unit) > 1 else self.enqueue_jobs(unit)
 
     def enqueue_range_tests(self, test_ids: Any) -> None:
         self.range_tests.extend(test_ids)

@@ -11,10 +11,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from threadpoolctl import threadpool_limits
 
-from services.celery_app import RECOVER, RUN_JOB, Dispatcher, control_queue
+from services.celery_app import RECOVER, RUN_JOB, RUN_PACK, Dispatcher, control_queue
 from services.config import Settings
 from services.db import make_engine, make_session_factory
-from services.jobs.execute import RELEASED, run_chain
+from services.jobs.execute import RELEASED, run_chain, run_pack_chain
 from services.jobs.lease import LeaseHeldError
 from services.jobs.recovery import recover
 from services.lr_range.recovery import recover_range_tests
@@ -103,6 +103,23 @@ def run_job(self, job_id: str) -> str:
         # A warm shutdown stopped it at a batch boundary: another worker resumes it now.
         rt.dispatcher.enqueue_jobs([job_id])
     return status
+
+
+@shared_task(name=RUN_PACK, acks_late=True)
+def run_pack(job_ids: list[str]) -> dict[str, str]:
+    """Train a pack of trials together (then what their sweep creates next, for a few
+    seconds); trials finished or running elsewhere are left out of the pack."""
+    rt = runtime()
+    statuses = run_pack_chain(
+        settings=rt.settings,
+        session_factory=rt.sessions,
+        dispatcher=rt.dispatcher,
+        job_ids=list(job_ids),
+    )
+    released = [job_id for job_id, status in statuses.items() if status == RELEASED]
+    if released:  # a warm shutdown stopped the pack: another worker resumes it now
+        rt.dispatcher.enqueue_units([released])
+    return statuses
 
 
 @shared_task(name=RECOVER)

@@ -1,6 +1,8 @@
 """What a worker runs for one ``run_job`` message: claim the job, resume it from its
 checkpoint, run it (:class:`services.jobs.run.JobRun`), and let its sweep start the
-next trial, which the same process may run at once (:func:`run_chain`)."""
+next trial, which the same process may run at once (:func:`run_chain`); and for one
+``run_pack`` message, the same for trials trained together (:func:`run_pack_chain`,
+``services.jobs.pack_run``)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ from services.config import Settings
 from services.db.models import TERMINAL_STATUSES, Job, utcnow
 from services.jobs.lease import LeaseHeldError, claim_job, worker_name
 from services.jobs.limits import SHUTDOWN, RunLimits
+from services.jobs.pack_run import execute_pack
 from services.jobs.records import finish_job, load_checkpoint
 from services.jobs.run import JobRun
 from services.sweeps.pruning import policy_for
-from services.sweeps.scheduler import advance_and_enqueue
+from services.sweeps.scheduler import advance_and_send
 
 # the status of a job that a warm shutdown stopped and handed back
 RELEASED = "released"
@@ -57,7 +60,8 @@ def run_chain(
     worker: str | None = None,
 ) -> str:
     """Run ``job_id`` as :func:`execute_job` does; then, for ``settings.chain_seconds``
-    from the start, the next trial its sweep created, in this process, and so on.
+    from the start, the next trial (or pack of trials) its sweep created, in this
+    process, and so on.
 
     A sweep of short trials spends more time in the broker's round trip and the
     prefork pool's hand-over (~3-9 ms per trial on 2 cores) than in training; a trial
@@ -66,37 +70,101 @@ def run_chain(
     trial that cannot run here (a warm shutdown, an error) is sent to the queue.
     Returns the status of ``job_id``; raises :class:`LeaseHeldError` for it only.
     """
+    return _chain(settings, session_factory, dispatcher, [job_id], worker)[job_id]
+
+
+def run_pack_chain(
+    *,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    dispatcher: Dispatcher,
+    job_ids: list[str],
+    worker: str | None = None,
+) -> dict[str, str]:
+    """Train the trials ``job_ids`` together (:func:`services.jobs.pack_run.execute_pack`),
+    let their sweep advance once, and chain what it creates next as :func:`run_chain`
+    does. Returns each trial's status ("released" ones are for the caller to send)."""
+    return _chain(settings, session_factory, dispatcher, list(job_ids), worker)
+
+
+def _chain(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    dispatcher: Dispatcher,
+    first: list[str],
+    worker: str | None,
+) -> dict[str, str]:
     deadline = time.monotonic() + settings.chain_seconds
-    status, next_id = _execute(
-        settings=settings,
-        session_factory=session_factory,
-        dispatcher=dispatcher,
-        job_id=job_id,
-        worker=worker,
-        keep_next=settings.chain_seconds > 0,
+    statuses, unit = _run_unit(
+        settings, session_factory, dispatcher, first, worker, settings.chain_seconds > 0
     )
-    while next_id is not None:
-        current, next_id = next_id, None
+    while unit:
+        current, unit = unit, []
         if SHUTDOWN.requested or time.monotonic() >= deadline:
-            dispatcher.enqueue_jobs([current])
+            dispatcher.enqueue_units([current])
             break
         try:
-            chained, next_id = _execute(
-                settings=settings,
-                session_factory=session_factory,
-                dispatcher=dispatcher,
-                job_id=current,
-                worker=worker,
-                keep_next=True,
-            )
+            chained, unit = _run_unit(settings, session_factory, dispatcher, current, worker, True)
         except LeaseHeldError:  # a re-sent copy got to it first: its holder runs it
             continue
         except BaseException:
-            dispatcher.enqueue_jobs([current])  # harmless if it had been claimed already
+            dispatcher.enqueue_units([current])  # harmless if it had been claimed already
             raise
-        if chained == RELEASED:
-            dispatcher.enqueue_jobs([current])
-    return status
+        released = [job_id for job_id, status in chained.items() if status == RELEASED]
+        if released:
+            dispatcher.enqueue_units([released])
+    return statuses
+
+
+def _run_unit(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    dispatcher: Dispatcher,
+    unit: list[str],
+    worker: str | None,
+    keep_next: bool,
+) -> tuple[dict[str, str], list[str]]:
+    """One trial (:func:`_execute`) or one pack; (statuses, the next unit kept)."""
+    if len(unit) == 1:
+        status, kept = _execute(
+            settings=settings,
+            session_factory=session_factory,
+            dispatcher=dispatcher,
+            job_id=unit[0],
+            worker=worker,
+            keep_next=keep_next,
+        )
+        return {unit[0]: status}, kept
+    statuses, sweep_id = execute_pack(
+        settings=settings,
+        session_factory=session_factory,
+        dispatcher=dispatcher,
+        job_ids=unit,
+        worker=worker,
+    )
+    ended = any(status in TERMINAL_STATUSES for status in statuses.values())
+    return statuses, _advance(settings, session_factory, dispatcher, sweep_id, keep_next, ended)
+
+
+def _advance(
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    dispatcher: Dispatcher,
+    sweep_id: str | None,
+    keep_next: bool,
+    ended: bool,
+) -> list[str]:
+    """Let the sweep of trials that ended advance; the unit kept for this process."""
+    if not sweep_id or not ended:
+        return []
+    keep = keep_next and not SHUTDOWN.requested
+    return advance_and_send(
+        settings=settings,
+        session_factory=session_factory,
+        dispatcher=dispatcher,
+        sweep_id=sweep_id,
+        keep=keep,
+    )[1]
 
 
 def _execute(
@@ -108,11 +176,11 @@ def _execute(
     worker: str | None = None,
     limits: RunLimits | None = None,
     keep_next: bool = False,
-) -> tuple[str, str | None]:
-    """:func:`execute_job`, and the id of the sweep's next trial when ``keep_next`` asked
-    to keep it (not sent: the caller runs it or sends it)."""
+) -> tuple[str, list[str]]:
+    """:func:`execute_job`, and the ids of the sweep's next trial (or pack) when
+    ``keep_next`` asked to keep it (not sent: the caller runs it or sends it)."""
     if SHUTDOWN.requested:  # this worker is stopping: leave the job to the next one
-        return RELEASED, None
+        return RELEASED, []
     with session_factory() as session:
         job = claim_job(
             session,
@@ -125,12 +193,12 @@ def _execute(
             current = session.get(Job, job_id)
             session.commit()
             if current is None:
-                return "missing", None
+                return "missing", []
             if current.status in TERMINAL_STATUSES:
-                return "finished", None
+                return "finished", []
             lease = current.lease_expires_at or utcnow()
             if lease < utcnow():  # not claimable although expired: no attempts left
-                return "exhausted", None  # the recover task fails it
+                return "exhausted", []  # the recover task fails it
             retry_in = max(0.5, (lease - utcnow()).total_seconds() + 0.5)
             raise LeaseHeldError(retry_in, holder=current.worker)
         objective, prune = policy_for(session, job)
@@ -156,15 +224,5 @@ def _execute(
         status = "cancelled"
     else:
         status = run.run(resume_from)
-    next_id = None
-    if sweep_id and status not in ("lost", RELEASED):
-        keep = keep_next and not SHUTDOWN.requested
-        new_ids = advance_and_enqueue(
-            settings=settings,
-            session_factory=session_factory,
-            dispatcher=dispatcher,
-            sweep_id=sweep_id,
-            keep=keep,
-        )
-        next_id = new_ids[0] if keep and new_ids else None
-    return status, next_id
+    ended = status not in ("lost", RELEASED)
+    return status, _advance(settings, session_factory, dispatcher, sweep_id, keep_next, ended)

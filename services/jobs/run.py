@@ -344,13 +344,15 @@ class JobRun:
         TRAINING.set()
         try:
             with self.lease:
-                return self._run(trainer.fit, resume_from, values)
+                return self.train_and_record(trainer.fit, resume_from, values)
         finally:
             TRAINING.clear()
 
-    def _run(
+    def train_and_record(
         self, fit: Callable[..., Any], resume_from: bytes | None, values: dict[str, Any]
     ) -> str:
+        """Train with ``fit`` (``trainer.fit``, or a pack's stand-in that hands over its
+        trial's result: ``services.jobs.pack_run``) and record the outcome."""
         try:
             result = fit(
                 trainer_spec(self.spec),

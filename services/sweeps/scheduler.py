@@ -40,6 +40,7 @@ from services.specs import (
 )
 from services.sweeps.ahead import Prepared, prepare_proposals, sampler_trials
 from services.sweeps.ceiling import Ceiling, above, ceilings, skip_queued, skip_values
+from services.sweeps.packing import note_trials, trial_units
 from services.sweeps.range_bounds import READY, WAITING, resolve, start_for
 from services.sweeps.reused import reuse_trial, reused_trials
 from services.sweeps.samplers import propose, replays_ahead
@@ -136,7 +137,7 @@ def advance_sweep(
     # depend only on its index; only TPE learns from the trials so far.
     active = active_count(session, sweep_id)
     trials: list[Job] | None = None
-    new_ids: list[str] = []
+    new_jobs: list[Job] = []
     while sweep.n_created < sweep.n_trials and active < sweep.max_concurrency:
         index = sweep.n_created
         if trials is None and sweep.method == "tpe" and index not in ahead:
@@ -148,7 +149,7 @@ def advance_sweep(
             trials.append(job)
         sweep.n_created = index + 1
         if job.status == "queued":
-            new_ids.append(job.id)
+            new_jobs.append(job)
             active += 1
         if stop:
             _end(sweep)
@@ -157,7 +158,8 @@ def advance_sweep(
         _end(sweep)
     sweep.updated_at = utcnow()
     session.flush()
-    return new_ids
+    note_trials(session, sweep, new_jobs)  # which go together: services.sweeps.packing
+    return [job.id for job in new_jobs]
 
 
 def _end(sweep: Sweep) -> None:
@@ -280,33 +282,54 @@ def advance_and_enqueue(
 ) -> list[str]:
     """Advance the sweep in its own transaction, then enqueue what it created.
 
-    ``keep``: the first new trial is not sent; the caller runs it at once (returned
-    first all the same). Its row is committed as queued before the caller claims
-    it, so if the caller dies in between, the recover pass finds it queued without
-    a message and sends it.
+    ``keep``: the first new trial (or pack of trials) is not sent; the caller runs it
+    at once (returned first all the same; :func:`advance_and_send` says which). Its
+    rows are committed as queued before the caller claims them, so if the caller dies
+    in between, the recover pass finds them queued without a message and sends them.
 
     If advancing raises anyway (outside one trial's creation), the sweep ends with
     a failed trial that says why, unless the database is away: that is no fault of
     the sweep, and the error propagates (the next recover pass tries again).
     """
+    return advance_and_send(
+        settings=settings,
+        session_factory=session_factory,
+        dispatcher=dispatcher,
+        sweep_id=sweep_id,
+        keep=keep,
+    )[0]
+
+
+def advance_and_send(
+    *,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    dispatcher: Dispatcher,
+    sweep_id: str,
+    keep: bool = False,
+) -> tuple[list[str], list[str]]:
+    """:func:`advance_and_enqueue`: (the new trials' ids, the ids of the trial or pack
+    kept for the caller when ``keep``, else [])."""
     prepared = prepare_proposals(session_factory, sweep_id)
     try:
         with session_factory() as session:
             new_ids = advance_sweep(session, sweep_id, limits=settings.limits, prepared=prepared)
             session.commit()
             reused = reused_trials(session)
+            units = trial_units(session, new_ids, settings.pack_processes)
     except DBAPIError as err:
         if _outage(err):
             raise
         _stop_sweep(session_factory, sweep_id, err)
-        return []
+        return [], []
     except Exception as err:
         _stop_sweep(session_factory, sweep_id, err)
-        return []
+        return [], []
     for job_id in reused:  # finished at once: the mirror learns of them here
         mirror_reused(settings, job_id)
-    dispatcher.enqueue_jobs(new_ids[1:] if keep else new_ids)
-    return new_ids
+    kept = units.pop(0) if keep and units else []
+    dispatcher.enqueue_units(units)
+    return kept + [job_id for unit in units for job_id in unit], kept
 
 
 def mirror_reused(settings: Settings, job_id: str) -> None:

@@ -1,0 +1,231 @@
+"""The run of a pack: trials of one sweep and one architecture that a worker process
+trains together (``services.trainer.fit_packed``), each still a job of its own.
+
+Each trial is a :class:`services.jobs.run.JobRun`, wired to ``fit_packed`` through the
+hooks ``fit`` takes, one per trial: its claim (compare-and-set; a trial that cannot
+be claimed is left out of the pack), its lease (its own keeper renews it), its epochs
+flushed as they finish, its cancel flag read at each epoch (a cancelled trial leaves
+the pack at that epoch), pruning against its peers and its time limit as solo, its
+checkpoints in the solo format, its final status, best epoch and diagnosis, and its
+MLflow child run. ``fit_packed`` gives each trial the numbers of its solo ``fit``.
+
+What the trials share: the check before each mini-batch (a warm shutdown, or a
+database away for longer than the leases, stops the pack: every trial is released,
+no attempt counted, and resumes from its checkpoint), and the end: the outcomes are
+recorded when ``fit_packed`` returns. A trial that leaves early (pruned, cancelled,
+early-stopped, diverged) stops training at once and its epochs are flushed then, but
+its final status is written with the others' (``fit_packed`` hands results over at
+its end); its sweep then advances once for the whole pack.
+
+Resume: a worker killed mid-pack leaves each trial with its own latest checkpoint;
+those may be of different epochs (one trial's flush made it, the next one's not yet).
+``fit_packed`` resumes a pack from checkpoints of one epoch only, so the trials are
+trained in groups of one checkpoint epoch, one group after the other (a group of one
+trains alone, with ``fit``): the same numbers either way."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from services import trainer
+from services.celery_app import Dispatcher
+from services.config import Settings
+from services.datasets import fit_data
+from services.db.models import TERMINAL_STATUSES, Job, utcnow
+from services.jobs.lease import claim_job, worker_name
+from services.jobs.limits import SHUTDOWN, TRAINING, RunLimits
+from services.jobs.records import finish_job, load_checkpoint
+from services.jobs.run import JobRun
+from services.specs import trainer_spec
+from services.sweeps.pruning import policy_for
+from services.trainer.packed import PackError, check_packable
+
+log = logging.getLogger(__name__)
+
+# the status of a job that a warm shutdown stopped and handed back (as execute.RELEASED)
+RELEASED = "released"
+
+
+@dataclass
+class Member:
+    """A claimed trial of the pack: its run, its checkpoint, the epoch it starts after."""
+
+    run: JobRun
+    resume_from: bytes | None
+    start: int
+
+
+def execute_pack(
+    *,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    dispatcher: Dispatcher,
+    job_ids: list[str],
+    worker: str | None = None,
+    limits: RunLimits | None = None,
+) -> tuple[dict[str, str], str | None]:
+    """Claim the trials ``job_ids``, train the claimed ones together, record each outcome.
+
+    Returns each trial's status (its final status, "released", "lost"; for a trial left
+    out: "missing", "finished", "held" (another worker runs it) or "exhausted") and the
+    id of the sweep to advance (None if no trial ended here)."""
+    if SHUTDOWN.requested:  # this worker is stopping: leave the pack to the next one
+        return {job_id: RELEASED for job_id in job_ids}, None
+    statuses: dict[str, str] = {}
+    members: list[Member] = []
+    cancelled: list[JobRun] = []
+    sweep_ids: set[str] = set()
+    with session_factory() as session:
+        for job_id in job_ids:
+            job = claim_job(
+                session,
+                job_id=job_id,
+                worker=worker or worker_name(),
+                lease_seconds=settings.lease_seconds,
+                max_attempts=settings.max_attempts,
+            )
+            if job is None:
+                statuses[job_id] = _left_out(session, job_id)
+                continue
+            if job.sweep_id:
+                sweep_ids.add(job.sweep_id)
+            objective, prune = policy_for(session, job)
+            run = JobRun(
+                settings=settings,
+                session_factory=session_factory,
+                dispatcher=dispatcher,
+                job=job,
+                objective=objective,
+                prune=prune,
+                limits=limits,
+            )
+            checkpoint = load_checkpoint(session, job_id) if job.attempts > 1 else None
+            resume_from = run.restore(session, checkpoint) if job.attempts > 1 else None
+            if job.cancel_requested:
+                cancelled.append(run)
+            else:
+                start = checkpoint.epoch if checkpoint is not None else 0
+                members.append(Member(run, resume_from, start))
+        session.commit()
+    for run in cancelled:
+        with session_factory() as session:
+            finish_job(session, job_id=run.job_id, attempt=run.attempt, status="cancelled")
+            session.commit()
+        statuses[run.job_id] = "cancelled"
+    if members:
+        statuses.update(PackRun(settings, session_factory, members).run())
+    return statuses, min(sweep_ids) if sweep_ids else None
+
+
+def _left_out(session: Session, job_id: str) -> str:
+    """Why a trial of the pack could not be claimed."""
+    current = session.get(Job, job_id)
+    if current is None:
+        return "missing"
+    if current.status in TERMINAL_STATUSES:
+        return "finished"
+    lease = current.lease_expires_at or utcnow()
+    return "exhausted" if lease < utcnow() else "held"
+
+
+class PackRun:
+    """The claimed trials of a pack, trained in groups of one checkpoint epoch."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], members: list[Member]):
+        self.settings = settings
+        self.sessions = sessions
+        self.members = members
+        self.live: list[JobRun] = []
+        # why the pack was stopped before a mini-batch: ("released", reason) or ("lost", "")
+        self.stopped: tuple[str, str] | None = None
+
+    def run(self) -> dict[str, str]:
+        """Train every group; each trial's status ("released" or "lost" as solo)."""
+        statuses: dict[str, str] = {}
+        TRAINING.set()
+        try:
+            with contextlib.ExitStack() as leases:
+                for member in self.members:
+                    leases.enter_context(member.run.lease)
+                ordered = sorted(self.members, key=lambda m: m.start)
+                for _, group in groupby(ordered, key=lambda m: m.start):
+                    statuses.update(self._train(list(group)))
+        finally:
+            TRAINING.clear()
+        return statuses
+
+    def interrupt(self) -> bool:
+        """Before each mini-batch of the pack: progress for every trial's lease; stop the
+        pack on a warm shutdown, a hung run, or leases that ran out while the database
+        was away (a trial whose lease another worker took leaves at its epoch's end)."""
+        now = time.monotonic()
+        for run in self.live:
+            run.lease.progress_at = now
+        if SHUTDOWN.requested:
+            self.stopped = ("released", "a warm shutdown")
+        elif any(run.lease.hung.is_set() for run in self.live):
+            self.stopped = ("lost", "")
+        elif any(now > run.lease.valid_until for run in self.live):
+            self.stopped = ("released", "the database was unreachable for longer than the lease")
+        else:
+            return False
+        return True
+
+    def _train(self, group: list[Member]) -> dict[str, str]:
+        specs = [trainer_spec(member.run.spec) for member in group]
+        if len(group) > 1:
+            try:
+                check_packable(specs)
+            except PackError:  # not expected (the scheduler packs by pack_key): alone then
+                log.exception("trials %s cannot share a pack", [m.run.job_id for m in group])
+                return {k: v for member in group for k, v in self._train([member]).items()}
+        now = time.monotonic()
+        for member in group:
+            member.run.started = member.run.checkpoint_at = now
+        if len(group) == 1:
+            run = group[0].run
+            return {run.job_id: run.train_and_record(trainer.fit, group[0].resume_from, {})}
+        self.live, self.stopped = [m.run for m in group], None
+        try:
+            outcomes: list[Any] = trainer.fit_packed(
+                specs,
+                data=fit_data(group[0].run.spec, self.sessions, self.settings),
+                on_epoch=[m.run.on_epoch for m in group],
+                resume_from=[m.resume_from for m in group],
+                history=[m.run.history if m.resume_from is not None else None for m in group],
+                checkpoint_every=self.settings.checkpoint_every,
+                on_checkpoint=[m.run.on_checkpoint for m in group],
+                checkpoint_due=[m.run.checkpoint_due for m in group],
+                interrupt=self.interrupt,
+            )
+        except Exception as err:  # every trial of the pack fails with it, as solo
+            outcomes = [err] * len(group)
+        statuses = {}
+        for member, outcome in zip(group, outcomes, strict=True):
+            run = member.run
+            stopped = not isinstance(outcome, Exception) and outcome.status == "stopped"
+            if stopped and run.stop_reason is None and self.stopped is not None:
+                run.stop_reason, run.release_reason = self.stopped
+            statuses[run.job_id] = run.train_and_record(
+                _handing_over(outcome), member.resume_from, {}
+            )
+        return statuses
+
+
+def _handing_over(outcome: Any) -> Callable[..., Any]:
+    """A stand-in for ``trainer.fit`` that returns (or raises) a pack's trial outcome."""
+
+    def fit(*_args: Any, **_kwargs: Any) -> Any:
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    return fit
