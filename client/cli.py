@@ -16,7 +16,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from client import outcome, stackcmd, tokencmd
+from client import lrfind, outcome, stackcmd, tokencmd
 from client.api import JSON, Client, kind_of, metric_rows, mlflow_link
 from client.chart import draw_chart
 from client.errors import ApiError, ClientError
@@ -352,6 +352,7 @@ def _started(api: Client, sweep: JSON, what: str, wait: bool, as_json: bool, pol
 
 
 stackcmd.register(app)
+lrfind.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,6 +62,36 @@ def diagnosis_lines(diagnosis: list[Any] | None) -> list[str]:
     return lines
 
 
+#: The findings that name the learning rate (shown for every trial as it ends).
+LR_FINDINGS = ("lr_too_high", "lr_too_low")
+
+
+def lr_finding_lines(diagnosis: list[Any] | None) -> list[str]:
+    """The learning-rate findings of a diagnosis, one line each, with the suggestion."""
+    kept = [d for d in diagnosis or [] if isinstance(d, dict) and d.get("code") in LR_FINDINGS]
+    return diagnosis_lines(kept)
+
+
+def ceiling_lines(sweep: JSON) -> list[str]:
+    """The sweep's divergence ceiling(s) and the range test its bounds came from."""
+    lines = []
+    for c in sweep.get("divergence_ceiling") or []:
+        where = f" with {fmt_params(c['params'])}" if c.get("params") else ""
+        lines.append(
+            f"divergence ceiling: {c['parameter']} >= {fmt(c['learning_rate'])}{where} "
+            f"(trial {c.get('trial_index')} diverged there); higher rates are skipped"
+        )
+    test = sweep.get("range_test")
+    if test:
+        bounds = "pending"
+        if test.get("min") is not None:
+            bounds = f"[{fmt(test['min'])}, {fmt(test['max'])}]"
+        lines.append(
+            f"{test['parameter']} bounds from range test {test['id']} ({test['status']}): {bounds}"
+        )
+    return lines
+
+
 def _pairs(rows: list[tuple[str, Any]]) -> Table:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")

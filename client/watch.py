@@ -23,11 +23,13 @@ from client.api import JOB_ENDS, JSON, Client, is_final, kind_of
 from client.errors import ApiError, Unreachable
 from client.render import (
     best_line,
+    ceiling_lines,
     diagnosis_lines,
     fmt,
     fmt_counts,
     fmt_metrics,
     fmt_params,
+    lr_finding_lines,
 )
 
 BAR_WIDTH = 30
@@ -35,6 +37,8 @@ BAR_WIDTH = 30
 RETRY_SECONDS = 60.0
 #: Ends whose diagnosis is worth a line under the trial's (the trainer said why).
 DIAGNOSED = frozenset({"failed", "diverged", "timed_out"})
+#: Ends after training: their learning-rate findings get a line too.
+TRAINED = DIAGNOSED | {"succeeded", "pruned", "cancelled"}
 
 
 def _now() -> str:
@@ -86,6 +90,8 @@ class Watcher:
             if is_final(resource):
                 if not sweep:
                     self._job_ended(resource)
+                for text in ceiling_lines(resource) if sweep else []:
+                    self._say(text)
                 return resource
             time.sleep(self.poll)
 
@@ -164,8 +170,11 @@ class Watcher:
         if job.get("error"):
             line += f"  error: {job['error']}"
         self._say(line)
-        if status in DIAGNOSED:  # the summary has no diagnosis: the job's page has
-            for text in diagnosis_lines(self.client.job(job["id"]).get("diagnosis")):
+        if status in TRAINED:  # the summary has no diagnosis: the job's page has
+            diagnosis = self.client.job(job["id"]).get("diagnosis")
+            shown = diagnosis_lines(diagnosis) if status in DIAGNOSED else []
+            shown += [t for t in lr_finding_lines(diagnosis) if t not in shown]
+            for text in shown:
                 self.console.print(f"    {text}", markup=False, highlight=False, soft_wrap=True)
 
     def _sweep_epochs(self, sweep: JSON) -> str:
