@@ -19,7 +19,7 @@ from .diagnostics import diagnose
 from .gradcheck import gradient_check
 from .lr_finder import lr_range_test, read_curve, smooth
 from .network import Network
-from .packed import PackError, fit_packed, pack_key, packing_pays
+from .packed import PackError, fit_packed, pack_key, pack_size, packing_pays
 from .records import improves
 from .spec import Spec, SpecError, parse_spec
 from .train import TrainResult, fit, flatten_record
@@ -43,6 +43,7 @@ __all__ = [
     "load_uploaded",
     "lr_range_test",
     "pack_key",
+    "pack_size",
     "packing_pays",
     "parse_spec",
     "read_curve",

@@ -16,38 +16,39 @@ more                       never
 
 Measured (float32, one BLAS thread, OpenBLAS SkylakeX, 2 shared vCPUs; k
 trials of a learning-rate sweep, solo ``fit`` one after the other vs one
-``fit_packed``; CPU seconds, median of 7 alternating rounds; two runs at load
-averages 3.9-6.0 while other work ran, the first with 3 epochs, the second
-with 5 for the three smaller networks)::
+``fit_packed``; CPU seconds, median of 7 alternating rounds; throughput
+ratio packed over solo, above 1 the pack is faster). Three runs at load
+averages 2.9-6.0 (other work ran); the last, and in brackets the range over
+the three::
 
-    network  sizes          batch  step_work  k=2        k=4        k=8        k=16
-    tiny     2-64-2            32      8,192  1.22 1.18  1.71 1.74  2.19 2.24  2.41 2.61
-    small    2-64-64-2         32    139,264  1.11 1.15  1.42 1.38  1.62 1.65  1.72 1.66
-    medium   64-128-10         64    606,208  1.02 0.95  1.07 1.07  1.18 1.14  1.10 1.07
-    mid      64-256-256-10     64  5,406,720  0.93 0.92  0.91 0.92  0.90 0.89  0.88 0.89
-    large    784-256-10       128 26,017,792  0.97 0.91  1.02 0.92  0.90 0.88  0.83 0.79
+    network  sizes        batch   step_work  k=2          k=4          k=8          k=16
+    tiny     2-64-2          32       8,192  1.20 (18-22) 1.75 (71-75) 2.33 (19-33) 2.71 (41-71)
+    small    2-64-64-2       32     139,264  1.16 (11-16) 1.44 (38-44) 1.74 (62-74) 1.75 (66-75)
+    medium   64-128-10       64     606,208  1.03 (95-03) 1.10 (07-10) 1.16 (14-18) 1.07 (07-10)
+    mid      64-256-256-10   64   5,406,720  0.92 (92-93) 0.90 (90-92) 0.85 (85-90) 0.88 (88-89)
+    large    784-256-10     128  26,017,792  0.89 (89-97) 0.88 (88-02) 0.90 (88-90) 0.88 (79-88)
 
-(throughput ratios, packed over solo: above 1 the pack is faster). Where
-the rule packs, every measured ratio is above 1 (medium at k = 2 was 0.95
-in one run: the rule leaves it solo).
+(the brackets give the hundredths: ``(95-03)`` is 0.95 to 1.03).
+Where the rule packs, every measured ratio is above 1 (medium at k = 2 was
+0.95 in one run: the rule leaves it solo).
 
 Why the small network stays under 3x: its 64x64 layer makes a step
 GEMM-bound, not call-bound. Per trial and step the three 32x64x64 products
-cost ~6 us in BLAS (about the single core's peak) of the ~30 us a solo step
+cost ~7 us in BLAS (near the single core's peak) of the ~30 us a solo step
 takes, and the pack must make the same BLAS call per slice to give the same
 bits (``packed``'s docstring). A pack of 8 measured 2.2x per training step
 against 8 packs of one (``d @ W.T`` alone, BLAS's slower transposed-B path,
 is about a quarter of the packed step); the per-epoch evaluation of each
 trial (the validation set and the 1,024-row training sample, the same work
-packed or not) brings the whole run to ~1.65x. The tiny 2-64-2 network of
-the issue's first measurement, call-bound, reaches 3.8x per step and 2.2-2.6x
-per run.
+packed or not) brings the whole run to ~1.75x. The tiny 2-64-2 network of
+the issue's first measurement, call-bound, reaches 3.8x per step and 2.2-2.3x
+per run at k = 8 (2.4-2.7x at 16).
 
 Leaving the pack (``fit_packed(leave=...)``): with 4 of 8 small-network
 trials stopped by their callback after epoch 2 of 8, dropping them from the
-stack took 0.120 s and masking them (their rows computing on) 0.161 s
-(median of 7; 1.35x; 1.20x in another run on the tiny network): drop is the
-default.
+stack took 0.112 s and masking them (their rows computing on) 0.156 s
+(median of 7: 1.39x; 1.35x in another run, 1.20x with the tiny network):
+drop is the default.
 """
 
 from __future__ import annotations
