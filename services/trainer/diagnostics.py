@@ -160,7 +160,8 @@ def _not_learning(finite: list[dict]) -> list[dict]:
                         "epochs": len(finite),
                         "learning_rate": finite[-1].get("learning_rate"),
                     },
-                    "Raise the learning rate (an lr_range_test finds a good one)"
+                    "Raise the learning rate (a range test finds a good one: "
+                    "`sweeplab lr-find`, POST /api/v1/lr-range-tests)"
                     + (", and use leaky_relu or He initialization." if all_dead else "."),
                 )
             )
