@@ -43,7 +43,8 @@ run's, and the tests assert bit-for-bit equality (not just the 1e-12 / 1e-5
 relative agreement allowed where kernels differ). Should a BLAS build ever
 pick another kernel for a stacked call than for the 2-D one, the slice-by-slice
 test of the products fails first and names it. A record's ``seconds`` is the
-pack's wall time for the epoch, the same for all its trials. Not packable: a
+pack's wall time from the epoch's start to the trial's record (its
+measurements after the epoch included, as solo). Not packable: a
 softmax output without cross-entropy (its reductions are written for 2-D).
 
 Trials that stop
@@ -301,7 +302,6 @@ def _train(members, shared, start, epochs, interrupt, every, leave) -> None:
             trial.lr = learning_rate(hp.learning_rate, epoch - 1, hp.lr_schedule, hp.epochs)
         pack.start_epoch()
         interrupted = pack.train_epoch(interrupt)
-        seconds = time.perf_counter() - t0
         leaving = []
         members = pack.trials
         for r in sorted(range(len(members)), key=lambda r: members[r].index):
@@ -311,7 +311,7 @@ def _train(members, shared, start, epochs, interrupt, every, leave) -> None:
             if interrupted and trial.frozen is None:
                 status = STOPPED  # the unfinished epoch leaves no record
             else:
-                status = _end_epoch(pack, r, epoch, seconds, every)
+                status = _end_epoch(pack, r, epoch, t0, every)
             if status != COMPLETED or epoch == epochs:
                 leaving.append((r, status))
         for r, status in leaving:
@@ -337,7 +337,7 @@ def _train(members, shared, start, epochs, interrupt, every, leave) -> None:
             trial.result = trial.run.result(COMPLETED, trial.metrics.info)
 
 
-def _end_epoch(pack: Pack, r: int, epoch: int, seconds: float, every: int) -> str:
+def _end_epoch(pack: Pack, r: int, epoch: int, t0: float, every: int) -> str:
     """Measure, record and report trial ``r``'s epoch as ``fit`` does; its status."""
     trial = pack.trials[r]
     run = trial.run
@@ -353,6 +353,7 @@ def _end_epoch(pack: Pack, r: int, epoch: int, seconds: float, every: int) -> st
             and bool(np.isfinite(pack.P[r]).all())
             and (val_loss is None or math.isfinite(val_loss))
         )
+    seconds = time.perf_counter() - t0  # the pack's epoch so far, this trial's measures included
     record = run.record(epoch, trial.lr, trial.norms.means(), train_loss, measured, seconds)
     status = run.end_epoch(record, diverged, trial.on_epoch)
     if trial.on_checkpoint is not None and run.checkpoint_due(
