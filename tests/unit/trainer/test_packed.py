@@ -67,7 +67,12 @@ def test_stacked_products_equal_the_solo_products_slice_by_slice(dtype):
     ones = np.ones(n, dtype)
     G = np.empty((k, 3 * d_out), dtype)  # bias gradients in strided rows, as in a pack
     np.matmul(ones, d, out=G[:, :d_out])
+    ZT = np.matmul(W.transpose(0, 2, 1), A.transpose(0, 2, 1))  # the output layer's O^T
+    dO = d.transpose(0, 2, 1).copy().transpose(0, 2, 1)  # F-ordered slices, like dO
     for j in range(k):
+        assert (ZT[j] == np.dot(W[j].T, A[j].T)).all()
+        assert (np.matmul(dO, W.transpose(0, 2, 1))[j] == np.dot(dO[j], W[j].T)).all()
+        assert (np.matmul(A.transpose(0, 2, 1), dO)[j] == np.dot(A[j].T, dO[j])).all()
         assert (np.matmul(A, W)[j] == np.dot(A[j], W[j])).all()
         assert (np.matmul(A.transpose(0, 2, 1), d)[j] == np.dot(A[j].T, d[j])).all()
         assert (np.matmul(d, W.transpose(0, 2, 1))[j] == np.dot(d[j], W[j].T)).all()
