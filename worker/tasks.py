@@ -16,6 +16,7 @@ from services.config import Settings
 from services.db import make_engine, make_session_factory
 from services.jobs.execute import RELEASED, run_chain, run_pack_chain
 from services.jobs.lease import LeaseHeldError
+from services.jobs.pack_run import ORPHANED
 from services.jobs.recovery import recover
 from services.lr_range.recovery import recover_range_tests
 from worker.ticker import Ticker, start_ticker
@@ -105,8 +106,8 @@ def run_job(self, job_id: str) -> str:
     return status
 
 
-@shared_task(name=RUN_PACK, acks_late=True)
-def run_pack(job_ids: list[str]) -> dict[str, str]:
+@shared_task(name=RUN_PACK, bind=True, acks_late=True, max_retries=None)
+def run_pack(self, job_ids: list[str]) -> dict[str, str]:
     """Train a pack of trials together (then what their sweep creates next, for a few
     seconds); trials finished or running elsewhere are left out of the pack."""
     rt = runtime()
@@ -119,6 +120,11 @@ def run_pack(job_ids: list[str]) -> dict[str, str]:
     released = [job_id for job_id, status in statuses.items() if status == RELEASED]
     if released:  # a warm shutdown stopped the pack: another worker resumes it now
         rt.dispatcher.enqueue_units([released])
+    orphaned = [job_id for job_id, status in statuses.items() if status == ORPHANED]
+    if orphaned:
+        # The copy Celery requeued when the process running the pack died on this host:
+        # take its trials over once their leases run out (from their checkpoints).
+        raise self.retry(args=[orphaned], countdown=rt.settings.lease_seconds + 0.5)
     return statuses
 
 

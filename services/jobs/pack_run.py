@@ -40,7 +40,7 @@ from services.celery_app import Dispatcher
 from services.config import Settings
 from services.datasets import fit_data
 from services.db.models import TERMINAL_STATUSES, Job, utcnow
-from services.jobs.lease import claim_job, worker_name
+from services.jobs.lease import LeaseHeldError, claim_job, worker_name
 from services.jobs.limits import SHUTDOWN, TRAINING, RunLimits
 from services.jobs.records import finish_job, load_checkpoint
 from services.jobs.run import JobRun
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 # the status of a job that a warm shutdown stopped and handed back (as execute.RELEASED)
 RELEASED = "released"
+ORPHANED = "orphaned"
 
 
 @dataclass
@@ -75,7 +76,8 @@ def execute_pack(
     """Claim the trials ``job_ids``, train the claimed ones together, record each outcome.
 
     Returns each trial's status (its final status, "released", "lost"; for a trial left
-    out: "missing", "finished", "held" (another worker runs it) or "exhausted") and the
+    out: "missing", "finished", "held" (another worker runs it), "orphaned" (a process of
+    this host died holding it: claimable once its lease runs out) or "exhausted") and the
     id of the sweep to advance (None if no trial ended here)."""
     if SHUTDOWN.requested:  # this worker is stopping: leave the pack to the next one
         return {job_id: RELEASED for job_id in job_ids}, None
@@ -133,7 +135,11 @@ def _left_out(session: Session, job_id: str) -> str:
     if current.status in TERMINAL_STATUSES:
         return "finished"
     lease = current.lease_expires_at or utcnow()
-    return "exhausted" if lease < utcnow() else "held"
+    if lease < utcnow():
+        return "exhausted"
+    # a process of this host that died holding it (killed mid-pack; Celery re-sent the
+    # pack): ORPHANED, for the caller to try again once the lease has run out
+    return ORPHANED if LeaseHeldError(0, holder=current.worker).holder_died_here else "held"
 
 
 class PackRun:

@@ -164,9 +164,13 @@ def test_a_packed_sweep_equals_the_unpacked_one(settings, sessions, monkeypatch,
     assert len(rows) == sum(t[5] for t in trials)
 
 
-def test_a_pack_stopped_by_a_warm_shutdown_releases_every_trial(settings, sessions, monkeypatch):
-    """Each trial is handed back (no attempt counted) and resumes, alone here, from its
-    checkpoint to the numbers of the undisturbed run."""
+@pytest.mark.parametrize("resume", ["alone", "pack"])
+def test_a_pack_stopped_by_a_warm_shutdown_releases_every_trial(
+    settings, sessions, monkeypatch, resume
+):
+    """Each trial is handed back (no attempt counted) and resumes from its checkpoint to
+    the numbers of the undisturbed run: alone (as the recover pass sends them), or in a
+    pack with a trial that never started (two groups: that one, then the two at epoch 4)."""
     base = copy.deepcopy(BASE)
     del base["hyperparameters"]["early_stopping"]
     body = {
@@ -180,36 +184,38 @@ def test_a_pack_stopped_by_a_warm_shutdown_releases_every_trial(settings, sessio
     with sessions() as session:
         sweep, ids = create_sweep(session, sweep=validate_sweep(body))
         session.commit()
+    first = ids if resume == "alone" else ids[:2]
     original = pack_run.JobRun.on_epoch
     seen: Counter[str] = Counter()
 
     def on_epoch(run: Any, record: dict[str, Any]) -> bool:
         seen[run.job_id] += 1
-        if sum(seen.values()) == 3 * 4:  # all three trials have recorded 4 epochs
+        if sum(seen.values()) == len(first) * 4:  # each trial has recorded 4 epochs
             monkeypatch.setattr(SHUTDOWN, "requested", True)
         return original(run, record)
 
     monkeypatch.setattr(pack_run.JobRun, "on_epoch", on_epoch)
-    statuses = run_pack_chain(
-        settings=settings, session_factory=sessions, dispatcher=dispatcher, job_ids=ids
-    )
-    assert statuses == {job_id: "released" for job_id in ids}
+    kwargs = dict(settings=settings, session_factory=sessions, dispatcher=dispatcher)
+    assert run_pack_chain(**kwargs, job_ids=first) == {job_id: "released" for job_id in first}
     with sessions() as session:
-        rows = session.scalars(select(Job).where(Job.id.in_(ids))).all()
+        rows = session.scalars(select(Job).where(Job.id.in_(first))).all()
         assert {(j.status, j.released, j.attempts, j.epochs_done) for j in rows} == {
             ("running", 1, 1, 4)
         }
     monkeypatch.setattr(SHUTDOWN, "requested", False)
     monkeypatch.setattr(pack_run.JobRun, "on_epoch", original)
-    for job_id in ids:  # the recover pass sends each alone; alone they resume
-        run_chain(settings=settings, session_factory=sessions, dispatcher=dispatcher, job_id=job_id)
+    if resume == "alone":
+        for job_id in ids:
+            run_chain(**kwargs, job_id=job_id)
+    else:
+        assert set(run_pack_chain(**kwargs, job_ids=ids).values()) == {"succeeded"}
     resumed = outcome(sessions, sweep.id)
     with sessions() as session:  # the same sweep, undisturbed and unpacked
         again, again_ids = create_sweep(session, sweep=validate_sweep({**body, "packing": "off"}))
         session.commit()
     for job_id in again_ids:
-        run_chain(settings=settings, session_factory=sessions, dispatcher=dispatcher, job_id=job_id)
+        run_chain(**kwargs, job_id=job_id)
     undisturbed = outcome(sessions, again.id)
-    strip = [t[:-1] for t in resumed[0]]  # attempts: 2 against 1
-    assert strip == [t[:-1] for t in undisturbed[0]]
+    assert [t[:-1] for t in resumed[0]] == [t[:-1] for t in undisturbed[0]]  # not attempts
+    assert [t[-1] for t in resumed[0]] == [2 if job_id in first else 1 for job_id in ids]
     assert resumed[1] == undisturbed[1]
