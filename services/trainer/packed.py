@@ -345,14 +345,15 @@ def _end_epoch(pack: Pack, r: int, epoch: int, t0: float, every: int) -> str:
         pack.thaw(r)
         train_loss, measured, diverged = None, None, True
     else:
-        train_loss = pack.losses.epoch_mean(r)
-        measured = trial.metrics.measure()
-        val_loss = measured[1]
-        diverged = not (
-            math.isfinite(train_loss)
-            and bool(np.isfinite(pack.P[r]).all())
-            and (val_loss is None or math.isfinite(val_loss))
-        )
+        with np.errstate(all="ignore"):  # as fit: a run that blew up measures inf and NaN
+            train_loss = pack.losses.epoch_mean(r)
+            measured = trial.metrics.measure()
+            val_loss = measured[1]
+            diverged = not (
+                math.isfinite(train_loss)
+                and bool(np.isfinite(pack.P[r]).all())
+                and (val_loss is None or math.isfinite(val_loss))
+            )
     seconds = time.perf_counter() - t0  # the pack's epoch so far, this trial's measures included
     record = run.record(epoch, trial.lr, trial.norms.means(), train_loss, measured, seconds)
     status = run.end_epoch(record, diverged, trial.on_epoch)

@@ -354,3 +354,19 @@ def test_given_networks_and_data_train_in_place_as_solo():
     for s, r, n in zip(solo, results, nets, strict=True):
         assert_same(s, r)
         assert r.network is n  # trained in place, as fit does
+
+
+def test_a_trial_that_blows_up_at_the_end_of_an_epoch_measures_quietly_as_solo():
+    """Its evaluation overflows (inf weights after the epoch's last update): no
+    RuntimeWarning (pytest turns them into errors), the solo record."""
+    blobs = {
+        "dataset": {"name": "blobs", "n_samples": 240, "centers": 4},
+        "architecture": {"layers": [{"units": 16}] * 3},
+        "hyperparameters": {"epochs": 3, "batch_size": 16, "train_metrics": "running"},
+    }
+    check(
+        [
+            spec(blobs, learning_rate=0.479, seed=21, momentum=0.9),
+            spec(blobs, learning_rate=5.375, seed=17, early_stopping={"patience": 2}),
+        ]
+    )
