@@ -38,7 +38,9 @@ cost ~7 us in BLAS (near the single core's peak) of the ~30 us a solo step
 takes, and the pack must make the same BLAS call per slice to give the same
 bits (``packed``'s docstring). A pack of 8 measured 2.2x per training step
 against 8 packs of one (``d @ W.T`` alone, BLAS's slower transposed-B path,
-is about a quarter of the packed step); the per-epoch evaluation of each
+is about a quarter of the packed step; a kept contiguous copy of ``W.T``
+would halve it, but BLAS's other kernel then changes the last bits, tried:
+so the pack keeps the solo run's call); the per-epoch evaluation of each
 trial (the validation set and the 1,024-row training sample, the same work
 packed or not) brings the whole run to ~1.75x. The tiny 2-64-2 network of
 the issue's first measurement, call-bound, reaches 3.8x per step and 2.2-2.3x
