@@ -91,7 +91,15 @@ from .spec import Spec, parse_spec
 from .train import COMPLETED, STOPPED
 from .train import _Run as Run  # fit's own run: the same records, checkpoints and results
 
-__all__ = ["PACKED_FIELDS", "PackError", "fit_packed", "pack_key", "pack_size", "packing_pays"]
+__all__ = [
+    "PACKED_FIELDS",
+    "PackError",
+    "check_packable",
+    "fit_packed",
+    "pack_key",
+    "pack_size",
+    "packing_pays",
+]
 
 #: hyperparameters that may differ between the trials of a pack
 PACKED_FIELDS = (
