@@ -293,11 +293,15 @@ def _finalize_sweep(
                 "sweeplab.best_run_name": run_name(best["spec"], best["params"]),
             }
         )
-        params = flatten_spec(best["spec"])
         parent = client.get_run(run_id)
+        # A resumed or extended sweep ends again, perhaps with another best trial: MLflow
+        # refuses to change a param, so the first best's params stay (the tags above
+        # name the best now) and the best value is logged again only if it changed.
+        logged = parent.data.params
+        params = {k: v for k, v in flatten_spec(best["spec"]).items() if k not in logged}
         existing = parent.data.metrics
         key = f"best_{sweep.objective_metric}"
-        if key not in existing:  # logged once, even if this pass is redone
+        if existing.get(key) != float(best["objective"]):  # once, even if this pass is redone
             stamp = to_ms(sweep.finished_at) or int(time.time() * 1000)
             metrics = [Metric(key, float(best["objective"]), stamp, 0)]
     client.log_batch(
