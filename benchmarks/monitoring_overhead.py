@@ -8,11 +8,12 @@ What it measures:
 
 - api: 2,000 GET /api/v1/jobs/<id> through the Flask test client, in-process (no
   network, so the exporter's share is not hidden by it), after 300 to warm up; wall
-  and CPU time per request, with the exporter off (``api.metrics.init_app`` a no-op),
-  on (one process), and on in prometheus_client's multiprocess mode (the values in
-  files under ``PROMETHEUS_MULTIPROC_DIR``, as ``make up`` serves the API). Each
-  variant runs in a fresh interpreter (the mode is chosen when prometheus_client is
-  imported), the variants interleaved ``--repeats`` times; medians.
+  and CPU time per request with the exporter (one process; or prometheus_client's
+  multiprocess mode, the values in files under ``PROMETHEUS_MULTIPROC_DIR``, as ``make
+  up`` serves the API) against an app without it (``api.metrics.init_app`` a no-op)
+  in the same interpreter, in alternating batches of 100; each mode in a fresh
+  interpreter (it is chosen when prometheus_client is imported), ``--repeats`` times;
+  medians.
 - scrape: GET /metrics with ``--jobs`` jobs in the database (SQLite), median of 20.
 - events: a grid sweep of ``--trials`` tiny trials (xor, 2 epochs) submitted through
   the app in-process and trained by one Celery worker (2 processes) on a private Redis
@@ -22,10 +23,14 @@ What it measures:
   seed of its own per sweep, so that no trial is reused from an earlier sweep); and
   the cost of sending 500 tasks with and without the task-sent event (``send_task``).
 
-Figures (2 shared cores, 2026-12-04): exporter off/on/multiprocess 0.77/0.85/0.86 ms
-CPU per request (+0.08/+0.09 ms, all of it the exporter's hooks; wall time within
-noise); a scrape with 10,000 jobs 10.7 ms; a 60-trial sweep 0.78 s with events off,
-0.61 s on (noise); send_task 0.27 ms without the task-sent event, 0.58 ms with it.
+Figures (2 shared cores, busy with other work, 2026-12-04):
+- the exporter adds 0.046 ms of CPU (0.071 ms wall) per request in one process and
+  0.060 ms (0.060 ms) in multiprocess mode, on ~0.81 ms of CPU per request without
+  it: all of it the exporter's own hooks (the rest of /metrics is read at scrape time);
+- a scrape: 2.0 ms with 10,000 jobs, 9.6-11.5 ms with 100,000 (SQLite);
+- task events: a 60-trial sweep ended in 0.61 s with them, 0.78 s without (medians of
+  3; the difference is noise); ``send_task`` 0.27 ms without the task-sent event,
+  0.58 ms with it (one more Redis round trip per message sent).
 """
 
 from __future__ import annotations
@@ -47,8 +52,6 @@ sys.path.insert(0, str(REPO))
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-MODES = ("off", "on", "multiprocess")
-
 
 class NullDispatcher:
     """Sends nothing: the API part measures the API alone."""
@@ -64,14 +67,13 @@ class NullDispatcher:
 
 
 def _app(root: Path, mode: str) -> tuple[Any, Any]:
-    """An app on a fresh SQLite file in ``mode``, and a client with an admin token."""
+    """An app on a fresh SQLite file under ``root`` in ``mode``, and a client with an
+    admin token. "multiprocess" must come first in a process (see below)."""
+    root.mkdir(exist_ok=True)
     if mode == "multiprocess":
         (root / "prom").mkdir()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(root / "prom")
     import api.metrics  # late: after PROMETHEUS_MULTIPROC_DIR (read at import)
-
-    if mode == "off":
-        api.metrics.init_app = lambda app: None  # type: ignore[assignment]
     from api import create_app  # late: as above
     from services.config import Settings  # late: as above
     from services.db import upgrade  # late: as above
@@ -80,24 +82,49 @@ def _app(root: Path, mode: str) -> tuple[Any, Any]:
     url = f"sqlite:///{root / 'bench.db'}"
     upgrade(url)
     settings = Settings.from_env({"DATABASE_URL": url, "MLFLOW_TRACKING_URI": ""})
-    app = create_app(settings, dispatcher=NullDispatcher())  # type: ignore[arg-type]
+    real_init = api.metrics.init_app
+    if mode == "off":
+        api.metrics.init_app = lambda app: None  # type: ignore[assignment]
+    try:
+        app = create_app(settings, dispatcher=NullDispatcher())  # type: ignore[arg-type]
+    finally:
+        api.metrics.init_app = real_init  # type: ignore[assignment]
     return app, authorize(app.test_client(), new_token(app.extensions["sweeplab"].sessions))
 
 
-def api_child(mode: str, requests: int) -> dict[str, float]:
+def api_child(mode: str, requests: int, batch: int = 100) -> dict[str, float]:
+    """An app with the exporter (``mode``) and one without, in this process, served
+    batch by batch in turn (so that the machine's drift hits both alike): per request,
+    the median over batches of wall and CPU time, and of their paired differences."""
     from benchmarks.support import tiny_trial  # late: the child's imports follow _app's
 
     with tempfile.TemporaryDirectory() as tmp:
-        app, client = _app(Path(tmp), mode)
-        job = client.post("/api/v1/jobs", json=tiny_trial("bench", 2, 64)).get_json()["id"]
-        for _ in range(300):
-            assert client.get(f"/api/v1/jobs/{job}").status_code == 200
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in range(requests):
-            client.get(f"/api/v1/jobs/{job}")
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        app.extensions["sweeplab"].engine.dispose()
-    return {"wall_ms": 1000 * wall / requests, "cpu_ms": 1000 * cpu / requests}
+        apps = {name: _app(Path(tmp) / name, name) for name in (mode, "off")}
+        urls = {}
+        for name, (_, client) in apps.items():
+            job = client.post("/api/v1/jobs", json=tiny_trial("bench", 2, 64)).get_json()["id"]
+            urls[name] = f"/api/v1/jobs/{job}"
+            for _ in range(300):
+                assert client.get(urls[name]).status_code == 200
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in apps}
+        for _ in range(requests // batch):
+            for name, (_, client) in apps.items():
+                wall, cpu = time.perf_counter(), time.process_time()
+                for _ in range(batch):
+                    client.get(urls[name])
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                times[name].append((1000 * wall / batch, 1000 * cpu / batch))
+        for app, _ in apps.values():
+            app.extensions["sweeplab"].engine.dispose()
+    on, off = times[mode], times["off"]
+    return {
+        "wall_ms": statistics.median(w for w, _ in on),
+        "cpu_ms": statistics.median(c for _, c in on),
+        "off_wall_ms": statistics.median(w for w, _ in off),
+        "off_cpu_ms": statistics.median(c for _, c in off),
+        "added_wall_ms": statistics.median(a[0] - b[0] for a, b in zip(on, off, strict=True)),
+        "added_cpu_ms": statistics.median(a[1] - b[1] for a, b in zip(on, off, strict=True)),
+    }
 
 
 def scrape_child(jobs: int) -> dict[str, float]:
@@ -145,18 +172,17 @@ def run_child(*args: str) -> dict[str, float]:
 
 
 def api_part(args: argparse.Namespace) -> None:
-    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
-    for _ in range(args.repeats):
-        for mode in MODES:
-            results[mode].append(run_child("api", str(args.requests), mode))
-    print(f"GET /api/v1/jobs/<id>, {args.requests} requests, test client, median of {args.repeats}")
-    base = {k: statistics.median(r[k] for r in results["off"]) for k in ("wall_ms", "cpu_ms")}
-    for mode in MODES:
-        wall = statistics.median(r["wall_ms"] for r in results[mode])
-        cpu = statistics.median(r["cpu_ms"] for r in results[mode])
+    print(
+        f"GET /api/v1/jobs/<id>, {args.requests} requests per app, test client, in batches"
+        f" of 100 alternating with an app without the exporter; {args.repeats} runs"
+    )
+    for mode in ("on", "multiprocess"):
+        runs = [run_child("api", str(args.requests), mode) for _ in range(args.repeats)]
+        row = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
         print(
-            f"  exporter {mode:<12} wall {wall:.3f} ms  cpu {cpu:.3f} ms  "
-            f"(+{wall - base['wall_ms']:.3f} / +{cpu - base['cpu_ms']:.3f} ms)"
+            f"  exporter {mode:<12} wall {row['wall_ms']:.3f} ms, cpu {row['cpu_ms']:.3f} ms"
+            f" (without: {row['off_wall_ms']:.3f}, {row['off_cpu_ms']:.3f});"
+            f" added: wall {row['added_wall_ms']:+.3f} ms, cpu {row['added_cpu_ms']:+.3f} ms"
         )
     scrape = run_child("scrape", str(args.jobs))
     print(f"GET /metrics with {args.jobs} jobs (SQLite): {scrape['scrape_ms']:.1f} ms")
