@@ -2,8 +2,9 @@
 
 Request latency per route is the exporter's own histogram,
 ``flask_http_request_duration_seconds{method, url_rule, status}``, grouped by
-the route's rule (``/api/v1/jobs/<job_id>``), never by the raw path, so that ids
-do not make a series each; with ``flask_http_request_total{method, status}``.
+the route's rule (``/api/v1/jobs/<job_id>``; ``None`` when no route matched), never
+by the raw path, so that ids do not make a series each; with
+``flask_http_request_total{method, status}``.
 The rest is read when Prometheus scrapes, and costs the requests nothing:
 
     sweeplab_jobs{status}            jobs by status (one grouped COUNT over ``jobs``)
@@ -55,6 +56,8 @@ EXPORTER = "prometheus"  # app.extensions key
 def init_app(app: Flask) -> None:
     """Time every request by its route. Call before the other ``before_request`` hooks,
     so that a request refused by them (a 401) is timed too."""
+    # A registry per app: a second app in a process (tests) would clash in the global
+    # one, and the exporter then skips its hooks silently. path=None: /metrics is ours.
     exporter = PrometheusMetrics(
         app=None, path=None, registry=CollectorRegistry(), group_by="url_rule"
     )
