@@ -7,10 +7,11 @@ again every cancelled or failed trial with its own parameters: each gets a new t
 at the end of the sweep (``Sweep.replays``: index -> the parameters and the trial it
 replays), so that the history stays as it was (the cancelled trial, its MLflow run)
 and grid and random points continue where they were (``samplers.point_of``). A
-replay whose original left a checkpoint starts from it (its epochs up to the
-checkpoint are copied); a final trial keeps none today (``services.jobs.ending``), so
-a replay trains from the start, and gives the same numbers the uninterrupted run
-would have (runs are bit-reproducible).
+replay whose original left a checkpoint takes it over with the epochs up to it, and
+its worker continues from there (``reused.carry_checkpoint``). A trial that ended
+keeps none today (``services.jobs.ending`` deletes it with the final status), so a
+replay mostly trains from the start; either way it ends with the numbers the
+uninterrupted run would have given (runs are bit-reproducible).
 
 Extend adds ``n`` trials; the sampler continues from what it has seen (TPE learns
 from every trial so far; random points continue their sequence). A grid runs each

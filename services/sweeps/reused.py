@@ -1,26 +1,76 @@
-"""A sweep's trial that is identical to a succeeded job of its owner (an earlier trial of
-this sweep or any job of theirs) copies that job instead of training (``services.reuse``).
+"""What a new trial takes over from an earlier job instead of starting from nothing.
+
+Its results, when it is identical to a succeeded job of its owner (an earlier trial of
+this sweep or any job of theirs): it copies that job instead of training
+(``services.reuse``). Its checkpoint, when it replays a trial a resume runs again
+(``services.sweeps.lifecycle``) and that trial left one: the checkpoint moves to the
+replay with the epochs up to it, and the worker continues from there.
 
 The trials reused while a session advanced sweeps are noted on the session, so that
 whoever commits it can hand them to the MLflow mirror (they never pass a worker)."""
 
 from __future__ import annotations
 
+from sqlalchemy import delete, insert, literal, select
 from sqlalchemy.orm import Session
 
 from services import reuse
-from services.db.models import Job
+from services.db.models import Job, JobCheckpoint, JobMetric, utcnow
 
 _KEY = "sweeplab.reused_trials"
+
+#: the columns of a metrics row that a copy takes
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "metrics")
 
 
 def reuse_trial(session: Session, job: Job) -> bool:
     """Fingerprint the new queued trial ``job`` and, unless its spec says ``"reuse":
-    false``, make it a copy of an identical succeeded job; True if it was."""
+    false``, make it a copy of an identical succeeded job; True if it was. A replay
+    that is not reused takes over its original's checkpoint, if there is one."""
     job.fingerprint = reuse.fingerprint(job.spec)
     if not reuse.reuse_into(session, job):
+        original = (job.proposal or {}).get("replays")
+        if original:
+            carry_checkpoint(session, job, original)
         return False
     session.info.setdefault(_KEY, []).append(job.id)
+    return True
+
+
+def carry_checkpoint(session: Session, job: Job, original_id: str) -> bool:
+    """Move the checkpoint of trial ``original_id`` to its replay ``job`` (new, queued),
+    with the epochs up to it (copied: the original keeps its curve); True if there was
+    one. Its worker then resumes from it, as after a clean stop (``make down``)."""
+    checkpoint = session.get(JobCheckpoint, original_id)
+    if checkpoint is None:
+        return False
+    session.execute(
+        insert(JobMetric).from_select(
+            ("job_id", *METRIC_COLUMNS, "created_at"),
+            select(
+                literal(job.id),
+                *(getattr(JobMetric, c) for c in METRIC_COLUMNS),
+                JobMetric.created_at,
+            )
+            .where(JobMetric.job_id == original_id, JobMetric.epoch <= checkpoint.epoch)
+            .order_by(JobMetric.epoch),
+        )
+    )
+    session.add(
+        JobCheckpoint(
+            job_id=job.id, epoch=checkpoint.epoch, data=checkpoint.data, updated_at=utcnow()
+        )
+    )
+    # as a job a clean stop released at its checkpoint: an attempt before, not a lost
+    # worker, so that its worker resumes (a first attempt starts afresh)
+    job.attempts, job.released = 1, 1
+    session.flush()
+    session.execute(
+        delete(JobCheckpoint)
+        .where(JobCheckpoint.job_id == original_id)
+        .execution_options(synchronize_session=False)
+    )
+    session.expunge(checkpoint)
     return True
 
 

@@ -8,9 +8,12 @@ import copy
 import io
 
 import numpy as np
+from sqlalchemy import select
 
-from services.db.models import Job, JobMetric, JobWeights
+from services.db.models import Job, JobCheckpoint, JobMetric, JobWeights, utcnow
 from services.jobs.execute import execute_job
+from services.specs import trainer_spec
+from services.trainer import fit, flatten_record
 from tests.conftest import XOR_JOB
 from tests.unit.api.test_sweeps_api import API, drain, sweep_body
 
@@ -262,3 +265,43 @@ def test_a_job_names_its_experiment(client):
     assert job["spec"]["experiment"] == "mine"
     bad = client.post(f"{API}/jobs", json={**job_body(), "experiment": ""})
     assert bad.status_code == 422
+
+
+def test_a_replay_continues_from_its_originals_checkpoint(client, app, dispatcher):
+    """A cancelled trial that kept a checkpoint (planted here: today a final trial keeps
+    none) is continued by its replay from that epoch, to the uninterrupted run's numbers."""
+    base = {**job_body(), "reuse": False}
+    sweep = client.post(f"{API}/sweeps", json=sweep_body(base=base, max_concurrency=1)).get_json()
+    first = dispatcher.enqueued[0]
+    client.post(f"{API}/sweeps/{sweep['id']}/cancel")
+    svc = app.extensions["sweeplab"]
+    with svc.sessions() as session:
+        spec = session.get(Job, first).spec
+    blobs: dict[int, bytes] = {}
+    reference = fit(
+        trainer_spec(spec), checkpoint_every=1, on_checkpoint=lambda e, b: blobs.setdefault(e, b)
+    )
+    with svc.sessions() as session:
+        for record in reference.history[:2]:
+            flat = {**flatten_record(record), "planted": 1.0}
+            session.add(
+                JobMetric(job_id=first, epoch=record["epoch"], metrics=flat, created_at=utcnow())
+            )
+        session.add(JobCheckpoint(job_id=first, epoch=2, data=blobs[2], updated_at=utcnow()))
+        session.commit()
+    assert client.post(f"{API}/sweeps/{sweep['id']}/resume").status_code == 202
+    done = drain(app, dispatcher, client, sweep["id"])
+    assert done["status"] == "done" and done["counts"]["succeeded"] == 4
+    with svc.sessions() as session:
+        replay = session.scalars(
+            select(Job).where(Job.sweep_id == sweep["id"], Job.trial_index == 4)
+        ).one()
+        assert replay.proposal["replays"] == first and replay.status == "succeeded"
+        rows = session.scalars(
+            select(JobMetric).where(JobMetric.job_id == replay.id).order_by(JobMetric.epoch)
+        ).all()
+        assert session.get(JobCheckpoint, first) is None  # moved to the replay, then gone
+    # epochs 1-2 were taken over (not trained again), epoch 3 trained from the checkpoint
+    assert [r.metrics.get("planted") for r in rows] == [1.0, 1.0, None]
+    assert rows[2].metrics["val_loss"] == flatten_record(reference.history[2])["val_loss"]
+    assert rows[2].metrics["train_loss"] == flatten_record(reference.history[2])["train_loss"]
