@@ -141,15 +141,16 @@ class IdempotencyHeader(QueryModel):  # QueryModel: its schema is built once, no
 
     idempotency_key: str | None = Field(
         None,
-        alias=IDEMPOTENCY_HEADER,
+        alias="Idempotency-Key",
         description="up to 255 printable ASCII characters (a UUID, say): the same key with "
         "the same body answers the resource it created (201, Idempotent-Replayed: true), with "
         "another body a 422 idempotency_key_reused; keys last SWEEPLAB_IDEMPOTENCY_SECONDS",
     )
 
 
-def idempotency_claim(scope: str) -> idempotency.Claim | None:
-    """The request's Idempotency-Key for a resource of ``scope`` (400 if malformed)."""
+def idempotency_claim(scope: str, body: Any = None) -> idempotency.Claim | None:
+    """The request's Idempotency-Key for a resource of ``scope`` (400 if malformed), with
+    ``body`` as what the request asks (by default its JSON body)."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
@@ -160,7 +161,7 @@ def idempotency_claim(scope: str) -> idempotency.Claim | None:
         key,
         owner_id=principal().user_id,
         scope=scope,
-        body=json_body(),
+        body=json_body() if body is None else body,
         ttl_seconds=services().settings.idempotency_seconds,
     )
 

@@ -214,7 +214,7 @@ def _replay_sweep(claim: idempotency.Claim | None) -> Any:
     summary="Resume a cancelled or stopped sweep",
     responses={202: SweepPublic, **errors(404, 409, 429)},
 )
-def resume_sweep(path: SweepPath):
+def resume_sweep(path: SweepPath, header: IdempotencyHeader):
     """Continue a cancelled sweep, or one that ended with trials failed or never
     created: the missing trials are created, and each cancelled or failed trial runs
     again with its parameters (a new trial at the end). 409 ``sweep_running`` while
@@ -229,7 +229,7 @@ def resume_sweep(path: SweepPath):
     summary="Add trials to a sweep",
     responses={202: SweepPublic, **errors(404, 409, 422, 429)},
 )
-def extend_sweep(path: SweepPath, body: SweepExtend):
+def extend_sweep(path: SweepPath, body: SweepExtend, header: IdempotencyHeader):
     """Add ``n_trials`` trials (the sampler continues from what it has seen), starting
     the sweep again if it had ended. A grid runs each point once: 409
     ``grid_exhausted`` when it has fewer unused points; 422 ``too_many_trials`` past
@@ -238,8 +238,15 @@ def extend_sweep(path: SweepPath, body: SweepExtend):
 
 
 def _restart(sweep_id: str, n_trials: int | None) -> Any:
+    """Resume (``n_trials`` None) or extend the sweep. With an Idempotency-Key, the same
+    key for the same sweep and count answers the sweep again (202) without doing it twice
+    (a client's retry of an extend must not add its trials twice)."""
     svc = services()
     _sweep_or_404(sweep_id, spec=False)
+    scope = "resume" if n_trials is None else "extend"
+    claim = idempotency_claim(scope, {"sweep": sweep_id, "n_trials": n_trials})
+    if (answer := _replay_restart(claim)) is not None:
+        return answer
     try:
         sweep = submit.restart_sweep(
             db(),
@@ -248,7 +255,12 @@ def _restart(sweep_id: str, n_trials: int | None) -> Any:
             settings=svc.settings,
             principal=principal(),
             n_trials=n_trials,
+            claim=claim,
         )
+    except idempotency.KeyTaken:  # a racing request with the key did it first
+        if (answer := _replay_restart(claim)) is not None:
+            return answer
+        raise
     except LookupError as err:
         raise APIError(404, f"no sweep {sweep_id}") from err
     except SweepStateError as err:
@@ -257,6 +269,17 @@ def _restart(sweep_id: str, n_trials: int | None) -> Any:
             err.status, err.message, code=err.code, details=[{"loc": loc, "msg": err.message}]
         ) from err
     return reply(sweep_public(sweep), 202)
+
+
+def _replay_restart(claim: idempotency.Claim | None) -> Any:
+    sweep_id = named_by(claim)
+    if sweep_id is None or claim is None:
+        return None
+    sweep = db().get(Sweep, sweep_id)
+    if sweep is None:
+        idempotency.forget(db(), claim)
+        return None
+    return reply(sweep_public(sweep), 202, {"Idempotent-Replayed": "true"})
 
 
 @bp.get(

@@ -195,6 +195,7 @@ def restart_sweep(
     settings: Settings,
     principal: Principal = LOCAL,
     n_trials: int | None = None,
+    claim: idempotency.Claim | None = None,
 ) -> Sweep:
     """Resume a stopped sweep (``n_trials`` None) or extend it by ``n_trials``, then queue
     its new trials (``services.sweeps.lifecycle``). They count against the owner's
@@ -207,6 +208,8 @@ def restart_sweep(
     else:
         row, job_ids = extend_sweep(session, sweep_id, n_trials, limits=limits)
     check_quota(session, principal, 0, limits.max_active_jobs)  # the new ones are counted
+    if claim is not None:  # its Idempotency-Key (KeyTaken if a racing request stored it)
+        idempotency.remember(session, claim, resource_id=row.id, status_code=202)
     reused = reused_trials(session)
     units = trial_units(session, job_ids, settings.pack_processes)
     session.commit()

@@ -305,3 +305,31 @@ def test_a_replay_continues_from_its_originals_checkpoint(client, app, dispatche
     assert [r.metrics.get("planted") for r in rows] == [1.0, 1.0, None]
     assert rows[2].metrics["val_loss"] == flatten_record(reference.history[2])["val_loss"]
     assert rows[2].metrics["train_loss"] == flatten_record(reference.history[2])["train_loss"]
+
+
+def test_resume_and_extend_take_an_idempotency_key(client, app, dispatcher):
+    body = sweep_body(
+        method="random",
+        n_trials=2,
+        parameters={
+            "hyperparameters.learning_rate": {"distribution": "log_uniform", "min": 0.01, "max": 1}
+        },
+    )
+    sweep = client.post(f"{API}/sweeps", json=body).get_json()
+    url = f"{API}/sweeps/{sweep['id']}"
+    key = {"Idempotency-Key": "extend-1"}
+    first = client.post(f"{url}/extend", json={"n_trials": 3}, headers=key)
+    again = client.post(f"{url}/extend", json={"n_trials": 3}, headers=key)
+    assert first.status_code == again.status_code == 202
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["n_trials"] == first.get_json()["n_trials"] == 5  # extended once
+    other = client.post(f"{url}/extend", json={"n_trials": 1}, headers=key)
+    assert other.status_code == 422
+    assert other.get_json()["error"]["code"] == "idempotency_key_reused"
+    client.post(f"{url}/cancel")
+    key = {"Idempotency-Key": "resume-1"}
+    resumed = client.post(f"{url}/resume", headers=key)
+    retried = client.post(f"{url}/resume", headers=key)  # a retry: not a 409 sweep_running
+    assert resumed.status_code == retried.status_code == 202
+    assert retried.get_json()["id"] == sweep["id"]
+    assert client.post(f"{url}/resume").status_code == 409  # without the key: it runs
