@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/sweep_overhead.py --quick         # 100 trials
     .venv/bin/python benchmarks/sweep_overhead.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test
     .venv/bin/python benchmarks/sweep_overhead.py --mlflow        # with the MLflow mirror on
+    .venv/bin/python benchmarks/sweep_overhead.py --packing auto  # tiny trials packed (issue 15)
 
 What it measures (issue 12, "Per-trial overhead"):
 
@@ -109,14 +110,22 @@ def cpu_seconds(worker_pid: int | None) -> dict[str, float]:
 # --------------------------------------------------------------------------- the trials
 
 
+#: "off": every trial runs alone, the per-trial path the overhead is about; "auto" lets
+#: the scheduler pack these tiny trials (issue 15), for comparison (--packing auto).
+PACKING = "off"
+
+
 def sweep_body(n: int, epochs: int, n_samples: int, concurrency: int, name: str) -> dict[str, Any]:
     lrs = [round(10 ** (-3 + 3 * i / max(n - 1, 1)), 8) for i in range(n)]
+    # reuse off: a trial identical to an earlier sweep's would be copied, not trained
+    base = {**tiny_trial("overhead", epochs, n_samples), "reuse": False}
     return {
         "name": name,
-        "base": tiny_trial("overhead", epochs, n_samples),
+        "base": base,
         "method": "grid",
         "parameters": {"hyperparameters.learning_rate": {"values": lrs}},
         "max_concurrency": concurrency,
+        "packing": PACKING,
     }
 
 
@@ -594,9 +603,17 @@ def main() -> None:
     parser.add_argument("--postgres", default=None, help="a server's URL: also on PostgreSQL")
     parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     parser.add_argument("--mlflow", action="store_true", help="mirror to a local MLflow server")
+    parser.add_argument(
+        "--packing",
+        default="off",
+        choices=["off", "auto"],
+        help="the sweeps' packing (off: the per-trial path; auto: packs of tiny trials)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="for the whole run (s)")
     parser.add_argument("--keep", action="store_true", help="keep the logs' directory")
     args = parser.parse_args()
+    global PACKING
+    PACKING = args.packing
     if args.quick:
         args.trials = 100
     if args.profile_trials is None:
@@ -632,7 +649,7 @@ def main() -> None:
         print(
             f"{args.trials} trials: xor n={args.n_samples}, 4 tanh units, {args.epochs} epochs, "
             f"max_concurrency {args.max_concurrency}, {PROCESSES} worker processes, "
-            f"MLflow mirror {'on' if args.mlflow else 'off'}",
+            f"MLflow mirror {'on' if args.mlflow else 'off'}, packing {PACKING}",
             flush=True,
         )
         backends: list[tuple[str, str]] = []
