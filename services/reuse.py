@@ -84,22 +84,29 @@ def find_source(session: Session, *, fingerprint: str, owner_id: str | None) -> 
     return session.scalars(stmt).first()
 
 
+#: the columns of a learning curve's row that a copy takes
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "metrics")
+
+
+def copy_epochs(session: Session, source_id: str, job_id: str, up_to: int | None = None) -> None:
+    """Copy job ``source_id``'s learning curve (up to epoch ``up_to``) to ``job_id``, in
+    the database (``INSERT .. SELECT``)."""
+    rows = select(
+        literal(job_id), *(getattr(JobMetric, c) for c in METRIC_COLUMNS), JobMetric.created_at
+    ).where(JobMetric.job_id == source_id)
+    if up_to is not None:
+        rows = rows.where(JobMetric.epoch <= up_to)
+    session.execute(
+        insert(JobMetric).from_select(
+            ("job_id", *METRIC_COLUMNS, "created_at"), rows.order_by(JobMetric.epoch)
+        )
+    )
+
+
 def copy_results(session: Session, job: Job, source: Job) -> None:
     """Make ``job`` (flushed) a succeeded copy of ``source``: its epochs, weights,
     result and diagnosis, its best epoch and objective by its own objective. Flushes."""
-    metric_cols = ("epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "metrics")
-    session.execute(
-        insert(JobMetric).from_select(
-            ("job_id", *metric_cols, "created_at"),
-            select(
-                literal(job.id),
-                *(getattr(JobMetric, c) for c in metric_cols),
-                JobMetric.created_at,
-            )
-            .where(JobMetric.job_id == source.id)
-            .order_by(JobMetric.epoch),
-        )
-    )
+    copy_epochs(session, source.id, job.id)
     session.execute(
         insert(JobWeights).from_select(
             ("job_id", "epoch", "data", "created_at"),

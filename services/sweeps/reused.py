@@ -11,16 +11,13 @@ whoever commits it can hand them to the MLflow mirror (they never pass a worker)
 
 from __future__ import annotations
 
-from sqlalchemy import delete, insert, literal, select
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from services import reuse
-from services.db.models import Job, JobCheckpoint, JobMetric, utcnow
+from services.db.models import Job, JobCheckpoint, utcnow
 
 _KEY = "sweeplab.reused_trials"
-
-#: the columns of a metrics row that a copy takes
-METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy", "metrics")
 
 
 def reuse_trial(session: Session, job: Job) -> bool:
@@ -44,18 +41,7 @@ def carry_checkpoint(session: Session, job: Job, original_id: str) -> bool:
     checkpoint = session.get(JobCheckpoint, original_id)
     if checkpoint is None:
         return False
-    session.execute(
-        insert(JobMetric).from_select(
-            ("job_id", *METRIC_COLUMNS, "created_at"),
-            select(
-                literal(job.id),
-                *(getattr(JobMetric, c) for c in METRIC_COLUMNS),
-                JobMetric.created_at,
-            )
-            .where(JobMetric.job_id == original_id, JobMetric.epoch <= checkpoint.epoch)
-            .order_by(JobMetric.epoch),
-        )
-    )
+    reuse.copy_epochs(session, original_id, job.id, up_to=checkpoint.epoch)
     session.add(
         JobCheckpoint(
             job_id=job.id, epoch=checkpoint.epoch, data=checkpoint.data, updated_at=utcnow()
