@@ -452,10 +452,12 @@ def measure(
         lrs = [round(10 ** (-3 + 3 * i / max(args.trials - 1, 1)), 8) for i in range(args.trials)]
         body = {
             "name": f"load-{label}",
-            "base": tiny_trial("load", args.epochs, args.trial_samples),
+            # trials alone and trained (no packing, no reuse): their run time is the measure
+            "base": {**tiny_trial("load", args.epochs, args.trial_samples), "reuse": False},
             "method": "grid",
             "parameters": {"hyperparameters.learning_rate": {"values": lrs}},
             "max_concurrency": args.max_concurrency,
+            "packing": "off",
         }
         status, sweep = client.call("POST", f"{API}/sweeps", body)
         assert status == 201, sweep
