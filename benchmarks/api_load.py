@@ -156,8 +156,11 @@ class Client:
 class Stack:
     """A database, the API under gunicorn, one Celery worker with 2 processes."""
 
-    def __init__(self, root: Path, label: str, database_url: str, redis_url: str):
+    def __init__(
+        self, root: Path, label: str, database_url: str, redis_url: str, processes: int = PROCESSES
+    ):
         self.root, self.label, self.database_url = root, label, database_url
+        self.processes = processes
         self.env = {
             **os.environ,
             "DATABASE_URL": database_url,
@@ -198,7 +201,7 @@ class Stack:
         wait_for(healthy, 30, "the API")
         queue = self.env["SWEEPLAB_QUEUE"]
         self.worker = start_worker(
-            self.env, queue, self.root / f"worker-{self.label}.log", f"load-{queue}", PROCESSES
+            self.env, queue, self.root / f"worker-{self.label}.log", f"load-{queue}", self.processes
         )
         return client
 
@@ -436,7 +439,7 @@ def profile_routes(
 def measure(
     label: str, database_url: str, redis_url: str, root: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
-    stack = Stack(root, label, database_url, redis_url)
+    stack = Stack(root, label, database_url, redis_url, args.processes)
     try:
         client = stack.start(args.threads)
         status, job = client.call("POST", f"{API}/jobs", tiny_trial("load", args.epochs, 16))
@@ -650,6 +653,12 @@ def main() -> None:
         "--n-samples", type=int, default=0, help="per trial (default 20,000; 60,000 --quick)"
     )
     parser.add_argument("--max-concurrency", type=int, default=8)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=PROCESSES,
+        help="worker processes (2: every core trains; 1: a core left to the API and the database)",
+    )
     parser.add_argument("--quick", action="store_true", help="2,000 jobs, 100 trials, 15 s")
     parser.add_argument(
         "--profile", action="store_true", help="cProfile each route in-process after the load"
@@ -671,7 +680,7 @@ def main() -> None:
     print(
         f"{args.jobs} jobs, a {args.trials}-trial sweep (xor n_samples {args.trial_samples}, "
         f"4 tanh units, {args.epochs} epochs, max_concurrency {args.max_concurrency}), "
-        f"{PROCESSES} worker processes; {args.rate:g} req/s for {args.seconds:g} s after "
+        f"{args.processes} worker processes; {args.rate:g} req/s for {args.seconds:g} s after "
         f"{args.warmup:g} s",
         flush=True,
     )
