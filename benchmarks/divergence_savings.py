@@ -43,6 +43,7 @@ def sweep_body(args: argparse.Namespace, skip: bool) -> dict[str, Any]:
     return {
         "name": f"divergence-{'on' if skip else 'off'}",
         "base": {
+            "reuse": False,  # every round trains: an identical earlier trial is not copied
             "dataset": {"name": "moons", "n_samples": args.n_samples, "seed": 0},
             "architecture": {
                 "layers": [{"units": 64, "activation": "relu"}, {"units": 64, "activation": "relu"}]
@@ -62,6 +63,7 @@ def sweep_body(args: argparse.Namespace, skip: bool) -> dict[str, Any]:
             "hyperparameters.learning_rate": {"values": RATES},
         },
         "max_concurrency": 2,
+        "packing": "off",  # the ceiling's saving alone
         "skip_above_divergence": skip,
     }
 

@@ -51,10 +51,11 @@ def trial_spec(epochs: int, n_samples: int) -> dict[str, Any]:
 def sweep_body(n_trials: int, epochs: int, n_samples: int) -> dict[str, Any]:
     return {
         "name": "scaling",
-        "base": trial_spec(epochs, n_samples),
+        "base": {**trial_spec(epochs, n_samples), "reuse": False},  # each run trains
         "method": "grid",
         "parameters": {"hyperparameters.seed": {"values": list(range(n_trials))}},
         "max_concurrency": n_trials,
+        "packing": "off",  # one process per trial: the scaling is about processes
     }
 
 

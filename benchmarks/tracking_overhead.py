@@ -180,6 +180,8 @@ def main() -> int:
     parser.add_argument("--sweep", default=str(ROOT / "examples" / "lr_sweep.json"))
     args = parser.parse_args()
     spec = json.loads(Path(args.sweep).read_text())
+    spec["base"]["reuse"] = False  # every round trains: an identical earlier trial is not copied
+    spec["packing"] = "off"  # trials alone, as the figures before packing were taken
 
     tmp = Path(tempfile.mkdtemp(prefix="sweeplab-bench-"))
     redis_port, mlflow_port = free_port(), free_port()
