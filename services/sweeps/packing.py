@@ -23,6 +23,12 @@ The rule (the sweep's ``"packing"``):
   ``max_concurrency`` of 2 on 2 processes, ``k`` is 1: two solo trials use both
   cores better than a pack of 2 uses one.
 
+The trials are dealt to the packs in turn (trial i to pack i mod the number of
+packs), so that the packs are as even as they can be and a grid's sorted values
+spread over them: packs that run side by side end together (with the trials of a
+grid sorted by rate in two packs of 4, the higher rates' pack took 1.6x the
+lower's: trials at high rates cost more per epoch, ``benchmarks/packing_service.py``).
+
 Only trials of one ``pack_key`` (dataset, architecture, optimizer, batch size,
 epochs, loss, dtype) share a pack; a sweep over, say, the hidden width makes one
 group per width.
@@ -116,7 +122,8 @@ def pack_size_for(
 
 def plan(note: NewTrials, processes: int) -> list[list[str]]:
     """The messages for the trials of ``note``: lists of job ids, packs and singles,
-    each pack of one ``pack_key``, in creation order of their first trial."""
+    each pack of one ``pack_key`` (its trials dealt in turn), in the creation order of
+    their first trials."""
     groups: dict[str, list[tuple[str, tuple[int, ...], int | None]]] = {}
     for job_id, key, widths, batch in note.trials:
         groups.setdefault(key, []).append((job_id, widths, batch))
@@ -125,8 +132,9 @@ def plan(note: NewTrials, processes: int) -> list[list[str]]:
     for members in groups.values():
         _, widths, batch = members[0]
         k = pack_size_for(note, widths, batch, processes)
-        for start in range(0, len(members), k):
-            ids = [job_id for job_id, _, _ in members[start : start + k]]
+        n_packs = math.ceil(len(members) / k)
+        for first in range(n_packs):  # dealt round-robin: see the module
+            ids = [job_id for job_id, _, _ in members[first::n_packs]]
             units.append((order[ids[0]], ids))
     return [ids for _, ids in sorted(units)]
 

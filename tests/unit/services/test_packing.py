@@ -18,6 +18,7 @@ from services.specs import SpecValidationError, validate_job, validate_sweep
 from services.sweeps.ahead import prepare_proposals
 from services.sweeps.packing import NewTrials, plan, trial_units, widths_of
 from services.sweeps.scheduler import create_sweep
+from tests.conftest import FakeDispatcher
 
 SMALL = (2, 64, 64, 2)  # the issue's network: packing pays at batch 32
 LARGE = (784, 256, 10)  # GEMM-bound: it never pays
@@ -64,6 +65,11 @@ def test_auto_follows_the_number_of_processes():
 
 def test_whole_batch_training_never_packs_by_itself():
     assert sizes(plan(note("auto", 8, 8, batch=None), processes=2)) == [1] * 8
+
+
+def test_trials_are_dealt_to_the_packs_in_turn():
+    units = plan(note(3, 8, 8), processes=2)
+    assert units == [["t0", "t3", "t6"], ["t1", "t4", "t7"], ["t2", "t5"]]
 
 
 def test_only_trials_of_one_pack_key_share_a_pack():
@@ -113,7 +119,7 @@ def test_a_created_sweep_is_sent_in_packs(settings, sessions):
     off = sweep_body(RATES, max_concurrency=8, packing="off")
     assert sizes(created_units(settings, sessions, off)) == [1] * 8
     six = sweep_body(RATES, max_concurrency=6, packing=4)
-    assert sizes(created_units(settings, sessions, six)) == [4, 2]
+    assert sizes(created_units(settings, sessions, six)) == [3, 3]  # even packs
     widths = sweep_body(RATES[:4], max_concurrency=8, packing=4)
     widths["parameters"]["architecture.layers.0.units"] = {"values": [16, 32]}
     units = created_units(settings, sessions, widths)
@@ -124,9 +130,21 @@ def test_a_created_sweep_is_sent_in_packs(settings, sessions):
             assert len({j.params["architecture.layers.0.units"] for j in jobs}) == 1
 
 
-def test_max_concurrency_is_never_exceeded(settings, sessions, dispatcher, monkeypatch):
+class Recorder(FakeDispatcher):
+    """Records the messages as units, in order: one id (run_job) or several (run_pack)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.units: list[list[str]] = []
+
+    def enqueue_units(self, units: Any) -> None:
+        self.units += [list(unit) for unit in units]
+
+
+def test_max_concurrency_is_never_exceeded(settings, sessions, monkeypatch):
     body = sweep_body([0.001 * 1.5**i for i in range(10)], max_concurrency=6, packing=4)
-    units = created_units(settings, sessions, body)
+    dispatcher = Recorder()
+    dispatcher.enqueue_units(created_units(settings, sessions, body))
     seen: list[int] = []
     original = pack_run.JobRun.on_epoch
 
@@ -139,27 +157,19 @@ def test_max_concurrency_is_never_exceeded(settings, sessions, dispatcher, monke
     monkeypatch.setattr(pack_run.JobRun, "on_epoch", on_epoch)
     settings = settings.model_copy(update={"chain_seconds": 0.0})
     kwargs = dict(settings=settings, session_factory=sessions, dispatcher=dispatcher)
-    sent = 0
-    queue = list(units)
-    while queue:
-        unit = queue.pop(0)
+    done = 0
+    while done < len(dispatcher.units):  # the queue, first in first out
+        unit = dispatcher.units[done]
+        done += 1
         if len(unit) > 1:
             run_pack_chain(**kwargs, job_ids=unit)
         else:
             run_chain(**kwargs, job_id=unit[0])
-        queue += [[i] for i in dispatcher.enqueued[sent:] if not _in(dispatcher.packs, i)]
-        queue += [p for p in dispatcher.packs if p not in units and p not in queue]
-        units += [p for p in dispatcher.packs if p not in units]
-        sent = len(dispatcher.enqueued)
-    assert max(seen) <= 6 and max(seen) == 6  # a pack of 4 and one of 2 at once
-    assert sizes(units) == [4, 2, 4]  # the first pack's end freed 4 places
+    assert max(seen) == 6  # two packs of 3 at once, never more
+    assert sizes(dispatcher.units) == [3, 3, 3, 1]  # each pack's end freed 3 places
     with sessions() as session:
         statuses = session.scalars(select(Job.status)).all()
     assert statuses == ["succeeded"] * 10
-
-
-def _in(packs: list[list[str]], job_id: str) -> bool:
-    return any(job_id in pack for pack in packs)
 
 
 def test_tpe_asks_for_a_packs_trials_at_once(settings, sessions):
