@@ -12,7 +12,8 @@ MLflow child run. ``fit_packed`` gives each trial the numbers of its solo ``fit`
 What the trials share: the check before each mini-batch (a warm shutdown, or a
 database away for longer than the leases, stops the pack: every trial is released,
 no attempt counted, and resumes from its checkpoint), and the end: the outcomes are
-recorded when ``fit_packed`` returns. A trial that leaves early (pruned, cancelled,
+recorded when ``fit_packed`` returns (an error out of the trainer, or out of one
+trial's recording, fails every trial of the pack). A trial that leaves early (pruned, cancelled,
 early-stopped, diverged) stops training at once and its epochs are flushed then, but
 its final status is written with the others' (``fit_packed`` hands results over at
 its end); its sweep then advances once for the whole pack.
@@ -172,9 +173,7 @@ class PackRun:
         """Before each mini-batch of the pack: progress for every trial's lease; stop the
         pack on a warm shutdown, a hung run, or leases that ran out while the database
         was away (a trial whose lease another worker took leaves at its epoch's end)."""
-        now = time.monotonic()
-        for run in self.live:
-            run.lease.progress_at = now
+        now = self._progress()
         if SHUTDOWN.requested:
             self.stopped = ("released", "a warm shutdown")
         elif any(run.lease.hung.is_set() for run in self.live):
@@ -184,6 +183,14 @@ class PackRun:
         else:
             return False
         return True
+
+    def _progress(self) -> float:
+        """Training goes on: for every trial's lease keeper, those waiting for their
+        group too (a keeper that sees none for ``hung_seconds`` ends the process)."""
+        now = time.monotonic()
+        for member in self.members:
+            member.run.lease.progress_at = now
+        return now
 
     def _train(self, group: list[Member]) -> dict[str, str]:
         specs = [trainer_spec(member.run.spec) for member in group]
@@ -198,6 +205,13 @@ class PackRun:
             member.run.started = member.run.checkpoint_at = now
         if len(group) == 1:
             run = group[0].run
+            alone = run.interrupt
+
+            def interrupt() -> bool:
+                self._progress()
+                return alone()
+
+            run.interrupt = interrupt  # type: ignore[method-assign]
             return {run.job_id: run.train_and_record(trainer.fit, group[0].resume_from, {})}
         self.live, self.stopped = [m.run for m in group], None
         try:

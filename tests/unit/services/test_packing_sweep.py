@@ -219,3 +219,27 @@ def test_a_pack_stopped_by_a_warm_shutdown_releases_every_trial(
     assert [t[:-1] for t in resumed[0]] == [t[:-1] for t in undisturbed[0]]  # not attempts
     assert [t[-1] for t in resumed[0]] == [2 if job_id in first else 1 for job_id in ids]
     assert resumed[1] == undisturbed[1]
+
+
+def test_each_trial_of_a_pack_keeps_its_time_limit(settings, sessions):
+    """A trial past its wall-clock limit leaves the pack at that epoch, ``timed_out``."""
+    base = copy.deepcopy(BASE)
+    del base["hyperparameters"]["early_stopping"]
+    body = {
+        "base": base,
+        "method": "grid",
+        "parameters": {"hyperparameters.learning_rate": {"values": [0.01, 0.03, 0.003]}},
+        "max_concurrency": 3,
+        "packing": 3,
+    }
+    with sessions() as session:
+        sweep, ids = create_sweep(session, sweep=validate_sweep(body))
+        session.commit()
+    settings = settings.model_copy(update={"max_job_seconds": 1e-9})
+    statuses = run_pack_chain(
+        settings=settings, session_factory=sessions, dispatcher=QueueDispatcher(), job_ids=ids
+    )
+    assert statuses == {job_id: "timed_out" for job_id in ids}
+    with sessions() as session:
+        for job in session.scalars(select(Job).where(Job.id.in_(ids))):
+            assert job.epochs_done == 1 and job.diagnosis[0]["code"] == "timed_out"
