@@ -1,7 +1,8 @@
 """Trial packing through a real worker: a packed sweep's trials run as ``run_pack``
 messages and end with the rows, metrics and outcome of the same sweep unpacked; a
 worker process killed (SIGKILL) mid-pack leaves each trial its checkpoint, and the
-resumed trials end with the numbers of the undisturbed run."""
+resumed trials end with the numbers of the undisturbed run; SIGTERM releases every
+trial of a pack."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import copy
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from services.specs import trainer_spec
 from services.trainer import fit
 from tests.integration.harness import Stack, wait_for
+from tests.integration.test_warm_shutdown import start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -127,3 +130,42 @@ def test_a_pack_killed_mid_way_resumes_to_the_undisturbed_numbers(stack: Stack):
             r["train_loss"] for r in reference.history
         ]
         assert job.best_epoch == reference.best_epoch
+
+
+@pytest.fixture
+def fresh(redis_base: str, tmp_path: Path) -> Iterator[Stack]:
+    """A stack whose workers this test starts and stops."""
+    s = Stack("sqlite", tmp_path, redis_base)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_sigterm_releases_every_trial_of_the_pack(fresh: Stack):
+    """A warm shutdown stops the pack at a batch boundary and hands every trial back (no
+    attempt counted); the next worker resumes them, together, to the undisturbed numbers."""
+    worker = start_worker(fresh)
+    sweep = fresh.post("/sweeps", sweep_body("sigterm", 4, epochs=80, n_samples=20_000))
+    ids = [j.id for j in fresh.sweep_jobs(sweep["id"])]
+    wait_for(lambda: all(fresh.job(i).epochs_done >= 6 for i in ids), 120, "six epochs each")
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=60)
+    for job_id in ids:
+        job = fresh.job(job_id)
+        assert job.status == "running", fresh.logs()
+        assert (job.attempts, job.released, job.worker) == (1, 1, None)  # no attempt lost
+        assert job.epochs_done < 80
+    start_worker(fresh)  # the pack's trials were sent again, as one pack
+    done = fresh.wait_sweep(sweep["id"], timeout=300)
+    assert done["counts"]["succeeded"] == len(RATES)
+    jobs = fresh.sweep_jobs(sweep["id"])
+    assert len({j.worker for j in jobs}) == 1  # resumed together
+    for job in jobs:
+        assert (job.attempts, job.released) == (2, 1)
+        assert fresh.epochs(job.id) == list(range(1, 81))
+        reference = fit(copy.deepcopy(trainer_spec(job.spec)))
+        page = fresh.get(f"/jobs/{job.id}/metrics")["epochs"]
+        assert [e["metrics"]["val_loss"] for e in page] == [
+            r["val_loss"] for r in reference.history
+        ]
