@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/packing_service.py                    # the issue's figure
     .venv/bin/python benchmarks/packing_service.py --packing auto,off,8,2 --rounds 2
     .venv/bin/python benchmarks/packing_service.py --quick            # 10 epochs, 2,000 samples
+    .venv/bin/python benchmarks/packing_service.py --layers 64        # the tiny 2-64-2 network
 
 What it measures (issue 15, "Figures: service level"): an 8-rate grid sweep of a small
 network (moons, 10,000 samples, 2-64-64-2, batch 32, SGD with momentum 0.9, 50 epochs,
@@ -59,14 +60,16 @@ PROCESSES = 2
 RATES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
 
 
-def sweep_body(packing: Any, epochs: int, n_samples: int, name: str) -> dict[str, Any]:
+def sweep_body(
+    packing: Any, epochs: int, n_samples: int, name: str, layers: tuple[int, ...] = (64, 64)
+) -> dict[str, Any]:
     return {
         "name": name,
         "base": {
             "reuse": False,  # each sweep trains: an identical earlier trial would be copied
             "dataset": {"name": "moons", "n_samples": n_samples, "noise": 0.2, "seed": 0},
             "architecture": {
-                "layers": [{"units": 64}, {"units": 64}],
+                "layers": [{"units": units} for units in layers],
                 "output_activation": "softmax",
             },
             "hyperparameters": {
@@ -173,9 +176,9 @@ class Service:
         return trials, rows
 
 
-def planned(packing: Any) -> list[int]:
+def planned(packing: Any, layers: tuple[int, ...]) -> list[int]:
     """The packs the scheduler makes of the sweep's 8 trials (services.sweeps.packing)."""
-    trials = [(str(i), "key", (2, 64, 64, 2), 32) for i in range(len(RATES))]
+    trials = [(str(i), "key", (2, *layers, 2), 32) for i in range(len(RATES))]
     units = plan(NewTrials(packing, len(RATES), len(RATES), trials), PROCESSES)
     return [len(unit) for unit in units]
 
@@ -186,12 +189,14 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--n-samples", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--layers", default="64,64", help="hidden widths (2-64-2: --layers 64)")
     parser.add_argument("--quick", action="store_true", help="10 epochs, 2,000 samples")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.n_samples = 10, 2000
     settings = [int(p) if p.isdigit() else p for p in args.packing.split(",")]
+    layers = tuple(int(units) for units in args.layers.split(","))
 
     def on_alarm(*_: object) -> None:
         raise TimeoutError(f"the run took longer than --timeout {args.timeout:g} s")
@@ -208,14 +213,15 @@ def main() -> int:
         service = Service(root, f"redis://127.0.0.1:{port}/0")
         # warm-up: every process imports, builds its dataset cache, packs once
         for packing in ("off", "auto"):
-            service.run_sweep(sweep_body(packing, 2, args.n_samples, "warm-up"), args.timeout)
+            body = sweep_body(packing, 2, args.n_samples, "warm-up", layers)
+            service.run_sweep(body, args.timeout)
         walls: dict[Any, list[float]] = {p: [] for p in settings}
         cpus: dict[Any, list[float]] = {p: [] for p in settings}
         boards: dict[Any, tuple[list[Any], list[Any]]] = {}
         for r in range(args.rounds):
             for packing in settings if r % 2 == 0 else list(reversed(settings)):
                 name = f"packing-{packing}-{r}"
-                body = sweep_body(packing, args.epochs, args.n_samples, name)
+                body = sweep_body(packing, args.epochs, args.n_samples, name, layers)
                 cpu = service.cpu_seconds()
                 wall, sweep_id = service.run_sweep(body, args.timeout)
                 cpus[packing].append(service.cpu_seconds() - cpu)
@@ -232,7 +238,8 @@ def main() -> int:
         base = statistics.median(walls["off"]) if "off" in walls else None
         print()
         print(
-            f"8-rate grid sweep, moons {args.n_samples:,} samples, 2-64-64-2, batch 32, "
+            f"8-rate grid sweep, moons {args.n_samples:,} samples, "
+            f"2-{'-'.join(map(str, layers))}-2, batch 32, "
             f"{args.epochs} epochs, float32; one worker, {PROCESSES} processes, SQLite, "
             f"MLflow off; median of {args.rounds} round(s)"
         )
@@ -243,7 +250,7 @@ def main() -> int:
             wall, cpu = statistics.median(walls[packing]), statistics.median(cpus[packing])
             ratio = f"{base / wall:6.2f}x" if base else "      -"
             cpu_ratio = f"{base_cpu / cpu:6.2f}x" if base_cpu else "      -"
-            packs = "+".join(map(str, planned(packing)))
+            packs = "+".join(map(str, planned(packing, layers)))
             print(f"{packing!s:>8} {packs:>16} {wall:8.2f} {ratio:>7} {cpu:8.2f} {cpu_ratio:>7}")
         statuses = sorted({t[1] for t in reference[0]})
         print(f"leaderboards and per-epoch numbers identical across settings: {same} ({statuses})")
