@@ -221,3 +221,34 @@ def test_the_trials_of_a_waiting_pack_message_count_as_waiting():
     assert message_job_ids(kombu_message(RUN_JOB, ["c"])) == ["c"]
     assert message_job_ids(kombu_message(RUN_PACK, [["a"]]), task="other") == []
     assert message_job_ids(kombu_message("other", ["x"])) == []
+
+
+LOG_RATE = {"distribution": "log_uniform", "min": 1e-3, "max": 1.0}
+
+
+def test_a_tpe_sweep_runs_pack_after_pack(settings, sessions):
+    """The second pack's trials are proposed together once the first pack has ended,
+    from everything the first taught the model."""
+    body = {
+        "base": copy.deepcopy(BASE),
+        "method": "tpe",
+        "parameters": {"hyperparameters.learning_rate": LOG_RATE},
+        "n_trials": 8,
+        "n_startup_trials": 2,
+        "max_concurrency": 4,
+        "packing": 4,
+    }
+    dispatcher = Recorder()
+    dispatcher.enqueue_units(created_units(settings, sessions, body))
+    settings = settings.model_copy(update={"chain_seconds": 0.0})
+    kwargs = dict(settings=settings, session_factory=sessions, dispatcher=dispatcher)
+    done = 0
+    while done < len(dispatcher.units):
+        run_pack_chain(**kwargs, job_ids=dispatcher.units[done])
+        done += 1
+    assert sizes(dispatcher.units) == [4, 4]
+    with sessions() as session:
+        jobs = session.scalars(select(Job).order_by(Job.trial_index)).all()
+    assert [j.status for j in jobs] == ["succeeded"] * 8
+    assert [j.proposal["finished"] for j in jobs] == [0, 0, 0, 0, 4, 4, 4, 4]
+    assert [j.proposal["history"] for j in jobs] == list(range(8))
