@@ -290,6 +290,7 @@ def sweep_spec(n: int, epochs: int, n_samples: int = 6000, experiment: str = "fa
         "method": "grid",
         "parameters": {"hyperparameters.seed": {"values": list(range(n))}},
         "max_concurrency": 4,
+        "packing": "off",  # trials alone, as the figures were taken (packs: tests/integration)
     }
 
 
