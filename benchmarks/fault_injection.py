@@ -271,6 +271,7 @@ class Service:
 def job_spec(seed: int, epochs: int, n_samples: int = 6000) -> dict[str, Any]:
     return {
         "name": f"fault-{seed}",
+        "reuse": False,  # every scenario trains: an identical earlier job would be copied
         "dataset": {"name": "blobs", "n_samples": n_samples, "seed": 0},
         "architecture": {"layers": [{"units": 32, "activation": "relu"}]},
         "hyperparameters": {
