@@ -385,7 +385,7 @@ def instrument(phases: Phases) -> None:
     w(run, "finish_job", "finish_job (UPDATE)")
     w(catch_up, "job_progressed", "mirror hook: job_progressed")
     w(catch_up, "job_finished", "mirror hook: job_finished")
-    w(execute, "advance_and_enqueue", "advance_and_enqueue (rest)")
+    w(execute, "advance_and_send", "advance_and_send (rest)")
     w(scheduler, "lock_sweep", "sweep: lock")
     w(scheduler, "sweep_trials", "sweep: trials query")
     w(scheduler, "propose", "sweep: propose")
@@ -483,9 +483,9 @@ def profile(service: Service, trials: int, args: argparse.Namespace, deadline: f
         ),
         "finish (finish_job, final write, commit)": ("finish_job", "final write"),
         "lease keeper thread start/stop": ("lease keeper",),
-        "sweep scheduler (advance_and_enqueue + commit)": (
+        "sweep scheduler (advance_and_send + commit)": (
             "sweep:",
-            "advance_and_enqueue",
+            "advance_and_send",
             "enqueue",
         ),
         "mirror hooks": ("mirror hook",),
@@ -698,7 +698,7 @@ def main() -> None:
     print(
         "trial ms: median (and mean) started_at -> finished_at of a trial in the service; "
         "queued ms: median created_at -> started_at; between ms: per trial per process, "
-        "the time a process spends outside claim -> finish (advance_and_enqueue, Celery "
+        "the time a process spends outside claim -> finish (advance_and_send, Celery "
         "delivery, prefork, ack, idle) = (wall * 2 - sum of trial times) / N. "
         "Target: overhead <= 15 ms per trial."
     )
