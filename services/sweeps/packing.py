@@ -94,6 +94,9 @@ def note_trials(session: Session, sweep: Sweep, jobs: list[Job]) -> None:
         n_trials=sweep.n_trials,
     )
     for job in jobs:
+        if note.packing == "off":  # each alone: no need to read the spec
+            note.trials.append((job.id, f"alone:{job.id}", (), None))
+            continue
         try:
             spec = trainer_spec(job.spec)
             key = pack_key(spec)

@@ -104,6 +104,16 @@ def active_count(session: Session, sweep_id: str) -> int:
     return int(session.scalar(stmt) or 0)
 
 
+def _active_and_diverged(session: Session, sweep_id: str) -> tuple[int, bool]:
+    """How many of the sweep's trials are queued or running, and whether one diverged
+    (one round trip, two index lookups)."""
+    mine = Job.sweep_id == sweep_id
+    active = select(func.count()).where(mine, Job.status.in_(ACTIVE_STATUSES))
+    diverged = select(Job.id).where(mine, Job.status == "diverged").exists()
+    row = session.execute(select(active.scalar_subquery(), diverged)).one()
+    return int(row[0] or 0), bool(row[1])
+
+
 def advance_sweep(
     session: Session,
     sweep_id: str,
@@ -130,12 +140,12 @@ def advance_sweep(
     if prepared is not None and prepared.n_created == sweep.n_created:
         ahead = {sweep.n_created + i: p for i, p in enumerate(prepared.proposals)}
     ahead.update(replays_ahead(sweep))  # trials a resume runs again: their own parameters
-    # Trials queued above a learning rate that diverged are skipped before they train.
-    found = ceilings(session, sweep)
-    skip_queued(session, sweep, found)
     # Counted in SQL, not by loading the sweep: a grid or random trial's parameters
     # depend only on its index; only TPE learns from the trials so far.
-    active = active_count(session, sweep_id)
+    active, any_diverged = _active_and_diverged(session, sweep_id)
+    # Trials queued above a learning rate that diverged are skipped before they train.
+    found = ceilings(session, sweep) if any_diverged else []
+    active -= len(skip_queued(session, sweep, found))
     trials: list[Job] | None = None
     new_jobs: list[Job] = []
     while sweep.n_created < sweep.n_trials and active < sweep.max_concurrency:

@@ -94,14 +94,14 @@ def test_an_error_outside_one_trial_ends_that_sweep_only(
     good_id, _ = create(sessions)
     end_trials(sessions, bad_id)
     end_trials(sessions, good_id)
-    real = scheduler.active_count  # the first read advance_sweep makes of a sweep's trials
+    real = scheduler._active_and_diverged  # the first read advance_sweep makes of a sweep's trials
 
     def broken(session, sweep_id: str):
         if sweep_id == bad_id:
             raise RuntimeError("boom")
         return real(session, sweep_id)
 
-    monkeypatch.setattr(scheduler, "active_count", broken)
+    monkeypatch.setattr(scheduler, "_active_and_diverged", broken)
     done = recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
     monkeypatch.undo()
     assert len(done.created) == 1

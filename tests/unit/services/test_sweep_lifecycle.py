@@ -16,14 +16,14 @@ def test_a_sweep_stopped_by_an_error_resumes_every_grid_point(
 ):
     sweep_id, _ = create(sessions)
     end_trials(sessions, sweep_id)
-    real = scheduler.active_count
+    real = scheduler._active_and_diverged
 
     def broken(session, sid: str):
         if sid == sweep_id:
             raise RuntimeError("boom")
         return real(session, sid)
 
-    monkeypatch.setattr(scheduler, "active_count", broken)
+    monkeypatch.setattr(scheduler, "_active_and_diverged", broken)
     recover(settings=settings, session_factory=sessions, dispatcher=dispatcher)
     monkeypatch.undo()
     status, trials = state(sessions, sweep_id)
