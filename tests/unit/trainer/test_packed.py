@@ -9,7 +9,7 @@ import copy
 import numpy as np
 import pytest
 
-from services.trainer import build_network, fit, load_dataset, packed_stack
+from services.trainer import build_network, fit, load_dataset, network, packed_measure, packed_stack
 from services.trainer.checkpoint import load_checkpoint
 from services.trainer.packed import (
     PackError,
@@ -326,6 +326,49 @@ def test_batches_gathered_one_by_one_give_the_same_numbers(monkeypatch):
     does for big sets): the same batches."""
     monkeypatch.setattr(packed_stack, "GATHER_PER_EPOCH_BYTES", 0)
     check([spec(learning_rate=lr, seed=i, dropout=0.1) for i, lr in enumerate((0.05, 0.2))])
+
+
+BIG = {  # 1,600 rows: a training set larger than the 1,024-row after-epoch sample
+    "dataset": {"name": "spirals", "n_samples": 1600, "seed": 1},
+    "architecture": {"layers": [{"units": 16}, {"units": 12}], "output_activation": "softmax"},
+    "hyperparameters": {"learning_rate": 0.1, "epochs": 3, "batch_size": 64, "dtype": "float32"},
+}
+
+
+def test_the_after_epoch_measurements_of_a_pack_equal_each_trials_own():
+    """``PackedMeasures`` measures every trial in one set of calls: each trial's own
+    sample of training rows (drawn from its seed), the validation rows in chunks, the
+    live units, the running accuracy, a sigmoid head's threshold, a regression."""
+    seeds = [spec(BIG, learning_rate=lr, seed=i) for i, lr in enumerate((0.03, 0.1, 0.3))]
+    check(seeds)
+    check(
+        [
+            spec(BIG, learning_rate=lr, seed=i, train_metrics="running")
+            for i, lr in ((0, 0.1), (5, 0.3))
+        ]
+    )
+    binary = spec(BASE, dtype="float32")
+    del binary["architecture"]["output_activation"]  # moons: one sigmoid logit
+    check([spec(binary, learning_rate=lr, seed=i) for i, lr in enumerate((0.05, 0.5))])
+    relu_regression = {
+        "dataset": {"name": "sine", "n_samples": 200},
+        "architecture": {"layers": [{"units": 16, "activation": "relu"}]},
+        "hyperparameters": {"learning_rate": 0.05, "epochs": 3, "batch_size": 16},
+    }
+    check([spec(relu_regression, learning_rate=lr, seed=i) for i, lr in enumerate((0.01, 0.1))])
+
+
+def test_sets_larger_than_an_evaluation_chunk_and_stacks_measured_trial_by_trial(monkeypatch):
+    """Sets evaluated in several chunks (as solo ``evaluate`` splits a set of more than
+    ``EVAL_CHUNK`` rows), and a stack too big to measure at once (each trial's solo
+    ``EpochMetrics``): the same numbers."""
+    specs = [spec(BIG, learning_rate=lr, seed=i) for i, lr in enumerate((0.05, 0.2))]
+    monkeypatch.setattr(network, "EVAL_CHUNK", 100)
+    monkeypatch.setattr(packed_measure, "EVAL_CHUNK", 100)
+    check(specs)
+    monkeypatch.undo()
+    monkeypatch.setattr(packed_measure, "STACKED_BYTES", 0)
+    check(specs)
 
 
 def test_an_interrupt_after_a_divergence_in_the_same_epoch_records_the_divergence():
