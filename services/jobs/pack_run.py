@@ -12,11 +12,11 @@ MLflow child run. ``fit_packed`` gives each trial the numbers of its solo ``fit`
 What the trials share: the check before each mini-batch (a warm shutdown, or a
 database away for longer than the leases, stops the pack: every trial is released,
 no attempt counted, and resumes from its checkpoint), and the end: the outcomes are
-recorded when ``fit_packed`` returns (an error out of the trainer, or out of one
-trial's recording, fails every trial of the pack). A trial that leaves early (pruned, cancelled,
-early-stopped, diverged) stops training at once and its epochs are flushed then, but
-its final status is written with the others' (``fit_packed`` hands results over at
-its end); its sweep then advances once for the whole pack.
+recorded as each trial leaves the pack (``fit_packed``'s ``on_leave``): a trial
+that leaves early (pruned, cancelled, early-stopped, diverged) has its final status,
+weights and MLflow run at that epoch while the others train on; an error out of the
+trainer, or out of one trial's recording, fails every trial not yet recorded. The
+sweep advances once for the whole pack, when it ends.
 
 Resume: a worker killed mid-pack leaves each trial with its own latest checkpoint;
 those may be of different epochs (one trial's flush made it, the next one's not yet).
@@ -224,6 +224,14 @@ class PackRun:
             run.interrupt = interrupt  # type: ignore[method-assign]
             return {run.job_id: run.train_and_record(trainer.fit, group[0].resume_from, {})}
         self.live, self.stopped = [m.run for m in group], None
+        statuses: dict[str, str] = {}
+
+        def on_leave(i: int, result: Any) -> None:  # recorded as it leaves the pack
+            run = group[i].run
+            self.live.remove(run)
+            run.lease.__exit__()  # its job is final: no more renewals (see run())
+            statuses[run.job_id] = self._record(group[i], result)
+
         try:
             outcomes: list[Any] = trainer.fit_packed(
                 specs,
@@ -235,19 +243,22 @@ class PackRun:
                 on_checkpoint=[m.run.on_checkpoint for m in group],
                 checkpoint_due=[m.run.checkpoint_due for m in group],
                 interrupt=self.interrupt,
+                on_leave=on_leave,
             )
-        except Exception as err:  # every trial of the pack fails with it, as solo
+        except Exception as err:  # the trials not yet recorded fail with it, as solo
             outcomes = [err] * len(group)
-        statuses = {}
         for member, outcome in zip(group, outcomes, strict=True):
-            run = member.run
-            stopped = not isinstance(outcome, Exception) and outcome.status == "stopped"
-            if stopped and run.stop_reason is None and self.stopped is not None:
-                run.stop_reason, run.release_reason = self.stopped
-            statuses[run.job_id] = run.train_and_record(
-                _handing_over(outcome), member.resume_from, {}
-            )
+            if member.run.job_id not in statuses:
+                statuses[member.run.job_id] = self._record(member, outcome)
         return statuses
+
+    def _record(self, member: Member, outcome: Any) -> str:
+        """Record a trial's outcome (its ``TrainResult``, or the pack's error) as solo."""
+        run = member.run
+        stopped = not isinstance(outcome, Exception) and outcome.status == "stopped"
+        if stopped and run.stop_reason is None and self.stopped is not None:
+            run.stop_reason, run.release_reason = self.stopped
+        return run.train_and_record(_handing_over(outcome), member.resume_from, {})
 
 
 def _handing_over(outcome: Any) -> Callable[..., Any]:

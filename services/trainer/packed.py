@@ -199,6 +199,7 @@ def fit_packed(
     checkpoint_due: Sequence[Callable[[int], bool] | None] | None = None,
     interrupt: Callable[[], bool] | None = None,
     leave: str = "drop",
+    on_leave: Callable[[int, TrainResult], None] | None = None,
 ) -> list[TrainResult]:
     """Train the trials ``specs`` together; each result equals ``fit(specs[i], ...)``'s.
 
@@ -210,7 +211,10 @@ def fit_packed(
     truthy answer stops every trial, status ``"stopped"``, without recording the
     unfinished epoch; a trial that diverged earlier in that epoch is recorded as
     diverged, as solo) are shared. ``leave``: ``"drop"`` or ``"mask"``, how a
-    trial leaves the stack (same numbers; drop is faster).
+    trial leaves the stack (same numbers; drop is faster). ``on_leave(i, result)``,
+    if given, hears each trial's result as it leaves the pack (at the epoch where
+    it diverged, stopped early, was stopped by its ``on_epoch``, or at the end),
+    before the others train on; what it raises ends the pack with that error.
 
     Returns
     -------
@@ -264,6 +268,7 @@ def fit_packed(
         interrupt,
         checkpoint_every,
         leave,
+        on_leave,
     )
     return [trial.result for trial in trials]  # type: ignore[misc]
 
@@ -300,8 +305,15 @@ def _shared(runs: list[Run]) -> tuple[Shared, list[EpochMetrics]]:
     return Shared(run0.X_train, run0.Y_train, bounds, norm_steps(bounds)), metrics
 
 
-def _train(members, shared, start, epochs, interrupt, every, leave) -> None:
-    """The epochs of a pack; each trial's ``result`` is set when it leaves."""
+def _train(members, shared, start, epochs, interrupt, every, leave, on_leave) -> None:
+    """The epochs of a pack; each trial's ``result`` is set (and ``on_leave`` told)
+    when it leaves."""
+
+    def done(trial: Trial, status: str) -> None:
+        trial.result = trial.run.result(status, trial.metrics.info)
+        if on_leave is not None:
+            on_leave(trial.index, trial.result)
+
     pack = Pack(members, shared) if members else None
     for epoch in range(start + 1, epochs + 1):
         if pack is None:
@@ -331,7 +343,7 @@ def _train(members, shared, start, epochs, interrupt, every, leave) -> None:
         for r, status in leaving:
             trial = pack.trials[r]
             pack.export(r)
-            trial.result = trial.run.result(status, trial.metrics.info)
+            done(trial, status)
         if interrupted or len(leaving) == len(pack.trials) - int(pack.dead.sum()):
             pack = None
         elif leaving and leave == "drop":
@@ -348,7 +360,7 @@ def _train(members, shared, start, epochs, interrupt, every, leave) -> None:
     if pack is not None:  # resumed after the last epoch: nothing left to train
         for r, trial in enumerate(pack.trials):
             pack.export(r)
-            trial.result = trial.run.result(COMPLETED, trial.metrics.info)
+            done(trial, COMPLETED)
 
 
 def _end_epoch(

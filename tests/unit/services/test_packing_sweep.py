@@ -66,7 +66,9 @@ class QueueDispatcher(FakeDispatcher):
         return job_id == self.cancel_job and self.asked[job_id] >= 3
 
 
-def run_sweep(settings, sessions, packing: Any, dtype: str) -> tuple[list[Any], list[Any], Any]:
+def run_sweep(
+    settings, sessions, packing: Any, dtype: str, dispatcher: QueueDispatcher | None = None
+) -> tuple[list[Any], list[Any], Any]:
     base = copy.deepcopy(BASE)
     base["hyperparameters"]["dtype"] = dtype
     body = {
@@ -78,7 +80,7 @@ def run_sweep(settings, sessions, packing: Any, dtype: str) -> tuple[list[Any], 
         "early_stopping": {"policy": "median", "min_epochs": 2, "min_peers": 3},
         "packing": packing,
     }
-    dispatcher = QueueDispatcher()
+    dispatcher = dispatcher or QueueDispatcher()
     with sessions() as session:
         sweep, ids = create_sweep(session, sweep=validate_sweep(body))
         units = trial_units(session, ids, settings.pack_processes)
@@ -162,6 +164,36 @@ def test_a_packed_sweep_equals_the_unpacked_one(settings, sessions, monkeypatch,
     assert trials == off_trials
     assert rows == off_rows
     assert len(rows) == sum(t[5] for t in trials)
+
+
+def test_a_trial_that_leaves_the_pack_is_final_while_the_pack_trains_on(
+    settings, sessions, monkeypatch
+):
+    """Cancelled, pruned, stopped early: each trial of the first pack has its final
+    status when it leaves (cancel within one epoch), not when the pack ends; the
+    trial that trains on sees them so at each of its epochs."""
+    monkeypatch.setattr(pruning, "MEDIAN_CHECK_SECONDS", 0.0)
+    seen: dict[int, dict[int, str]] = {}
+
+    class Watching(QueueDispatcher):
+        def cancel_requested(self, job_id: str) -> bool:
+            with sessions() as session:
+                job = session.get(Job, job_id)
+                if job.trial_index == 0:  # it trains its 10 epochs; asked once per epoch
+                    others = select(Job).where(Job.sweep_id == job.sweep_id, Job.trial_index < 4)
+                    seen[self.asked[job_id] + 1] = {
+                        j.trial_index: j.status for j in session.scalars(others)
+                    }
+            return super().cancel_requested(job_id)
+
+    trials, _, units = run_sweep(settings, sessions, 4, "float64", Watching())
+    assert len(units[0]) == 4  # trials 0-3: the first pack
+    assert [trials[i][1] for i in range(4)] == ["succeeded", "succeeded", "cancelled", "pruned"]
+    early_stop = trials[1][5]
+    assert seen[3][3] == "pruned" and seen[3][2] == "running"  # pruned at epoch 2
+    assert seen[4][2] == "cancelled"  # its flag seen at epoch 3
+    assert seen[early_stop][1] == "running" and seen[early_stop + 1][1] == "succeeded"
+    assert all(statuses[0] == "running" for statuses in seen.values())
 
 
 @pytest.mark.parametrize("resume", ["alone", "pack"])
