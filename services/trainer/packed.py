@@ -34,11 +34,9 @@ because the same kernels run on the same operands:
 - reductions run per trial over the same axis and memory order as solo (the
   softmax's row max and row sums over the class axis; a trial's mean over its
   own batch losses), never across the stacked axis;
-- what is measured after an epoch (accuracies, validation loss, live
-  units) runs for the whole stack at once (``packed_measure``: the same
-  products per slice, the solo loss on each trial's slice, exact counts);
-  norms, divergence and checkpoints run the solo code on each trial's
-  ``Network``, rebound onto its row of the stack (``_Run.checkpoint``).
+- everything measured after an epoch (accuracies, validation loss, norms,
+  live units, divergence) runs the solo code on each trial's ``Network``,
+  rebound onto its row of the stack; checkpoints are ``_Run.checkpoint``'s.
 
 So there is no place where a packed trial's numbers may differ from its solo
 run's, and the tests assert bit-for-bit equality (not just the 1e-12 / 1e-5
@@ -326,10 +324,6 @@ def _train(members, shared, start, epochs, interrupt, every, leave, on_leave) ->
         interrupted = pack.train_epoch(interrupt)
         leaving = []
         members = pack.trials
-        measured = None
-        if not interrupted:
-            with np.errstate(all="ignore"):  # as fit: a run that blew up measures inf and NaN
-                measured = pack.measures.measure()
         for r in sorted(range(len(members)), key=lambda r: members[r].index):
             trial = pack.trials[r]
             if pack.dead[r]:
@@ -337,7 +331,7 @@ def _train(members, shared, start, epochs, interrupt, every, leave, on_leave) ->
             if interrupted and trial.frozen is None:
                 status = STOPPED  # the unfinished epoch leaves no record
             else:
-                status = _end_epoch(pack, r, epoch, t0, every, measured)
+                status = _end_epoch(pack, r, epoch, t0, every)
             if status != COMPLETED or epoch == epochs:
                 leaving.append((r, status))
         for r, status in leaving:
@@ -363,22 +357,17 @@ def _train(members, shared, start, epochs, interrupt, every, leave, on_leave) ->
             done(trial, COMPLETED)
 
 
-def _end_epoch(
-    pack: Pack, r: int, epoch: int, t0: float, every: int, measured_all: list | None
-) -> str:
-    """Record and report trial ``r``'s epoch as ``fit`` does, from its row of
-    ``measured_all`` (``PackedMeasures.measure()``, taken for the whole pack after
-    the epoch); its status."""
+def _end_epoch(pack: Pack, r: int, epoch: int, t0: float, every: int) -> str:
+    """Measure, record and report trial ``r``'s epoch as ``fit`` does; its status."""
     trial = pack.trials[r]
     run = trial.run
     if trial.frozen is not None:  # diverged in a batch: nothing measured after it
         pack.thaw(r)
         train_loss, measured, diverged = None, None, True
     else:
-        assert measured_all is not None  # an interrupted epoch records frozen trials only
         with np.errstate(all="ignore"):  # as fit: a run that blew up measures inf and NaN
             train_loss = pack.losses.epoch_mean(r)
-            measured = measured_all[r]
+            measured = trial.metrics.measure()
             val_loss = measured[1]
             diverged = not (
                 math.isfinite(train_loss)

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from .epoch import GradientNorms
-from .packed_measure import PackedMeasures
 from .packed_optim import Segment, path_of
 from .packed_pass import PackedBatches, PackedPass, packed_losses
 
@@ -109,7 +108,6 @@ class Pack:
         )
         self.losses = packed_losses(net0.loss, shared.bounds, k, net0.layers[-1].n_out, dtype)
         self.perms = np.zeros((k, len(shared.X)), np.int64)
-        self.measures = PackedMeasures(trials, P)
         self.live = np.ones(k, bool)  # not frozen this epoch, not left (masking)
         self.dead = np.zeros(k, bool)  # left the pack, row kept (masking)
 

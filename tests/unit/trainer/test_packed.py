@@ -9,7 +9,7 @@ import copy
 import numpy as np
 import pytest
 
-from services.trainer import build_network, fit, load_dataset, network, packed_measure, packed_stack
+from services.trainer import build_network, fit, load_dataset, network, packed_stack
 from services.trainer.checkpoint import load_checkpoint
 from services.trainer.packed import (
     PackError,
@@ -336,9 +336,8 @@ BIG = {  # 1,600 rows: a training set larger than the 1,024-row after-epoch samp
 
 
 def test_the_after_epoch_measurements_of_a_pack_equal_each_trials_own():
-    """``PackedMeasures`` measures every trial in one set of calls: each trial's own
-    sample of training rows (drawn from its seed), the validation rows in chunks, the
-    live units, the running accuracy, a sigmoid head's threshold, a regression."""
+    """Each trial's own sample of training rows (drawn from its seed), its live units,
+    the running accuracy, a sigmoid head's threshold, a regression with ReLUs."""
     seeds = [spec(BIG, learning_rate=lr, seed=i) for i, lr in enumerate((0.03, 0.1, 0.3))]
     check(seeds)
     check(
@@ -358,17 +357,11 @@ def test_the_after_epoch_measurements_of_a_pack_equal_each_trials_own():
     check([spec(relu_regression, learning_rate=lr, seed=i) for i, lr in enumerate((0.01, 0.1))])
 
 
-def test_sets_larger_than_an_evaluation_chunk_and_stacks_measured_trial_by_trial(monkeypatch):
-    """Sets evaluated in several chunks (as solo ``evaluate`` splits a set of more than
-    ``EVAL_CHUNK`` rows), and a stack too big to measure at once (each trial's solo
-    ``EpochMetrics``): the same numbers."""
-    specs = [spec(BIG, learning_rate=lr, seed=i) for i, lr in enumerate((0.05, 0.2))]
+def test_sets_larger_than_an_evaluation_chunk(monkeypatch):
+    """Sets evaluated in several chunks (as ``evaluate`` splits a set of more than
+    ``EVAL_CHUNK`` rows): the same numbers."""
     monkeypatch.setattr(network, "EVAL_CHUNK", 100)
-    monkeypatch.setattr(packed_measure, "EVAL_CHUNK", 100)
-    check(specs)
-    monkeypatch.undo()
-    monkeypatch.setattr(packed_measure, "STACKED_BYTES", 0)
-    check(specs)
+    check([spec(BIG, learning_rate=lr, seed=i) for i, lr in enumerate((0.05, 0.2))])
 
 
 def test_an_interrupt_after_a_divergence_in_the_same_epoch_records_the_divergence():
