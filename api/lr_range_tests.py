@@ -12,9 +12,17 @@ from pydantic import BaseModel
 from api.auth import SECURITY
 from api.context import db, link, principal, reply, services
 from api.errors import APIError
-from api.jobs import bad_cursor, errors, iso_time
+from api.jobs import (
+    IdempotencyHeader,
+    bad_cursor,
+    errors,
+    idempotency_claim,
+    iso_time,
+    named_by,
+    replayed,
+)
 from api.params import PageQuery
-from services import lr_range
+from services import idempotency, lr_range
 from services.db.models import RANGE_TEST_STATUSES, LrRangeTest
 from services.db.pages import BadCursorError
 from services.lr_range import start as lr_range_start
@@ -103,6 +111,20 @@ def range_test_public(test: LrRangeTest) -> RangeTestPublic:
     )
 
 
+def _replay_test(claim: idempotency.Claim | None) -> Any:
+    """The answer to a repeated request: its test as it is now, 202; None if the key
+    names none (or its test was deleted: the key is forgotten)."""
+    test_id = named_by(claim)
+    if test_id is None or claim is None:
+        return None
+    test = lr_range.get_range_test(db(), test_id)
+    if test is None:
+        idempotency.forget(db(), claim)
+        return None
+    location = url_for("lr_range_tests.get_range_test", test_id=test.id)
+    return reply(range_test_public(test), 202, replayed(location))
+
+
 def _test_or_404(test_id: str) -> LrRangeTest:
     """The test, if the request's user may see it; another user's answers as a missing one."""
     test = lr_range.get_range_test(db(), test_id)
@@ -117,23 +139,34 @@ def _test_or_404(test_id: str) -> LrRangeTest:
     summary="Start a learning-rate range test of a job spec",
     responses={202: RangeTestPublic, **errors(400, 413, 415, 422, 503)},
 )
-def create_range_test(body: RangeTestCreate):
-    """Validate the job spec and the rates, store the test (yours) and queue it."""
+def create_range_test(body: RangeTestCreate, header: IdempotencyHeader):
+    """Validate the job spec and the rates, store the test (yours) and queue it. With an
+    ``Idempotency-Key`` header, the same key and body again answer the same test (202,
+    ``Idempotent-Replayed: true``); another body, 422 ``idempotency_key_reused``."""
     svc = services()
+    claim = idempotency_claim("lr_range_tests")
+    if (answer := _replay_test(claim)) is not None:
+        return answer
     limits = svc.settings.limits
     spec = lr_range_start.prepare_range_test(db(), body.spec, principal=principal(), limits=limits)
     lr_range_start.check_range_test_budget(spec, body.steps, limits)
-    test = lr_range_start.start_range_test(
-        db(),
-        svc.dispatcher,
-        spec=spec,
-        owner_id=principal().user_id,
-        settings=lr_range.RangeTestSettings(
-            body.min_lr, body.max_lr, body.steps, body.smoothing, body.diverge_factor
-        ),
-        name=body.name or body.spec.name,
-        experiment=body.experiment or body.spec.experiment,
-    )
+    try:
+        test = lr_range_start.start_range_test(
+            db(),
+            svc.dispatcher,
+            spec=spec,
+            owner_id=principal().user_id,
+            settings=lr_range.RangeTestSettings(
+                body.min_lr, body.max_lr, body.steps, body.smoothing, body.diverge_factor
+            ),
+            name=body.name or body.spec.name,
+            experiment=body.experiment or body.spec.experiment,
+            claim=claim,
+        )
+    except idempotency.KeyTaken:  # a racing request with the key committed first
+        if (answer := _replay_test(claim)) is not None:
+            return answer
+        raise
     # the test as committed (a worker may be running it already: GET shows that)
     location = url_for("lr_range_tests.get_range_test", test_id=test.id)
     return reply(range_test_public(test), 202, {"Location": location})

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from services import budgets
+from services import budgets, idempotency
 from services.auth import LOCAL, Principal
 from services.celery_app import Dispatcher
 from services.config import Limits
@@ -64,9 +64,12 @@ def start_range_test(
     settings: RangeTestSettings | None = None,
     name: str | None = None,
     experiment: str | None = None,
+    claim: idempotency.Claim | None = None,
 ) -> LrRangeTest:
     """Store a test of the normalized job ``spec``, commit, queue it; return its row as
     committed (``queued``: a worker may have claimed it since; its ``id`` is the test's).
+    ``claim``: its Idempotency-Key, stored with it (:class:`idempotency.KeyTaken` if a
+    racing request stored it first: nothing is queued).
 
     Raises :class:`services.submit.QueueUnavailable` after failing the test if the
     broker is down, so that no test is left queued that nobody will run.
@@ -79,6 +82,8 @@ def start_range_test(
         name=name,
         experiment=experiment,
     )
+    if claim is not None:
+        idempotency.remember(session, claim, resource_id=test.id, status_code=202)
     session.commit()
     try:
         enqueue_range_test(dispatcher, test.id)

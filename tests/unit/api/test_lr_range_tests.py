@@ -40,6 +40,29 @@ def run(app, settings, test_id: str) -> str:
     )
 
 
+def test_the_same_idempotency_key_and_body_answer_the_same_test(client, dispatcher):
+    """A client's retried POST (``sweeplab lr-find`` sends a key) starts one test."""
+    headers = {"Idempotency-Key": "find-1"}
+    first = client.post(f"{API}/lr-range-tests", json=body(steps=50), headers=headers)
+    assert first.status_code == 202
+    again = client.post(f"{API}/lr-range-tests", json=body(steps=50), headers=headers)
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.headers["Location"] == first.headers["Location"]
+    assert dispatcher.range_tests == [first.get_json()["id"]]  # queued once
+    other = client.post(f"{API}/lr-range-tests", json=body(steps=60), headers=headers)
+    assert other.status_code == 422
+    assert other.get_json()["error"]["code"] == "idempotency_key_reused"
+    # the key is per resource kind: the same key on POST /jobs is another request
+    job = client.post(f"{API}/jobs", json=DIGITS_ADAM, headers=headers)
+    assert job.status_code == 201
+    fresh = client.post(
+        f"{API}/lr-range-tests", json=body(steps=50), headers={"Idempotency-Key": "find-2"}
+    )
+    assert fresh.status_code == 202 and fresh.get_json()["id"] != first.get_json()["id"]
+    assert len(dispatcher.range_tests) == 2
+
+
 def test_a_test_is_queued_run_and_read(client, app, settings, dispatcher):
     response = client.post(f"{API}/lr-range-tests", json=body(steps=120, name="digits adam"))
     assert response.status_code == 202
