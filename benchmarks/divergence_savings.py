@@ -1,7 +1,7 @@
 """Wall time a divergence-aware sweep saves: the same grid sweep with the divergence ceiling
 on (the default) and off (``"skip_above_divergence": false``), through the real stack.
 
-    .venv/bin/python benchmarks/divergence_savings.py            # SQLite, about 1-2 min
+    .venv/bin/python benchmarks/divergence_savings.py            # SQLite, about 30 s
     .venv/bin/python benchmarks/divergence_savings.py --rounds 3
 
 The sweep: moons (``--n-samples``, default 10,000), a 2-64-64-2 ReLU network, SGD at

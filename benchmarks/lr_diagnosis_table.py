@@ -9,7 +9,7 @@ many runs got which verdict. ``--measures`` prints, per run,
 the measures ``lr_too_high`` and ``lr_too_low`` read (see
 ``services/trainer/lr_findings.py``), which is how their thresholds were
 chosen; ``--markdown`` prints the table as Markdown (``docs/DIAGNOSIS.md``
-quotes it). The whole grid takes about a minute on one core.
+quotes it). The whole grid takes 8-20 s on one core.
 
 Usage::
 

@@ -79,7 +79,7 @@ def ceiling_lines(sweep: JSON) -> list[str]:
         where = f" with {fmt_params(c['params'])}" if c.get("params") else ""
         lines.append(
             f"divergence ceiling: {c['parameter']} >= {fmt(c['learning_rate'])}{where} "
-            f"(trial {c.get('trial_index')} diverged there); higher rates are skipped"
+            f"(trial {c.get('trial_index')} diverged there); rates at or above it are skipped"
         )
     test = sweep.get("range_test")
     if test:
