@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from optuna.trial import TrialState
 from sqlalchemy import select
 
@@ -25,7 +26,8 @@ BASE = {
 
 
 def create(sessions, parameters: dict[str, Any], **changes: Any) -> tuple[str, list[str]]:
-    spec = {"name": "ceil", "base": BASE, "method": "grid", "parameters": parameters, **changes}
+    spec = {"name": "ceil", "base": BASE, "method": "grid", "parameters": parameters}
+    spec.update(changes)
     with sessions() as session:
         sweep, ids = create_sweep(session, sweep=validate_sweep(spec))
         session.commit()
@@ -70,6 +72,43 @@ def test_rates_above_one_that_diverged_are_skipped(settings, sessions, dispatche
         assert sweep.status == "done"
         (found,) = ceilings(session, sweep)
     assert (found.learning_rate, found.trial_id, found.others) == (50.0, ceiling_trial.id, {})
+
+
+@pytest.mark.parametrize("method", ["random", "tpe"])
+def test_random_and_tpe_sweeps_train_no_rate_at_or_above_one_that_diverged(
+    settings, sessions, dispatcher, method
+):
+    """Sampled rates over a range whose top diverges: once a rate has diverged, every
+    later trial at or above it is skipped (it names the trial that set the ceiling)."""
+    sweep_id, first = create(
+        sessions,
+        {
+            "hyperparameters.learning_rate": {
+                "distribution": "log_uniform",
+                "min": 0.01,
+                "max": 1000,
+            }
+        },
+        method=method,
+        n_trials=14,
+        max_concurrency=1,
+        seed=3,
+    )
+    run_sweep(settings, sessions, dispatcher, sweep_id, first)
+    rows = trials(sessions, sweep_id)
+    assert len(rows) == 14
+    rate = {t.id: t.params["hyperparameters.learning_rate"] for t in rows}
+    skipped = [t for t in rows if t.status == "skipped"]
+    assert skipped, [(rate[t.id], t.status) for t in rows]
+    for t in skipped:
+        setter = next(r for r in rows if r.id == t.result["skipped_by"])
+        assert setter.status == "diverged" and setter.trial_index < t.trial_index
+        assert rate[t.id] >= rate[setter.id] == t.result["ceiling"]
+        assert t.epochs_done == 0
+    for t in rows:  # no trial trained at or above a rate that had diverged before it
+        if t.status != "skipped":
+            earlier = [r for r in rows if r.status == "diverged" and r.trial_index < t.trial_index]
+            assert all(rate[t.id] < rate[d.id] for d in earlier)
 
 
 def test_queued_trials_above_a_new_ceiling_are_skipped_before_they_train(
