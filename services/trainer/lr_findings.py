@@ -177,7 +177,17 @@ def lr_too_high(finite: list[dict], m: dict) -> list[dict]:
         )
     evidence = _evidence(
         m,
-        ("first", "rise", "rise_epoch", "rise_from", "rise_to", "upward", "sign_changes"),
+        (
+            "first",
+            "first_over_best",
+            "final",
+            "rise",
+            "rise_epoch",
+            "rise_from",
+            "rise_to",
+            "upward",
+            "sign_changes",
+        ),
     )
     evidence["reference_loss"] = m["reference_loss"]
     evidence.update(learning_rate=lr, spike_epochs=m["spike_epochs"], divide_by=factor)

@@ -84,6 +84,8 @@ def test_adam_too_fast_on_digits_and_spirals_is_too_high(seed):
     spirals = fit(_spec("spirals", [32, 32], ADAM, 1.0, seed))
     high = _finding(spirals, "lr_too_high")
     assert high is not None and high["evidence"]["first"] > 10  # blew up, never recovered
+    # the evidence holds every measure the blow-up rule reads
+    assert high["evidence"]["first_over_best"] >= 3 and high["evidence"]["final"] >= 0.1
     underfit = _finding(spirals, "underfitting")
     assert underfit is not None and "raise" not in underfit["suggestion"]
 
