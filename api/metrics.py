@@ -8,7 +8,7 @@ by the raw path, so that ids do not make a series each; with
 The rest is read when Prometheus scrapes, and costs the requests nothing:
 
     sweeplab_jobs{status}            jobs by status (one grouped COUNT over ``jobs``)
-    sweeplab_epochs_trained          epochs the jobs in the database have trained
+    sweeplab_epochs_trained          epochs the jobs in the database have recorded
                                      (a gauge: deleting jobs lowers it)
     sweeplab_queue_depth{queue}      messages waiting in Redis (LLEN of each queue)
     sweeplab_queue_unacked           messages delivered to workers, not yet acknowledged
@@ -106,7 +106,8 @@ def _scraped() -> Iterator[Metric]:
         yield jobs
         yield GaugeMetricFamily(
             "sweeplab_epochs_trained",
-            "Epochs trained by the jobs in the database (the sum of their epochs_done)",
+            "Epochs recorded by the jobs in the database (the sum of their epochs_done; "
+            "a reused job's copied epochs count too)",
             value=epochs,
         )
     dispatcher = services().dispatcher
