@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,19 @@ from client.api import Client
 from client.config import Target, resolve
 from client.errors import BadInput
 
+#: the width of tables written to a file or a pipe (a log, CI) when COLUMNS does not say:
+#: rich would take 80 and cut a leaderboard's columns to an ellipsis
+PIPE_WIDTH = 160
+
+
+def _console(stream: Any, **kwargs: Any) -> Console:
+    piped = not (hasattr(stream, "isatty") and stream.isatty()) and not os.environ.get("COLUMNS")
+    return Console(highlight=False, width=PIPE_WIDTH if piped else None, **kwargs)
+
+
 #: Tables and summaries for people (stdout); messages and progress next to --json (stderr).
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = _console(sys.stdout)
+err = _console(sys.stderr, stderr=True)
 
 
 @dataclass
