@@ -19,6 +19,7 @@ when no answer comes. Jobs and sweeps share one id space (uuid hex), so
 from __future__ import annotations
 
 import io
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -58,6 +59,28 @@ def is_final(resource: JSON) -> bool:
     counts = resource.get("counts") or {}
     active = (counts.get("queued") or 0) + (counts.get("running") or 0)
     return resource.get("status") != "running" and not active
+
+
+#: a predict request's body at most (the API's default limit is 1 MiB)
+PREDICT_BODY_BYTES = 900_000
+
+
+def _batches(rows: list[list[float]], most: int, max_bytes: int) -> Iterator[list[list[float]]]:
+    """``rows`` in consecutive batches of at most ``most`` rows whose JSON stays under
+    ``max_bytes`` (one batch, maybe empty, for no rows)."""
+    if not rows:
+        yield rows
+        return
+    start = 0
+    while start < len(rows):
+        size, end = 16, start  # '{"rows": []}' and change
+        while end < len(rows) and end - start < most:
+            size += len(json.dumps(rows[end])) + 2
+            if size > max_bytes and end > start:
+                break
+            end += 1
+        yield rows[start:end]
+        start = end
 
 
 class Client:
@@ -289,15 +312,21 @@ class Client:
         with np.load(io.BytesIO(self.weights_npz(job_id)), allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
 
-    def predict(self, job_id: str, rows: list[list[float]], *, batch: int = 10_000) -> JSON:
+    def predict(
+        self,
+        job_id: str,
+        rows: list[list[float]],
+        *,
+        batch: int = 10_000,
+        max_bytes: int = PREDICT_BODY_BYTES,
+    ) -> JSON:
         """Predictions for ``rows`` (raw feature units): ``predictions``, ``classes`` and
         ``probabilities`` (classification), as the API answers; more rows than the API
-        takes at once (10,000) go in batches of ``batch``, answered as one."""
+        takes at once (10,000 rows, a 1 MiB body) go in batches of at most ``batch`` rows
+        and ``max_bytes`` of JSON, answered as one."""
         answer: JSON = {}
-        for start in range(0, max(len(rows), 1), batch):
-            part = self._json(
-                "POST", f"/jobs/{job_id}/predict", json={"rows": rows[start : start + batch]}
-            )
+        for part_rows in _batches(rows, batch, max_bytes):
+            part = self._json("POST", f"/jobs/{job_id}/predict", json={"rows": part_rows})
             if not answer:
                 answer = part
                 continue

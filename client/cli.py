@@ -367,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as error:
         err.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         return outcome.exit_code_for(error)
+    except OSError as error:  # a file it was asked to write or read (-o, --png): usage
+        where = f" {error.filename}" if error.filename else ""
+        err.print(f"error: cannot use{where}: {error.strerror or error}", markup=False)
+        return outcome.USAGE
     except KeyboardInterrupt:
         err.print("interrupted (the job or sweep goes on; `sweeplab watch ID` to follow it again)")
         return 130

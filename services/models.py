@@ -186,7 +186,11 @@ class TrainedModel:
                 proba = np.concatenate([1 - out, out], axis=1)
             else:
                 idx, proba = out.argmax(axis=1), out
-            labels = [classes[i] for i in idx.tolist()]
+            # outputs that are not finite (extreme inputs, a blown-up network) name no class
+            finite = np.isfinite(out).all(axis=1).tolist()
+            labels = [
+                classes[i] if ok else None for i, ok in zip(idx.tolist(), finite, strict=True)
+            ]
             return Prediction(CLASSIFICATION, labels, proba.tolist(), classes)
         values = out.astype(np.float64)
         if self.stats.target_mean is not None and self.stats.target_std is not None:

@@ -140,9 +140,16 @@ def submit_job(
         dispatcher.enqueue_jobs([job.id])
     except Exception as err:
         fail_unqueued(session, [job.id], err)
+        _forget(session, claim)  # a retry with the key (the 503 says so) submits again
         session.commit()
         raise QueueUnavailable(err) from err
     return job
+
+
+def _forget(session: Session, claim: idempotency.Claim | None) -> None:
+    """Drop the key of a request whose resource could not be queued (answered 503)."""
+    if claim is not None:
+        idempotency.forget(session, claim)
 
 
 def submit_sweep(
@@ -182,6 +189,7 @@ def submit_sweep(
         fail_unqueued(session, job_ids, err)
         if row.range_test_id is not None:
             fail_unstarted(session, row.range_test_id, f"the queue was unavailable ({err!r})")
+        _forget(session, claim)
         session.commit()
         raise QueueUnavailable(err) from err
     return row
@@ -203,6 +211,8 @@ def restart_sweep(
     the sweep is cancelled again and its new trials failed (:class:`QueueUnavailable`).
     Raises ``LookupError`` and ``lifecycle.SweepStateError`` as those do."""
     limits = settings.limits
+    before = session.get(Sweep, sweep_id)
+    was = (before.status, before.finished_at) if before is not None else None
     if n_trials is None:
         row, job_ids = resume_sweep(session, sweep_id, limits=limits)
     else:
@@ -217,8 +227,12 @@ def restart_sweep(
     try:
         dispatcher.enqueue_units(units)
     except Exception as err:
-        scheduler.cancel_sweep(session, row.id)
+        # only the new trials fail: trials the sweep was already training go on, and a
+        # sweep that was stopped or done is left as it was
         fail_unqueued(session, job_ids, err)
+        if was is not None and was[0] != "running":
+            row.status, row.finished_at = was
+        _forget(session, claim)
         session.commit()
         raise QueueUnavailable(err) from err
     return row
@@ -253,12 +267,15 @@ def cancel_job(
     if job.status == "running":
         signal_cancel(dispatcher, [job.id])
     elif job.sweep_id:
-        advance_and_enqueue(
-            settings=settings,
-            session_factory=session_factory,
-            dispatcher=dispatcher,
-            sweep_id=job.sweep_id,
-        )
+        try:
+            advance_and_enqueue(
+                settings=settings,
+                session_factory=session_factory,
+                dispatcher=dispatcher,
+                sweep_id=job.sweep_id,
+            )
+        except Exception:  # the cancel is committed; the recover pass sends what waits
+            log.warning("sweep %s: not advanced after a cancel", job.sweep_id, exc_info=True)
     return job
 
 

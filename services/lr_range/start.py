@@ -89,6 +89,8 @@ def start_range_test(
         enqueue_range_test(dispatcher, test.id)
     except Exception as err:
         fail_unstarted(session, test.id, f"the queue was unavailable ({type(err).__name__})")
+        if claim is not None:  # a retry with the key (the 503 says so) starts it again
+            idempotency.forget(session, claim)
         session.commit()
         raise QueueUnavailable(err) from err
     return test

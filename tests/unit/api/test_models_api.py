@@ -223,3 +223,4 @@ def test_a_diverged_jobs_weights_answer_nulls_not_a_server_error(api, app, dispa
     answer = api.post(f"{API}/jobs/{job['id']}/predict", json={"rows": [[0.0, 1.0]]})
     assert answer.status_code == 200, answer.get_json()
     assert answer.get_json()["probabilities"] == [[None, None]]  # not finite: null
+    assert answer.get_json()["predictions"] == [None]  # and no made-up class

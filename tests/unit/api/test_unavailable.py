@@ -90,3 +90,62 @@ def test_every_protected_route_declares_503(app):
                 assert "503" in operation["responses"], f"{method.upper()} {path}"
                 checked += 1
     assert checked >= 10
+
+
+def _refuse(*_args: Any) -> None:
+    raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+def test_a_retry_after_a_503_submits_again(client, dispatcher: FakeDispatcher):
+    """The 503 says "try again": the same Idempotency-Key then makes a new job, not the
+    one that could not be queued."""
+    headers = {"Idempotency-Key": "retry-me"}
+    dispatcher.enqueue_jobs = _refuse  # type: ignore[method-assign]
+    first = client.post("/api/v1/jobs", json=XOR_JOB, headers=headers)
+    assert first.status_code == 503
+    del dispatcher.enqueue_jobs  # the broker is back
+    again = client.post("/api/v1/jobs", json=XOR_JOB, headers=headers)
+    assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers
+    assert again.get_json()["status"] == "queued" and dispatcher.enqueued == [
+        again.get_json()["id"]
+    ]
+
+
+SWEEP = {
+    "name": "more",
+    "base": XOR_JOB,
+    "method": "random",
+    "n_trials": 2,
+    "max_concurrency": 2,
+    "parameters": {"hyperparameters.learning_rate": {"values": [0.1, 0.3]}},
+}
+
+
+def test_an_extend_the_broker_refuses_leaves_the_running_sweep_alone(client, dispatcher):
+    """Only the new trials fail: the trials the sweep was training are not cancelled."""
+    sweep = client.post("/api/v1/sweeps", json=dict(SWEEP, max_concurrency=4)).get_json()
+    dispatcher.enqueue_units = _refuse  # type: ignore[method-assign]
+    refused = client.post(
+        f"/api/v1/sweeps/{sweep['id']}/extend",
+        json={"n_trials": 2},
+        headers={"Idempotency-Key": "more-1"},
+    )
+    assert refused.status_code == 503
+    after = client.get(f"/api/v1/sweeps/{sweep['id']}").get_json()
+    assert after["status"] == "running"
+    trials = client.get(f"/api/v1/sweeps/{sweep['id']}/trials").get_json()["items"]
+    statuses = sorted((t["trial_index"], t["status"]) for t in trials)
+    assert statuses == [(0, "queued"), (1, "queued"), (2, "failed"), (3, "failed")]
+    assert dispatcher.cancelled == set()
+
+
+def test_cancelling_a_queued_trial_while_the_broker_is_down_is_not_a_500(client, dispatcher):
+    body = dict(SWEEP, method="grid", max_concurrency=1)
+    del body["n_trials"]
+    sweep = client.post("/api/v1/sweeps", json=body).get_json()
+    first = client.get(f"/api/v1/sweeps/{sweep['id']}/trials").get_json()["items"][0]
+    dispatcher.enqueue_units = _refuse  # type: ignore[method-assign]
+    dispatcher.enqueue_jobs = _refuse  # type: ignore[method-assign]
+    response = client.post(f"/api/v1/jobs/{first['id']}/cancel")
+    assert response.status_code < 300, response.get_data(as_text=True)
+    assert client.get(f"/api/v1/jobs/{first['id']}").get_json()["status"] == "cancelled"
