@@ -208,7 +208,8 @@ def restart_sweep(
     """Resume a stopped sweep (``n_trials`` None) or extend it by ``n_trials``, then queue
     its new trials (``services.sweeps.lifecycle``). They count against the owner's
     budget of active jobs (:class:`services.auth.QuotaExceeded`); if the broker is down
-    the sweep is cancelled again and its new trials failed (:class:`QueueUnavailable`).
+    its new trials are failed, a sweep that was not running is put back as it was, and
+    :class:`QueueUnavailable` is raised (the request's key forgotten: a retry runs again).
     Raises ``LookupError`` and ``lifecycle.SweepStateError`` as those do."""
     limits = settings.limits
     before = session.get(Sweep, sweep_id)
