@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from typing import Any
 
 from flask import Response, request, url_for
@@ -187,15 +188,22 @@ def replayed(location: str) -> dict[str, str]:
     return {"Location": location, "Idempotent-Replayed": "true"}
 
 
-def _replay_job(claim: idempotency.Claim | None) -> Any:
-    """The answer to a repeated request: its job as it is now, 201; None if the key
-    names none (or its job was deleted: the key is forgotten)."""
-    job_id = named_by(claim)
-    if job_id is None or claim is None:
+def replay_named(claim: idempotency.Claim | None, fetch: Callable[[str], Any]) -> Any:
+    """The resource a repeated request's key names (``fetch(id)``), as it is now; None
+    if the key names none, or its resource was deleted (the key is then forgotten)."""
+    resource_id = named_by(claim)
+    if resource_id is None or claim is None:
         return None
-    job = job_rows.get_job(db(), job_id)
-    if job is None:
+    found = fetch(resource_id)
+    if found is None:
         idempotency.forget(db(), claim)
+    return found
+
+
+def _replay_job(claim: idempotency.Claim | None) -> Any:
+    """The answer to a repeated request: its job as it is now, 201 (None: no replay)."""
+    job = replay_named(claim, lambda job_id: job_rows.get_job(db(), job_id))
+    if job is None:
         return None
     return reply(job_public(job), 201, replayed(url_for("jobs.get_job", job_id=job.id)))
 

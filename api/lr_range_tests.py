@@ -18,7 +18,7 @@ from api.jobs import (
     errors,
     idempotency_claim,
     iso_time,
-    named_by,
+    replay_named,
     replayed,
 )
 from api.params import PageQuery
@@ -112,14 +112,9 @@ def range_test_public(test: LrRangeTest) -> RangeTestPublic:
 
 
 def _replay_test(claim: idempotency.Claim | None) -> Any:
-    """The answer to a repeated request: its test as it is now, 202; None if the key
-    names none (or its test was deleted: the key is forgotten)."""
-    test_id = named_by(claim)
-    if test_id is None or claim is None:
-        return None
-    test = lr_range.get_range_test(db(), test_id)
+    """The answer to a repeated request: its test as it is now, 202 (None: no replay)."""
+    test = replay_named(claim, lambda test_id: lr_range.get_range_test(db(), test_id))
     if test is None:
-        idempotency.forget(db(), claim)
         return None
     location = url_for("lr_range_tests.get_range_test", test_id=test.id)
     return reply(range_test_public(test), 202, replayed(location))

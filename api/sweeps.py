@@ -24,7 +24,7 @@ from api.jobs import (
     idempotency_claim,
     iso_time,
     job_page,
-    named_by,
+    replay_named,
     replayed,
 )
 from api.params import LeaderboardQuery, SweepListQuery, SweepPath, TrialListQuery
@@ -196,16 +196,11 @@ def create_sweep(body: SweepCreate, header: IdempotencyHeader):
 
 
 def _replay_sweep(claim: idempotency.Claim | None) -> Any:
-    """The answer to a repeated request: its sweep as it is now, 201; None if the key
-    names none (or its sweep was deleted: the key is forgotten)."""
-    sweep_id = named_by(claim)
-    if sweep_id is None or claim is None:
-        return None
-    sweep = db().get(Sweep, sweep_id)
+    """The answer to a repeated request: its sweep as it is now, 201 (None: no replay)."""
+    sweep = replay_named(claim, lambda sweep_id: db().get(Sweep, sweep_id))
     if sweep is None:
-        idempotency.forget(db(), claim)
         return None
-    return reply(sweep_public(sweep), 201, replayed(url_for("sweeps.get_sweep", sweep_id=sweep_id)))
+    return reply(sweep_public(sweep), 201, replayed(url_for("sweeps.get_sweep", sweep_id=sweep.id)))
 
 
 @bp.post(
@@ -272,12 +267,8 @@ def _restart(sweep_id: str, n_trials: int | None) -> Any:
 
 
 def _replay_restart(claim: idempotency.Claim | None) -> Any:
-    sweep_id = named_by(claim)
-    if sweep_id is None or claim is None:
-        return None
-    sweep = db().get(Sweep, sweep_id)
+    sweep = replay_named(claim, lambda sweep_id: db().get(Sweep, sweep_id))
     if sweep is None:
-        idempotency.forget(db(), claim)
         return None
     return reply(sweep_public(sweep), 202, {"Idempotent-Replayed": "true"})
 
