@@ -27,10 +27,13 @@ class ApiError(ClientError):
         super().__init__(self.describe())
 
     def describe(self) -> str:
-        """One line per problem: the message, then each field path and what is wrong there."""
+        """One line per problem: the message, then each field path and what is wrong there
+        (a detail that only repeats the message is left out)."""
         lines = [f"{self.status} {self.code}: {self.message}"]
         for detail in self.details:
             loc, msg = detail.get("loc"), detail.get("msg")
+            if msg == self.message:
+                continue
             if loc or msg:
                 lines.append(f"  {loc or '(body)'}: {msg}")
         return "\n".join(lines)

@@ -61,3 +61,10 @@ def test_api_error_shows_message_and_field_paths() -> None:
         "422 validation_error: hyperparameters.learning_rate: must be > 0",
         "  hyperparameters.learning_rate: must be > 0",
     ]
+
+
+def test_api_error_does_not_repeat_a_detail_that_is_its_message() -> None:
+    # a 409 from resume carries its message as the one detail (loc "sweep")
+    message = "sweep s1 is running: nothing to resume"
+    error = ApiError(409, "sweep_running", message, [{"loc": "sweep", "msg": message}])
+    assert error.describe().splitlines() == ["409 sweep_running: " + message]
