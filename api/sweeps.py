@@ -56,7 +56,7 @@ from services.sweeps import scheduler
 from services.sweeps.ceiling import ceilings
 from services.sweeps.lifecycle import SweepStateError
 from services.sweeps.range_bounds import tested_parameter
-from services.sweeps.scheduler import SweepFinishedError, trial_totals
+from services.sweeps.scheduler import SweepFinishedError, trial_totals, trial_totals_of
 
 bp = APIBlueprint("sweeps", __name__, abp_tags=[Tag(name="sweeps")], abp_security=SECURITY)
 
@@ -111,14 +111,18 @@ def _range_test(sweep: Sweep) -> SweepRangeTest | None:
     )
 
 
-def sweep_summary(sweep: Sweep) -> SweepSummary:
-    """The sweep as a list shows it (no spec, no leaderboard)."""
-    return SweepSummary(**_summary_fields(sweep, leaderboard_page(db(), sweep, limit=1)))
+def sweep_summary(sweep: Sweep, totals: tuple[dict[str, int], int] | None = None) -> SweepSummary:
+    """The sweep as a list shows it (no spec, no leaderboard); ``totals``: its
+    :func:`trial_totals` when the caller read them (a list reads them in one query)."""
+    top = leaderboard_page(db(), sweep, limit=1)
+    return SweepSummary(**_summary_fields(sweep, top, totals))
 
 
-def _summary_fields(sweep: Sweep, top: BoardPage) -> dict[str, Any]:
+def _summary_fields(
+    sweep: Sweep, top: BoardPage, totals: tuple[dict[str, int], int] | None = None
+) -> dict[str, Any]:
     session = db()
-    counts, epochs_done = trial_totals(session, sweep.id)
+    counts, epochs_done = totals if totals is not None else trial_totals(session, sweep.id)
     best = best_trial_in(session, sweep, top)
     return dict(
         id=sweep.id,
@@ -292,7 +296,8 @@ def list_sweeps(query: SweepListQuery):
         )
     except BadCursorError as err:
         raise bad_cursor(err) from err
-    items = [sweep_summary(s) for s in rows]
+    totals = trial_totals_of(db(), [s.id for s in rows])
+    items = [sweep_summary(s, totals[s.id]) for s in rows]
     return reply(SweepPage(items=items, next_cursor=next_cursor))
 
 

@@ -418,17 +418,25 @@ def status_counts(session: Session, sweep_id: str) -> dict[str, int]:
 
 def trial_totals(session: Session, sweep_id: str) -> tuple[dict[str, int], int]:
     """The sweep's trials by status, and the epochs they trained (one query)."""
+    return trial_totals_of(session, [sweep_id])[sweep_id]
+
+
+def trial_totals_of(
+    session: Session, sweep_ids: list[str]
+) -> dict[str, tuple[dict[str, int], int]]:
+    """:func:`trial_totals` for each of ``sweep_ids`` (one query for them all)."""
     stmt = (
-        select(Job.status, func.count(), func.coalesce(func.sum(Job.epochs_done), 0))
-        .where(Job.sweep_id == sweep_id)
-        .group_by(Job.status)
+        select(Job.sweep_id, Job.status, func.count(), func.coalesce(func.sum(Job.epochs_done), 0))
+        .where(Job.sweep_id.in_(sweep_ids))
+        .group_by(Job.sweep_id, Job.status)
     )
-    counts = {status: 0 for status in ("queued", "running", *sorted(TERMINAL_STATUSES))}
-    epochs = 0
-    for status, n, done in session.execute(stmt):
+    statuses = ("queued", "running", *sorted(TERMINAL_STATUSES))
+    totals = {sweep_id: (dict.fromkeys(statuses, 0), 0) for sweep_id in sweep_ids}
+    for sweep_id, status, n, done in session.execute(stmt):
+        counts, epochs = totals[sweep_id]
         counts[status] = int(n)
-        epochs += int(done)
-    return counts, epochs
+        totals[sweep_id] = (counts, epochs + int(done))
+    return totals
 
 
 def list_sweeps(

@@ -195,3 +195,37 @@ def test_a_cursor_the_leaderboard_never_handed_out_is_a_400(app, client):
         assert response.status_code == 400, cursor
         assert response.get_json()["error"]["details"][0]["loc"] == "cursor"
     assert client.get(f"{API}/sweeps/nope/leaderboard").status_code == 404
+
+
+def test_a_list_of_sweeps_counts_each_sweeps_trials_in_one_query(app, client):
+    sessions = app.extensions["sweeplab"].sessions
+    mixed = seed_sweep(sessions, 7)  # succeeded, succeeded, diverged, pruned, running, ...
+    done = seed_sweep(sessions, 3, statuses=["succeeded"] * 5, seed=1)
+    with sessions() as session:  # a sweep with no trial yet
+        session.execute(
+            insert(Sweep).values(
+                id="empty",
+                status="running",
+                method="grid",
+                spec={"base": copy.deepcopy(XOR_JOB), "method": "grid", "parameters": {}},
+                objective_metric="val_loss",
+                objective_goal="minimize",
+                max_concurrency=2,
+                n_trials=2,
+                n_created=0,
+                created_at=utcnow() - timedelta(days=1),
+                updated_at=utcnow(),
+            )
+        )
+        session.commit()
+    with statements(app) as sql:
+        items = client.get(f"{API}/sweeps?limit=10").get_json()["items"]
+    by_id = {item["id"]: item for item in items}
+    assert set(by_id) == {mixed, done, "empty"}
+    nonzero = {s: n for s, n in by_id[mixed]["counts"].items() if n}
+    assert nonzero == {"succeeded": 4, "diverged": 1, "pruned": 1, "running": 1}
+    assert by_id[mixed]["epochs_done"] == 21
+    assert {s: n for s, n in by_id[done]["counts"].items() if n} == {"succeeded": 3}
+    assert by_id["empty"]["counts"]["queued"] == 0 and not any(by_id["empty"]["counts"].values())
+    assert by_id["empty"]["epochs_done"] == 0 and by_id["empty"]["best_trial"] is None
+    assert len([s for s in sql if "GROUP BY" in s.upper()]) == 1  # not one count per sweep
