@@ -433,9 +433,10 @@ def trial_totals_of(
     statuses = ("queued", "running", *sorted(TERMINAL_STATUSES))
     totals = {sweep_id: (dict.fromkeys(statuses, 0), 0) for sweep_id in sweep_ids}
     for sweep_id, status, n, done in session.execute(stmt):
-        counts, epochs = totals[sweep_id]
+        key = str(sweep_id)  # never None: the query selects by sweep
+        counts, epochs = totals[key]
         counts[status] = int(n)
-        totals[sweep_id] = (counts, epochs + int(done))
+        totals[key] = (counts, epochs + int(done))
     return totals
 
 
