@@ -1,5 +1,5 @@
 """Deleting jobs and sweeps marks their MLflow runs deleted (a real MLflow server, real
-workers, Redis, SQLite), also when MLflow was down at the time of the deletion."""
+workers, Redis, SQLite and PostgreSQL), also when MLflow was down at the time of the deletion."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy import select
 from services.db import MlflowDeletion
 from tests.e2e.mlflow_support import MlflowServer, mirroring_stack, tags, wait_job_mirrored
 from tests.e2e.mlflow_support import wait_mirrored as wait_sweep_mirrored
-from tests.integration.harness import Stack, wait_for
+from tests.integration.harness import Stack, require_postgres, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +39,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
         mlflow.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
 def stack(
-    redis_base: str, server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    redis_base: str,
+    server: MlflowServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    s = mirroring_stack("sqlite", tmp_path_factory.mktemp("deletion"), redis_base, server.url)
+    if request.param == "postgresql":
+        require_postgres()
+    workdir = tmp_path_factory.mktemp(f"deletion-{request.param}")
+    s = mirroring_stack(request.param, workdir, redis_base, server.url)
     s.env["SWEEPLAB_MIRROR_CATCH_UP_SECONDS"] = "2"
     try:
         s.start_worker(concurrency=2)
