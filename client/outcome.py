@@ -28,14 +28,15 @@ def exit_code_for(error: BaseException) -> int:
 
 
 def outcome_code(resource: dict[str, Any]) -> int:
-    """0 for a job that succeeded or a sweep that ended with a succeeded trial (its
-    best_trial); 1 for anything else that ended (or is still going)."""
+    """0 for a job that succeeded or a sweep that ended with a succeeded trial; 1 for
+    anything else that ended (or is still going). A sweep's ``best_trial`` is not
+    enough: with no trial succeeded it names the best of the others (a cancelled or
+    pruned one)."""
     if not is_final(resource):
         return ENDED_BADLY
     if kind_of(resource) == "job":
         return OK if resource.get("status") == "succeeded" else ENDED_BADLY
-    best = resource.get("best_trial") or {}
     succeeded = (resource.get("counts") or {}).get("succeeded") or 0
-    if resource.get("status") == "done" and (best or succeeded):
+    if resource.get("status") == "done" and succeeded:
         return OK
     return ENDED_BADLY

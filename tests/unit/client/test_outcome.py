@@ -42,6 +42,9 @@ def _sweep(status: str, counts: dict, best: dict | None) -> dict:
         (_job("running"), ENDED_BADLY),  # not ended: never "done and succeeded"
         (_sweep("done", {"succeeded": 3, "diverged": 1}, {"job_id": "j"}), OK),
         (_sweep("done", {"diverged": 2, "failed": 2}, None), ENDED_BADLY),
+        # no trial succeeded: best_trial then names the best cancelled or pruned one
+        (_sweep("done", {"cancelled": 2, "failed": 12}, {"job_id": "j"}), ENDED_BADLY),
+        (_sweep("done", {"pruned": 3, "diverged": 1}, {"job_id": "j"}), ENDED_BADLY),
         (_sweep("cancelled", {"succeeded": 1, "cancelled": 3}, {"job_id": "j"}), ENDED_BADLY),
         (_sweep("done", {"succeeded": 1, "running": 1}, {"job_id": "j"}), ENDED_BADLY),
     ],
