@@ -225,7 +225,8 @@ def delete_dataset(path: DatasetPath):
         store.delete_dataset(session, path.dataset_id)
     except store.DatasetInUseError as err:
         raise APIError(
-            409, f"dataset {path.dataset_id} is used by a queued or running job or sweep"
+            409,
+            f"dataset {path.dataset_id} is used by a queued or running job, sweep or range test",
         ) from err
     session.commit()
     return no_content()

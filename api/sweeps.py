@@ -218,7 +218,8 @@ def resume_sweep(path: SweepPath, header: IdempotencyHeader):
     created: the missing trials are created, and each cancelled or failed trial runs
     again with its parameters (a new trial at the end). 409 ``sweep_running`` while
     it runs, ``sweep_stopping`` while cancelled trials are still stopping,
-    ``sweep_complete`` when nothing is missing."""
+    ``sweep_complete`` when nothing is missing, ``dataset_deleted`` when the uploaded
+    dataset it trains on was deleted."""
     return _restart(path.sweep_id, None)
 
 
@@ -231,7 +232,8 @@ def resume_sweep(path: SweepPath, header: IdempotencyHeader):
 def extend_sweep(path: SweepPath, body: SweepExtend, header: IdempotencyHeader):
     """Add ``n_trials`` trials (the sampler continues from what it has seen), starting
     the sweep again if it had ended. A grid runs each point once: 409
-    ``grid_exhausted`` when it has fewer unused points; 422 ``too_many_trials`` past
+    ``grid_exhausted`` when it has fewer unused points; 409 ``dataset_deleted`` when
+    the uploaded dataset it trains on was deleted; 422 ``too_many_trials`` past
     SWEEPLAB_MAX_TRIALS."""
     return _restart(path.sweep_id, body.n_trials)
 

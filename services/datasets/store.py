@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, load_only
 
 from services.auth import Principal
 from services.datasets.parse import Table
-from services.db.models import ACTIVE_STATUSES, Dataset, DatasetBlob, Job, Sweep
+from services.db.models import ACTIVE_STATUSES, Dataset, DatasetBlob, Job, LrRangeTest, Sweep
 from services.db.pages import paginate
 
 #: the zip timestamp of every member (the DOS epoch), so that equal arrays give equal bytes
@@ -147,10 +147,19 @@ def list_datasets(
 
 
 def in_use(session: Session, dataset_id: str) -> bool:
-    """Whether a queued or running job, or a running sweep, trains on the dataset."""
+    """Whether a queued or running job, a running sweep, or a queued or running
+    learning-rate range test trains on the dataset."""
     job = exists().where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES))
     sweep = exists().where(Sweep.dataset_id == dataset_id, Sweep.status == "running")
-    return bool(session.scalar(select(job | sweep)))
+    if session.scalar(select(job | sweep)):
+        return True
+    # a range test names its dataset in its spec only (the active ones are few)
+    tests = select(LrRangeTest.spec).where(LrRangeTest.status.in_(ACTIVE_STATUSES))
+    return any(
+        (spec.get("dataset") or {}).get("name") == "uploaded"
+        and (spec.get("dataset") or {}).get("id") == dataset_id
+        for spec in session.scalars(tests)
+    )
 
 
 def delete_dataset(session: Session, dataset_id: str) -> None:

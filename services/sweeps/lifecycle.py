@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.config import Limits
-from services.db.models import Job, Sweep, utcnow
+from services.db.models import Dataset, Job, Sweep, utcnow
 from services.specs import SpecValidationError, SweepCreate
 from services.sweeps.scheduler import active_count, advance_sweep, lock_sweep
 from services.sweeps.space import parameters_of
@@ -57,6 +57,7 @@ def resume_sweep(
         raise LookupError(sweep_id)
     if sweep.status == "running":
         raise SweepStateError("sweep_running", f"sweep {sweep_id} is running: nothing to resume")
+    _check_dataset(session, sweep)
     stopping = active_count(session, sweep_id)
     if stopping:
         raise SweepStateError(
@@ -107,6 +108,7 @@ def extend_sweep(
     sweep = lock_sweep(session, sweep_id)
     if sweep is None:
         raise LookupError(sweep_id)
+    _check_dataset(session, sweep)
     if sweep.method == "grid":
         size = math.prod(len(p.values or ()) for p in parameters_of(sweep).values())
         planned = sweep.n_trials - len(sweep.replays or {})  # replays take no new point
@@ -125,6 +127,21 @@ def extend_sweep(
         )
     _restart(sweep, sweep.n_trials + n_trials)
     return sweep, advance_sweep(session, sweep_id, limits=limits)
+
+
+def _check_dataset(session: Session, sweep: Sweep) -> None:
+    """A 409 for a sweep whose uploaded dataset was deleted once it stopped (a running
+    sweep keeps its dataset from deletion): no new trial could train."""
+    dataset = ((sweep.spec or {}).get("base") or {}).get("dataset") or {}
+    if dataset.get("name") != "uploaded":
+        return
+    dataset_id = dataset.get("id")
+    if not isinstance(dataset_id, str) or session.get(Dataset, dataset_id) is None:
+        raise SweepStateError(
+            "dataset_deleted",
+            f"sweep {sweep.id} trains on dataset {dataset_id}, which was deleted: no trial "
+            "can train on it (upload the data again and submit a new sweep)",
+        )
 
 
 def _restart(sweep: Sweep, n_trials: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from services.db.models import Dataset, Job
+from services.db.models import Dataset, Job, LrRangeTest, Sweep
 from services.jobs.execute import execute_job
 from tests.auth_support import authorize, new_token
 from tests.unit.api.contract import contract_client
@@ -143,3 +143,49 @@ def test_users_see_only_their_own_datasets(client, app):
         hers["id"] != dataset_id
         and hers["sha256"] == client.get(f"{API}/datasets/{dataset_id}").get_json()["sha256"]
     )
+
+
+def test_a_queued_range_test_keeps_its_dataset(client, app):
+    dataset_id = upload(client).get_json()["id"]
+    test = client.post(f"{API}/lr-range-tests", json={"spec": job_on(dataset_id), "steps": 20})
+    assert test.status_code == 202, test.get_json()
+    refused = client.delete(f"{API}/datasets/{dataset_id}")
+    assert refused.status_code == 409 and "range test" in refused.get_json()["error"]["message"]
+    sessions = app.extensions["sweeplab"].sessions
+    with sessions() as session:  # the test ends (how does not matter here)
+        session.get(LrRangeTest, test.get_json()["id"]).status = "succeeded"
+        session.commit()
+    assert client.delete(f"{API}/datasets/{dataset_id}").status_code == 204
+
+
+def test_a_stopped_sweep_whose_dataset_was_deleted_cannot_resume_or_extend(client, app):
+    dataset_id = upload(client).get_json()["id"]
+    sweep = {
+        "base": job_on(dataset_id),
+        "method": "random",
+        "parameters": {
+            "hyperparameters.learning_rate": {"distribution": "log_uniform", "min": 0.01, "max": 1}
+        },
+        "n_trials": 3,
+        "max_concurrency": 3,
+    }
+    created = client.post(f"{API}/sweeps", json=sweep)
+    assert created.status_code == 201, created.get_json()
+    sweep_id = created.get_json()["id"]
+    assert client.delete(f"{API}/datasets/{dataset_id}").status_code == 409  # it runs
+    assert client.post(f"{API}/sweeps/{sweep_id}/cancel").status_code == 202
+    assert client.delete(f"{API}/datasets/{dataset_id}").status_code == 204
+    sessions = app.extensions["sweeplab"].sessions
+    with sessions() as session:
+        before = session.query(Job).filter(Job.sweep_id == sweep_id).count()
+    for url, body in (
+        (f"{API}/sweeps/{sweep_id}/resume", None),
+        (f"{API}/sweeps/{sweep_id}/extend", {"n_trials": 2}),
+    ):
+        answer = client.post(url, json=body)
+        assert answer.status_code == 409, answer.get_json()
+        error = answer.get_json()["error"]
+        assert error["code"] == "dataset_deleted" and dataset_id in error["message"]
+    with sessions() as session:  # no trial created that could only fail
+        assert session.query(Job).filter(Job.sweep_id == sweep_id).count() == before
+        assert session.get(Sweep, sweep_id).status == "cancelled"
