@@ -228,9 +228,10 @@ def leaderboard_page(
     come last (``rank`` null in the API). Raises ``BadCursorError``."""
     stmt, rank = _board_select(sweep), 1
     if cursor:
-        rank, objective, index, row_id, status = decode_key(cursor, 5)
+        of, rank, objective, index, row_id, status = decode_key(cursor, 6)
         if not (
-            isinstance(rank, int)
+            of == sweep.id
+            and isinstance(rank, int)
             and rank >= 1
             and (objective is None or isinstance(objective, (int, float)))
             and isinstance(index, int)
@@ -246,7 +247,7 @@ def leaderboard_page(
     if more and rows:
         end = rows[-1]
         next_cursor = encode_key(
-            [rank + len(rows), end.objective, end.trial_index or 0, end.id, end.status]
+            [sweep.id, rank + len(rows), end.objective, end.trial_index or 0, end.id, end.status]
         )
     return BoardPage(rows, rank, next_cursor)
 

@@ -1,4 +1,8 @@
-"""Keyset pagination, newest first, on (created_at, id): the cursors the API hands out."""
+"""Keyset pagination, newest first, on (created_at, id): the cursors the API hands out.
+
+A cursor names the table it pages (a cursor of the jobs is refused by the sweeps'
+list), and a leaderboard's names its sweep (``services.ranking``): one from
+elsewhere is a 400, never a page that starts at some unrelated place."""
 
 from __future__ import annotations
 
@@ -15,17 +19,19 @@ class BadCursorError(ValueError):
     pass
 
 
-def encode_cursor(created_at: datetime, row_id: str) -> str:
-    raw = json.dumps([created_at.isoformat(), row_id]).encode()
+def encode_cursor(created_at: datetime, row_id: str, table: str) -> str:
+    raw = json.dumps([table, created_at.isoformat(), row_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
+def decode_cursor(cursor: str, table: str) -> tuple[datetime, str]:
+    """The position in ``table`` of a cursor made by :func:`encode_cursor` for that table;
+    BadCursorError otherwise."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        stamp, row_id = json.loads(raw)
-        if not isinstance(stamp, str) or not isinstance(row_id, str):
-            raise TypeError("a cursor holds a timestamp and an id")
+        of, stamp, row_id = json.loads(raw)
+        if of != table or not isinstance(stamp, str) or not isinstance(row_id, str):
+            raise TypeError("a cursor holds its table, a timestamp and an id")
         created_at = datetime.fromisoformat(stamp)
     except (ValueError, TypeError) as err:
         raise BadCursorError("cursor is not one this API handed out") from err
@@ -53,8 +59,9 @@ def decode_key(cursor: str, n: int) -> list[Any]:
 
 def paginate(session: Session, model: Any, stmt: Any, *, cursor: str | None, limit: int):
     """Newest first, keyset pagination on (created_at, id); returns (rows, next_cursor)."""
+    table = model.__tablename__
     if cursor:
-        stamp, row_id = decode_cursor(cursor)
+        stamp, row_id = decode_cursor(cursor, table)
         stmt = stmt.where(
             or_(model.created_at < stamp, and_(model.created_at == stamp, model.id < row_id))
         )
@@ -62,4 +69,6 @@ def paginate(session: Session, model: Any, stmt: Any, *, cursor: str | None, lim
     rows = list(session.scalars(stmt))
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, (encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None)
+    if not (more and rows):
+        return rows, None
+    return rows, encode_cursor(rows[-1].created_at, rows[-1].id, table)

@@ -229,3 +229,28 @@ def test_a_list_of_sweeps_counts_each_sweeps_trials_in_one_query(app, client):
     assert by_id["empty"]["counts"]["queued"] == 0 and not any(by_id["empty"]["counts"].values())
     assert by_id["empty"]["epochs_done"] == 0 and by_id["empty"]["best_trial"] is None
     assert len([s for s in sql if "GROUP BY" in s.upper()]) == 1  # not one count per sweep
+
+
+def test_a_cursor_from_another_list_or_sweep_is_a_400(app, client):
+    sessions = app.extensions["sweeplab"].sessions
+    first, second = seed_sweep(sessions, 6), seed_sweep(sessions, 6, seed=1)
+    board = client.get(f"{API}/sweeps/{first}/leaderboard?limit=2").get_json()
+    assert board["next_cursor"]
+    # the first sweep's cursor pages the first sweep, and only it
+    assert (
+        client.get(f"{API}/sweeps/{first}/leaderboard?cursor={board['next_cursor']}").status_code
+        == 200
+    )
+    other = client.get(f"{API}/sweeps/{second}/leaderboard?cursor={board['next_cursor']}")
+    assert other.status_code == 400 and other.get_json()["error"]["details"][0]["loc"] == "cursor"
+    jobs = client.get(f"{API}/jobs?limit=2").get_json()["next_cursor"]
+    sweeps = client.get(f"{API}/sweeps?limit=1").get_json()["next_cursor"]
+    assert jobs and sweeps
+    assert (
+        client.get(f"{API}/jobs?cursor={jobs}").status_code == 200
+        and client.get(f"{API}/sweeps?cursor={sweeps}").status_code == 200
+    )
+    for url in (f"{API}/sweeps?cursor={jobs}", f"{API}/jobs?cursor={sweeps}"):
+        answer = client.get(url)
+        assert answer.status_code == 400, url
+        assert answer.get_json()["error"]["details"][0]["loc"] == "cursor"

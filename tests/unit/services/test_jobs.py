@@ -287,7 +287,7 @@ def test_cursor_roundtrip_and_pagination(sessions):
                 break
     assert sorted(seen) == sorted(ids) and len(seen) == 5
     with pytest.raises(BadCursorError):
-        decode_cursor("!!!")
+        decode_cursor("!!!", "jobs")
 
 
 def test_jsonable():
