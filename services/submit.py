@@ -62,7 +62,12 @@ def prepare_job(
         return normalize_job(body, limits)
     if body.dataset.name == "arrays":
         normalize_job(body, limits)  # the trainer's checks of the rows, with their messages
-    spec, _ = attach_dataset(session, body.model_dump(exclude_unset=True), principal)
+    spec, _ = attach_dataset(
+        session,
+        body.model_dump(exclude_unset=True),
+        principal,
+        max_bytes=limits.max_dataset_bytes,
+    )
     return validate_job(spec, limits)
 
 
@@ -90,7 +95,9 @@ def prepare_sweep(
             )
     if sweep.base.dataset.name == "arrays":
         trainer_normalize(trainer_spec(base), prefix="base")
-    base, _ = attach_dataset(session, base, principal, prefix="base.")
+    base, _ = attach_dataset(
+        session, base, principal, prefix="base.", max_bytes=limits.max_dataset_bytes
+    )
     data = sweep.model_dump(exclude_unset=True)
     data["base"] = base
     try:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from services.auth import Principal
 from services.datasets.parse import Table, check_arrays, json_labels, json_matrix
-from services.datasets.store import facts, store_dataset, visible_dataset
+from services.datasets.store import canonical_bytes, facts, store_dataset, visible_dataset
 from services.db.models import Dataset
 from services.specs.errors import SpecValidationError
 
@@ -27,18 +27,37 @@ FACTS = ("sha256", "task", "n_rows", "n_features", "class_counts", "n_targets")
 
 
 def attach_dataset(
-    session: Session, spec: dict[str, Any], principal: Principal, *, prefix: str = ""
+    session: Session,
+    spec: dict[str, Any],
+    principal: Principal,
+    *,
+    prefix: str = "",
+    max_bytes: int | None = None,
 ) -> tuple[dict[str, Any], Dataset | None]:
     """``spec`` (a job spec dict, unnormalized) with its dataset resolved; and the
     stored dataset it refers to (None for a named set). A 422 at ``dataset.id`` when
     the id is unknown or not the principal's; inline arrays are checked (a 422 naming
-    row and column) and stored as the principal's dataset (flushed, not committed)."""
+    row and column; a 422 when their stored form is over ``max_bytes``, the limit of an
+    upload) and stored as the principal's dataset (flushed, not committed)."""
     ds = spec.get("dataset")
     if not isinstance(ds, dict) or ds.get("name") not in ("uploaded", "arrays"):
         return spec, None
     loc = f"{prefix}dataset"
     if ds["name"] == "arrays":
-        dataset, _ = store_dataset(session, inline_table(ds, loc), owner_id=principal.user_id)
+        table = inline_table(ds, loc)
+        size = len(canonical_bytes(table))
+        if max_bytes is not None and size > max_bytes:
+            raise SpecValidationError(
+                "invalid job spec",
+                [
+                    {
+                        "loc": loc,
+                        "msg": f"the inline arrays take {size} bytes stored (X as float64), "
+                        f"more than {max_bytes} (SWEEPLAB_MAX_DATASET_BYTES)",
+                    }
+                ],
+            )
+        dataset, _ = store_dataset(session, table, owner_id=principal.user_id)
     else:
         dataset_id = ds.get("id")
         found = (

@@ -189,3 +189,39 @@ def test_a_stopped_sweep_whose_dataset_was_deleted_cannot_resume_or_extend(clien
     with sessions() as session:  # no trial created that could only fail
         assert session.query(Job).filter(Job.sweep_id == sweep_id).count() == before
         assert session.get(Sweep, sweep_id).status == "cancelled"
+
+
+def test_inline_arrays_keep_to_the_dataset_size_limit(client, app):
+    svc = app.extensions["sweeplab"]
+    svc.settings = svc.settings.replace(
+        limits=svc.settings.limits.model_copy(update={"max_dataset_bytes": 2_000})
+    )
+    rows = 200  # 200 x 2 float64 alone are 3,200 bytes stored
+    inline = {
+        "dataset": {
+            "name": "arrays",
+            "X": [[i % 3, i % 5] for i in range(rows)],
+            "y": [0, 1] * 100,
+        },
+        "architecture": {"layers": [{"units": 3}]},
+        "hyperparameters": {"learning_rate": 0.1, "epochs": 2},
+    }
+    for url, body in (
+        (f"{API}/jobs", inline),
+        (
+            f"{API}/sweeps",
+            {
+                "base": inline,
+                "method": "grid",
+                "parameters": {"hyperparameters.learning_rate": {"values": [0.1, 0.2]}},
+            },
+        ),
+    ):
+        answer = client.post(url, json=body)
+        assert answer.status_code == 422, answer.get_json()
+        detail = answer.get_json()["error"]["details"][0]
+        assert detail["loc"].endswith("dataset") and "SWEEPLAB_MAX_DATASET_BYTES" in detail["msg"]
+    with svc.sessions() as session:
+        assert session.query(Dataset).count() == 0  # nothing stored
+    small = dict(inline, dataset={"name": "arrays", "X": [[0, 0], [1, 1]] * 4, "y": [0, 1] * 4})
+    assert client.post(f"{API}/jobs", json=small).status_code == 201
