@@ -335,6 +335,21 @@ class Client:
                 answer["probabilities"] = answer["probabilities"] + part["probabilities"]
         return answer
 
+    def feature_names(self, job_id: str) -> list[str] | None:
+        """The names of the features job ``job_id`` was trained on, in their order: an
+        uploaded CSV's columns; None when the data had none (arrays, a named set) or
+        the dataset was deleted since."""
+        dataset = (self.job(job_id).get("spec") or {}).get("dataset") or {}
+        if dataset.get("name") != "uploaded" or not dataset.get("id"):
+            return None
+        try:
+            names = self._json("GET", f"/datasets/{dataset['id']}").get("feature_names")
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        return list(names) if names else None
+
     def mlflow(self, id: str) -> JSON | None:
         """The MLflow links of a job or a sweep (run, experiment, compare view), or None
         when the server does not mirror to MLflow."""

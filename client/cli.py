@@ -28,7 +28,7 @@ from client.render import (
     sweep_view,
     sweeps_table,
 )
-from client.shell import Options, client, emit_json, err, out, read_csv_rows, say
+from client.shell import Options, client, emit_json, err, in_feature_order, out, read_csv_rows, say
 from client.specfile import load_spec
 from client.watch import RETRY_SECONDS
 from client.watch import watch as watch_live
@@ -279,10 +279,15 @@ def predict(
     target: Annotated[str | None, typer.Option(help="a column to leave out (the label)")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Predict the rows of a CSV with a job's network (a sweep: its best trial's)."""
-    _, rows = read_csv_rows(file, target_column=target)
+    """Predict the rows of a CSV with a job's network (a sweep: its best trial's). When
+    the job trained on an uploaded CSV, the columns are taken by name, in any order."""
+    header, rows = read_csv_rows(file, target_column=target)
     api = client(ctx)
-    answer = api.predict(_job_of(api, id), rows)
+    job_id = _job_of(api, id)
+    names = api.feature_names(job_id)
+    if names:
+        rows = in_feature_order(file, header, rows, names)
+    answer = api.predict(job_id, rows)
     if as_json:
         emit_json(answer)
     else:

@@ -104,6 +104,33 @@ def read_csv_rows(
     return [header[i] for i in keep], rows
 
 
+def in_feature_order(
+    path: Path, header: list[str], rows: list[list[float]], names: list[str]
+) -> list[list[float]]:
+    """``rows`` (columns named by ``header``) with their columns in the order of the
+    features the network was trained on (``names``); a :class:`BadInput` naming the
+    difference when the header has other columns."""
+    if header == names:
+        return rows
+    if sorted(header) != sorted(names):
+        missing = [n for n in names if n not in header]
+        extra = [h for h in header if h not in names]
+        raise BadInput(
+            f"{path}'s columns are not the features the job was trained on, {names}: "
+            + "; ".join(
+                part
+                for part in (
+                    f"missing {missing}" if missing else "",
+                    f"not features {extra} (a label column: --target)" if extra else "",
+                    "a column repeated" if not (missing or extra) else "",
+                )
+                if part
+            )
+        )
+    order = [header.index(name) for name in names]
+    return [[row[i] for i in order] for row in rows]
+
+
 def _number(path: Path, line_no: int, column: str, cell: str) -> float:
     try:
         return float(cell)

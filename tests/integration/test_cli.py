@@ -337,3 +337,40 @@ def test_resume_and_extend(server: Server, api: Client) -> None:
     # a grid has no more points: 409, shown with its code
     exhausted = server.cli("extend", sweep_id, "--trials", "1")
     assert exhausted.returncode == 2 and "grid_exhausted" in exhausted.stderr, exhausted.stderr
+
+
+def test_predict_takes_an_uploaded_csvs_columns_by_name(server: Server, api: Client) -> None:
+    # a network trained on an uploaded CSV: a file with its columns in another order
+    # predicts the same; a file with another column is refused, naming it
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(120, 3))
+    y = (X[:, 0] - 2 * X[:, 2] > 0).astype(int)
+    lines = ["a,b,c,label", *(f"{r[0]},{r[1]},{r[2]},{t}" for r, t in zip(X, y, strict=True))]
+    uploaded = api._http.post(
+        api.base + "/datasets",
+        content="\n".join(lines).encode(),
+        headers={"Content-Type": "text/csv"},
+    )
+    assert uploaded.status_code in (200, 201), uploaded.text
+    spec = {
+        "name": "by-name",
+        "dataset": {"name": "uploaded", "id": uploaded.json()["id"]},
+        "architecture": {"layers": [{"units": 8}]},
+        "hyperparameters": {"learning_rate": 0.1, "epochs": 5, "batch_size": 16, "seed": 1},
+    }
+    job = api.wait(api.submit(spec)["id"], timeout=120)
+    assert job["status"] == "succeeded", job
+    rows = X[:12]
+    with open(server.workdir / "same.csv", "w", newline="") as out:
+        csv.writer(out).writerows([["a", "b", "c"], *rows.tolist()])
+    with open(server.workdir / "shuffled.csv", "w", newline="") as out:
+        csv.writer(out).writerows([["c", "a", "b"], *rows[:, [2, 0, 1]].tolist()])
+    with open(server.workdir / "other.csv", "w", newline="") as out:
+        csv.writer(out).writerows([["a", "b", "d"], *rows.tolist()])
+    same = _json(server.cli("predict", job["id"], "same.csv", "--json"))
+    shuffled = _json(server.cli("predict", job["id"], "shuffled.csv", "--json"))
+    assert shuffled["probabilities"] == same["probabilities"]
+    assert same == api.predict(job["id"], rows.tolist())
+    other = server.cli("predict", job["id"], "other.csv")
+    assert other.returncode == 2 and other.stdout == ""
+    assert "missing ['c']" in other.stderr and "not features ['d']" in other.stderr
