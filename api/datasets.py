@@ -139,11 +139,38 @@ def _upload(limit: int) -> tuple[bytes, str | None, dict[str, str]]:
     return data, filename, fields
 
 
+_FILE = {"type": "string", "format": "binary"}
+_FORM_FIELD = {"type": "string"}
+#: the request body of an upload, for the OpenAPI document (the route reads it itself):
+#: a multipart form (Swagger UI's file picker) or the raw file
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {**_FILE, "description": "the CSV, NPY, NPZ or JSON file"},
+                    "target": {**_FORM_FIELD, "description": "a CSV's target column"},
+                    "name": {**_FORM_FIELD, "description": "a name to show"},
+                    "task": {**_FORM_FIELD, "enum": ["classification", "regression"]},
+                },
+            }
+        },
+        "text/csv": {"schema": _FILE},
+        "application/json": {"schema": {"type": "object"}},
+        "application/octet-stream": {"schema": _FILE},
+    },
+}
+
+
 @bp.post(
     "/datasets",
     operation_id="createDataset",
     summary="Upload a dataset (CSV, NPY, NPZ or JSON)",
     responses={200: DatasetPublic, 201: DatasetPublic, **errors(400, 413, 422)},
+    openapi_extensions={"requestBody": UPLOAD_BODY},
 )
 def create_dataset(query: DatasetUploadQuery):
     """Check and store a dataset (yours), once per content: a multipart upload (field
