@@ -129,18 +129,23 @@ def list_(
     show_jobs = jobs or sweep is not None or not sweeps
     show_sweeps = sweeps or not (jobs or sweep is not None)
     found: dict[str, JSON] = {}
+    # one row more than shown: whether the list goes on ("more", and a line on stderr)
     if show_sweeps:
-        found["sweeps"] = {"items": api.sweeps(status=status, limit=limit)}
+        items = api.sweeps(status=status, limit=limit + 1)
+        found["sweeps"] = {"items": items[:limit], "more": len(items) > limit}
     if show_jobs:
-        items = api.jobs(status=status, sweep=sweep, limit=limit)
-        found["jobs"] = {"items": items}
+        items = api.jobs(status=status, sweep=sweep, limit=limit + 1)
+        found["jobs"] = {"items": items[:limit], "more": len(items) > limit}
     if as_json:
         emit_json(found if len(found) > 1 else next(iter(found.values())))
-        return
-    if "sweeps" in found:
-        out.print(sweeps_table(found["sweeps"]["items"]))
-    if "jobs" in found:
-        out.print(jobs_table(found["jobs"]["items"]))
+    else:
+        if "sweeps" in found:
+            out.print(sweeps_table(found["sweeps"]["items"]))
+        if "jobs" in found:
+            out.print(jobs_table(found["jobs"]["items"]))
+    for kind, listed in found.items():
+        if listed["more"]:
+            say(f"the {limit} newest {kind} shown; there are more (--limit N)")
 
 
 @app.command()

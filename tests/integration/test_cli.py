@@ -82,6 +82,11 @@ def test_submit_wait_json_then_leaderboard_and_show(
     assert sweep_id in [s["id"] for s in listed["items"]]
     trials = _json(server.cli("ls", "--sweep", sweep_id, "--json"))
     assert sorted(t["id"] for t in trials["items"]) == sorted(r["job_id"] for r in rows)
+    assert trials["more"] is False
+    # a list cut at --limit says so: "more" in JSON, a line on stderr
+    cut = server.cli("ls", "--sweep", sweep_id, "--limit", "2", "--json")
+    assert len(_json(cut)["items"]) == 2 and _json(cut)["more"] is True
+    assert "the 2 newest jobs shown; there are more" in cut.stderr
 
 
 def test_curves_in_the_terminal_as_json_and_png(
