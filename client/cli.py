@@ -19,7 +19,7 @@ import typer
 from client import lrfind, outcome, stackcmd, tokencmd
 from client.api import JSON, Client, kind_of, metric_rows, mlflow_link
 from client.chart import draw_chart
-from client.errors import ApiError, ClientError
+from client.errors import ApiError, BadInput, ClientError
 from client.render import (
     job_view,
     jobs_table,
@@ -333,6 +333,7 @@ def resume(
 ) -> None:
     """Continue a cancelled or failed sweep."""
     api = client(ctx)
+    _a_sweep(api, id, "resume")
     _started(api, api.resume(id), "resumed", wait, as_json, poll)
 
 
@@ -347,7 +348,14 @@ def extend(
 ) -> None:
     """Add trials to a sweep (the sampler continues from what it has seen)."""
     api = client(ctx)
+    _a_sweep(api, id, "extend")
     _started(api, api.extend(id, trials), f"extended by {trials} trials", wait, as_json, poll)
+
+
+def _a_sweep(api: Client, id: str, command: str) -> None:
+    """A usage error for the id of a job given where a sweep is wanted."""
+    if api.kind(id) == "job":
+        raise BadInput(f"{id} is a job; `sweeplab {command}` takes a sweep's id")
 
 
 def _started(api: Client, sweep: JSON, what: str, wait: bool, as_json: bool, poll: float) -> None:

@@ -326,6 +326,11 @@ def test_resume_and_extend(server: Server, api: Client) -> None:
     assert rates == {0.011, 0.021, 0.051}
     done_again = server.cli("resume", sweep_id)  # nothing is missing: the API's 409
     assert done_again.returncode == 2 and "409" in done_again.stderr, done_again.stderr
+    assert done_again.stderr.count("nothing to resume") == 1  # said once
+    a_trial = api.trials(sweep_id)[0]["id"]
+    for command in (["resume", a_trial], ["extend", a_trial, "--trials", "1"]):
+        wrong = server.cli(*command)
+        assert wrong.returncode == 2 and f"{a_trial} is a job" in wrong.stderr, wrong.stderr
 
     # a random sweep extended by 2 trials, the sampler going on
     spec = lr_sweep([0.01], digits_job(epochs=3))
