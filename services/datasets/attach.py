@@ -59,6 +59,15 @@ def attach_dataset(
             )
         dataset, _ = store_dataset(session, table, owner_id=principal.user_id)
     else:
+        unknown = sorted(set(ds) - {"name", "id", *SPLIT_OPTIONS, *FACTS})
+        if unknown:  # a stored dataset's rows are fixed: a generator's options do not apply
+            raise SpecValidationError(
+                "invalid job spec",
+                [
+                    {"loc": f"{loc}.{key}", "msg": "does not apply to an uploaded dataset"}
+                    for key in unknown
+                ],
+            )
         dataset_id = ds.get("id")
         found = (
             visible_dataset(session, dataset_id, principal) if isinstance(dataset_id, str) else None

@@ -225,3 +225,15 @@ def test_inline_arrays_keep_to_the_dataset_size_limit(client, app):
         assert session.query(Dataset).count() == 0  # nothing stored
     small = dict(inline, dataset={"name": "arrays", "X": [[0, 0], [1, 1]] * 4, "y": [0, 1] * 4})
     assert client.post(f"{API}/jobs", json=small).status_code == 201
+
+
+def test_a_generators_option_on_an_uploaded_dataset_is_a_422(client):
+    dataset_id = upload(client).get_json()["id"]
+    answer = client.post(f"{API}/jobs", json=job_on(dataset_id, n_samples=5, noise=0.1))
+    assert answer.status_code == 422, answer.get_json()
+    assert [d["loc"] for d in answer.get_json()["error"]["details"]] == [
+        "dataset.n_samples",
+        "dataset.noise",
+    ]
+    fine = client.post(f"{API}/jobs", json=job_on(dataset_id, validation_split=0.3, seed=4))
+    assert fine.status_code == 201, fine.get_json()
