@@ -285,6 +285,8 @@ def _npy(data: bytes, target: str | None, task: Task | None) -> Table:
 
 
 def _npz(data: bytes, target: str | None, task: Task | None) -> Table:
+    if not data.startswith(b"PK"):  # numpy would try it as a pickle and say so
+        raise refuse("file", "is not an .npz archive (a zip file of X.npy and y.npy)")
     try:
         archive = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile) as err:
@@ -303,6 +305,8 @@ def _npz(data: bytes, target: str | None, task: Task | None) -> Table:
 
 
 def _load_npy(data: bytes, loc: str) -> np.ndarray:
+    if not data.startswith(b"\x93NUMPY"):  # numpy would try it as a pickle and say so
+        raise refuse(loc, "is not an .npy array (np.save's format)")
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:

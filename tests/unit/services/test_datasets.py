@@ -106,6 +106,10 @@ def test_npz_and_json_arrays():
     table = parse(npz(X=X, y=y), format="npz")
     assert table.classes == [False, True] and table.class_counts == [2, 2]
     assert refused(npz(X=X), "npz")["msg"].startswith("an .npz upload holds arrays X and y")
+    # a CSV sent as format=npz (or npy): said plainly, not numpy's words about pickles
+    for fmt, kind in (("npz", ".npz archive"), ("npy", ".npy array")):
+        msg = refused(b"a,b\n1,2\n", fmt)["msg"]
+        assert kind in msg and "pickle" not in msg, msg
     doc = {"X": X.tolist(), "y": ["a", "b", "a", "b"]}
     assert parse(json.dumps(doc).encode(), format="json").classes == ["a", "b"]
     doc["X"][2][1] = "abc"
