@@ -26,6 +26,7 @@ from services.specs import (
     JobCreate,
     SpecValidationError,
     SweepCreate,
+    has_validation,
     normalize_job,
     validate_job,
 )
@@ -59,7 +60,7 @@ def prepare_job(
     ``arrays`` become a stored dataset (flushed: committed with the job) and the spec
     refers to it."""
     if body.dataset.name not in ("arrays", "uploaded"):
-        return normalize_job(body, limits)
+        return check_split(body, normalize_job(body, limits))
     if body.dataset.name == "arrays":
         normalize_job(body, limits)  # the trainer's checks of the rows, with their messages
     spec, _ = attach_dataset(
@@ -68,7 +69,30 @@ def prepare_job(
         principal,
         max_bytes=limits.max_dataset_bytes,
     )
-    return validate_job(spec, limits)
+    return check_split(body, validate_job(spec, limits))
+
+
+def check_split(body: JobCreate, spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``spec``, unless the request asked for a ``validation_split`` that gives no
+    validation row (then a 422 there): the split is stratified by class, and a class
+    of one or two rows keeps them for training. Left at its default, the job trains
+    without validation as the trainer does (its objective falls back to the training
+    loss)."""
+    split = body.dataset.validation_split
+    if "validation_split" in body.dataset.model_fields_set and split > 0:
+        if not has_validation(spec):
+            raise SpecValidationError(
+                "invalid job spec",
+                [
+                    {
+                        "loc": f"{prefix}dataset.validation_split",
+                        "msg": f"{split} gives no validation row: the split is stratified by "
+                        "class, and a class of one or two rows keeps them for training; "
+                        "use 0 to train without validation",
+                    }
+                ],
+            )
+    return spec
 
 
 def prepare_sweep(
@@ -98,6 +122,7 @@ def prepare_sweep(
     base, _ = attach_dataset(
         session, base, principal, prefix="base.", max_bytes=limits.max_dataset_bytes
     )
+    check_split(sweep.base, base, "base.")
     data = sweep.model_dump(exclude_unset=True)
     data["base"] = base
     try:

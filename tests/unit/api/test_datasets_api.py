@@ -237,3 +237,30 @@ def test_a_generators_option_on_an_uploaded_dataset_is_a_422(client):
     ]
     fine = client.post(f"{API}/jobs", json=job_on(dataset_id, validation_split=0.3, seed=4))
     assert fine.status_code == 201, fine.get_json()
+
+
+def test_a_validation_split_that_gives_no_row_is_a_422_when_asked_for(client):
+    # 40 rows of 20 classes (2 rows each): a stratified split keeps them all for training
+    rows = b"".join(f"{i * 0.1},{i % 3},c{i // 2}\n".encode() for i in range(40))
+    dataset_id = upload(client, b"x1,x2,label\n" + rows).get_json()["id"]
+    asked = client.post(f"{API}/jobs", json=job_on(dataset_id, validation_split=0.2))
+    assert asked.status_code == 422, asked.get_json()
+    detail = asked.get_json()["error"]["details"][0]
+    assert detail["loc"] == "dataset.validation_split" and "no validation row" in detail["msg"]
+    sweep = {
+        "base": job_on(dataset_id, validation_split=0.2),
+        "method": "grid",
+        "parameters": {"hyperparameters.learning_rate": {"values": [0.1, 0.2]}},
+    }
+    refused = client.post(f"{API}/sweeps", json=sweep)
+    assert refused.status_code == 422, refused.get_json()
+    assert refused.get_json()["error"]["details"][0]["loc"] == "base.dataset.validation_split"
+    # left at its default, or 0: the job trains without validation, as before
+    assert client.post(f"{API}/jobs", json=job_on(dataset_id)).status_code == 201
+    assert (
+        client.post(f"{API}/jobs", json=job_on(dataset_id, validation_split=0)).status_code == 201
+    )
+    # a split that does give rows is taken
+    assert (
+        client.post(f"{API}/jobs", json=job_on(dataset_id, validation_split=0.5)).status_code == 201
+    )
