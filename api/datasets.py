@@ -12,7 +12,7 @@ from api.auth import SECURITY
 from api.context import db, no_content, principal, reply, services
 from api.errors import APIError
 from api.jobs import bad_cursor, errors, iso_time
-from api.params import PageQuery
+from api.params import CursorQuery
 from services import datasets
 from services.datasets import store
 from services.db.models import Dataset
@@ -44,8 +44,8 @@ class DatasetUploadQuery(BaseModel):
     )
 
 
-class DatasetListQuery(PageQuery):
-    pass
+class DatasetListQuery(CursorQuery):
+    """A page of datasets, newest first (a dataset has no status to filter by)."""
 
 
 class DatasetLinks(Closed):
