@@ -9,7 +9,7 @@ cache    a worker process's arrays by content hash, and the trainer's Dataset of
          an ``uploaded`` spec
 """
 
-from services.datasets.attach import attach_dataset, refers_to
+from services.datasets.attach import attach_dataset
 from services.datasets.cache import CACHE, DatasetCache, fit_data, training_data
 from services.datasets.parse import FORMATS, Table, detect_format, parse
 from services.datasets.store import (
@@ -18,6 +18,7 @@ from services.datasets.store import (
     content_hash,
     delete_dataset,
     list_datasets,
+    refers_to,
     store_dataset,
     visible_dataset,
 )

@@ -16,7 +16,12 @@ from sqlalchemy.orm import Session
 
 from services.auth import Principal
 from services.datasets.parse import Table, check_arrays, json_labels, json_matrix
-from services.datasets.store import canonical_bytes, facts, store_dataset, visible_dataset
+from services.datasets.store import (
+    canonical_bytes,
+    facts,
+    store_dataset,
+    visible_dataset,
+)
 from services.db.models import Dataset
 from services.specs.errors import SpecValidationError
 
@@ -103,9 +108,3 @@ def inline_table(ds: dict[str, Any], loc: str) -> Table:
         raise SpecValidationError("invalid job spec", err.details) from None
     table.format = "json"
     return table
-
-
-def refers_to(spec: dict[str, Any]) -> str | None:
-    """The id of the stored dataset a (resolved) job spec trains on, if any."""
-    ds = spec.get("dataset") or {}
-    return ds.get("id") if ds.get("name") == "uploaded" else None

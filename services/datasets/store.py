@@ -155,11 +155,13 @@ def in_use(session: Session, dataset_id: str) -> bool:
         return True
     # a range test names its dataset in its spec only (the active ones are few)
     tests = select(LrRangeTest.spec).where(LrRangeTest.status.in_(ACTIVE_STATUSES))
-    return any(
-        (spec.get("dataset") or {}).get("name") == "uploaded"
-        and (spec.get("dataset") or {}).get("id") == dataset_id
-        for spec in session.scalars(tests)
-    )
+    return any(refers_to(spec) == dataset_id for spec in session.scalars(tests))
+
+
+def refers_to(spec: dict[str, Any]) -> str | None:
+    """The id of the stored dataset a (resolved) job spec trains on, if any."""
+    ds = spec.get("dataset") or {}
+    return ds.get("id") if ds.get("name") == "uploaded" else None
 
 
 def delete_dataset(session: Session, dataset_id: str) -> None:

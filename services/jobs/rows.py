@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, load_only
 
-from services.datasets.attach import refers_to
+from services.datasets.store import refers_to
 from services.db.models import (
     TERMINAL_STATUSES,
     Job,

@@ -29,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.config import Limits
+from services.datasets import refers_to
 from services.db.models import Dataset, Job, Sweep, utcnow
 from services.specs import SpecValidationError, SweepCreate
 from services.sweeps.scheduler import active_count, advance_sweep, lock_sweep
@@ -132,11 +133,8 @@ def extend_sweep(
 def _check_dataset(session: Session, sweep: Sweep) -> None:
     """A 409 for a sweep whose uploaded dataset was deleted once it stopped (a running
     sweep keeps its dataset from deletion): no new trial could train."""
-    dataset = ((sweep.spec or {}).get("base") or {}).get("dataset") or {}
-    if dataset.get("name") != "uploaded":
-        return
-    dataset_id = dataset.get("id")
-    if not isinstance(dataset_id, str) or session.get(Dataset, dataset_id) is None:
+    dataset_id = refers_to((sweep.spec or {}).get("base") or {})
+    if dataset_id is not None and session.get(Dataset, dataset_id) is None:
         raise SweepStateError(
             "dataset_deleted",
             f"sweep {sweep.id} trains on dataset {dataset_id}, which was deleted: no trial "
