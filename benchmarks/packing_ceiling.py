@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.packing_speed import sweep, synthetic  # noqa: E402
+from benchmarks.packing_speed import alternating, sweep, synthetic  # noqa: E402
 from services.trainer import epoch_metrics, fit  # noqa: E402
 from services.trainer.packed import fit_packed  # noqa: E402
 
@@ -97,27 +97,8 @@ def plain_ratio(sizes, k: int, steps: int, repeats: int) -> dict[str, float]:
         for _ in range(steps):
             pack.step()
 
-    solo, packed, ratio = _median_ratio(run_solo, run_pack, repeats)
+    solo, packed, ratio = alternating(run_solo, run_pack, repeats)
     return {"solo": solo / steps / k * 1e6, "packed": packed / steps * 1e6, "ratio": ratio}
-
-
-def _cpu(run) -> float:
-    t0 = time.process_time()
-    run()
-    return time.process_time() - t0
-
-
-def _median_ratio(solo, packed, repeats: int) -> tuple[float, float, float]:
-    a_s, b_s, r_s = [], [], []
-    for i in range(repeats):
-        if i % 2 == 0:
-            a, b = _cpu(solo), _cpu(packed)
-        else:
-            b, a = _cpu(packed), _cpu(solo)
-        a_s.append(a)
-        b_s.append(b)
-        r_s.append(a / b)
-    return statistics.median(a_s), statistics.median(b_s), statistics.median(r_s)
 
 
 class _MeasureClock:

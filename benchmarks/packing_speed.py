@@ -109,6 +109,12 @@ def measure(sizes, batch, n, epochs, k, repeats) -> tuple[float, float, float]:
     def packed():
         fit_packed(specs, data=data)
 
+    return alternating(solo, packed, repeats)
+
+
+def alternating(solo, packed, repeats: int) -> tuple[float, float, float]:
+    """(median CPU seconds of ``solo()``, of ``packed()``, median ratio) over ``repeats``
+    rounds, each running both back to back in alternating order."""
     solos, packs, ratios = [], [], []
     for i in range(repeats):
         if i % 2 == 0:
