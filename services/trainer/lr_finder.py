@@ -30,11 +30,13 @@ from .data import Dataset
 from .network import Network
 from .optimizers import clip_by_global_norm, get_optimizer
 from .spec import parse_spec
+from .subnormals import flushing
 
 #: The half-width of the window the steepest descent is measured over, as a share of the steps.
 SLOPE_SPAN = 0.05
 
 
+@flushing
 def lr_range_test(
     spec,
     *,

@@ -88,6 +88,7 @@ from .packed_stack import Pack, Shared, Trial
 from .records import TrainResult
 from .schedules import learning_rate
 from .spec import Spec, parse_spec
+from .subnormals import flushing
 from .train import COMPLETED, STOPPED
 from .train import _Run as Run  # fit's own run: the same records, checkpoints and results
 
@@ -184,6 +185,7 @@ def _per_trial(values, k: int, name: str) -> list:
     return values
 
 
+@flushing
 def fit_packed(
     specs: Sequence,
     *,

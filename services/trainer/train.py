@@ -73,6 +73,7 @@ from .records import (
 )
 from .schedules import learning_rate
 from .spec import SpecError, parse_spec
+from .subnormals import flushing
 
 __all__ = ["TrainResult", "fit", "flatten_record", "unflatten_record"]
 
@@ -80,6 +81,7 @@ GATHER_PER_EPOCH_BYTES = 8 << 20  # see epoch.Batches
 COMPLETED, EARLY_STOPPED, DIVERGED, STOPPED = "completed", "early_stopped", "diverged", "stopped"
 
 
+@flushing
 def fit(
     spec,
     *,
