@@ -88,9 +88,9 @@ def run_job(self, job_id: str) -> str:
         )
     except LeaseHeldError as err:
         if err.holder_died_here:
-            # The copy Celery requeued because the process that ran the job died on this
-            # host: take the job over as soon as its lease runs out (resuming from its
-            # checkpoint) instead of waiting for a recover pass.
+            # The process that ran the job died on this host and the job could not be
+            # taken over at once (take_job): its attempts are used up. Come back when
+            # its lease has run out, to find it ended by then or to end it.
             raise self.retry(countdown=err.retry_in) from None
         # A duplicate (a copy Celery requeued when a worker process died, an old
         # re-send): ack it now rather than retry it and hold a prefetch slot. Nothing
@@ -122,8 +122,8 @@ def run_pack(self, job_ids: list[str]) -> dict[str, str]:
         rt.dispatcher.enqueue_units([released])
     orphaned = [job_id for job_id, status in statuses.items() if status == ORPHANED]
     if orphaned:
-        # The copy Celery requeued when the process running the pack died on this host:
-        # take its trials over once their leases run out (from their checkpoints).
+        # Trials whose process died on this host that could not be taken over at once
+        # (take_job: their attempts are used up): come back once their leases ran out.
         raise self.retry(args=[orphaned], countdown=rt.settings.lease_seconds + 0.5)
     return statuses
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.celery_app import Dispatcher
 from services.config import Settings
 from services.db.models import TERMINAL_STATUSES, Job, utcnow
-from services.jobs.lease import LeaseHeldError, claim_job, worker_name
+from services.jobs.lease import LeaseHeldError, take_job, worker_name
 from services.jobs.limits import SHUTDOWN, RunLimits
 from services.jobs.pack_run import execute_pack
 from services.jobs.records import finish_job, load_checkpoint
@@ -182,7 +182,7 @@ def _execute(
     if SHUTDOWN.requested:  # this worker is stopping: leave the job to the next one
         return RELEASED, []
     with session_factory() as session:
-        job = claim_job(
+        job = take_job(
             session,
             job_id=job_id,
             worker=worker or worker_name(),

@@ -68,15 +68,21 @@ def claim_job(
     worker: str,
     lease_seconds: float,
     max_attempts: int | None = None,
+    dead_holder: tuple[str, int] | None = None,
 ) -> Job | None:
     """Take a queued job, or a running one whose lease expired; None if neither.
 
     A job whose workers died ``max_attempts`` times is not taken again
     (:func:`fail_exhausted` ends it); attempts that a clean stop released
-    (``Job.released``) do not count.
+    (``Job.released``) do not count. ``dead_holder`` (worker name, attempt): also
+    take the job from that attempt, whose process is known to be gone, without
+    waiting for its lease (:func:`take_job`).
     """
     now = utcnow()
-    takeover = and_(Job.status == "running", Job.lease_expires_at < now)
+    lapsed = Job.lease_expires_at < now
+    if dead_holder is not None:
+        lapsed = or_(lapsed, and_(Job.worker == dead_holder[0], Job.attempts == dead_holder[1]))
+    takeover = and_(Job.status == "running", lapsed)
     if max_attempts is not None:
         takeover = and_(takeover, _lost() < max_attempts)
     # One statement: the compare-and-set, and the claimed row back (RETURNING).
@@ -97,6 +103,43 @@ def claim_job(
         .returning(Job),
         execution_options={"synchronize_session": False, "populate_existing": True},
     ).one_or_none()
+
+
+def take_job(
+    session: Session,
+    *,
+    job_id: str,
+    worker: str,
+    lease_seconds: float,
+    max_attempts: int | None = None,
+) -> Job | None:
+    """:func:`claim_job`, and a job whose holder died on this host (killed, out of
+    memory) taken over at once: Celery sends its message again as soon as the
+    process is gone, and its lease would otherwise keep it waiting up to
+    ``lease_seconds`` while a process idles. The takeover is a compare-and-set
+    on the dead attempt (its worker name and number): one claimant wins."""
+    job = claim_job(
+        session,
+        job_id=job_id,
+        worker=worker,
+        lease_seconds=lease_seconds,
+        max_attempts=max_attempts,
+    )
+    if job is not None:
+        return job
+    current = session.get(Job, job_id, populate_existing=True)
+    if current is None or current.status != "running" or current.worker is None:
+        return None
+    if not LeaseHeldError(0, holder=current.worker).holder_died_here:
+        return None
+    return claim_job(
+        session,
+        job_id=job_id,
+        worker=worker,
+        lease_seconds=lease_seconds,
+        max_attempts=max_attempts,
+        dead_holder=(current.worker, current.attempts),
+    )
 
 
 def _lost() -> Any:

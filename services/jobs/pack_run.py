@@ -42,7 +42,7 @@ from services.celery_app import Dispatcher
 from services.config import Settings
 from services.datasets import fit_data
 from services.db.models import TERMINAL_STATUSES, Job, utcnow
-from services.jobs.lease import LeaseHeldError, claim_job, worker_name
+from services.jobs.lease import LeaseHeldError, take_job, worker_name
 from services.jobs.limits import SHUTDOWN, TRAINING, RunLimits
 from services.jobs.records import finish_job, load_checkpoint
 from services.jobs.run import JobRun
@@ -81,7 +81,8 @@ def execute_pack(
 
     Returns each trial's status (its final status, "released", "lost"; for a trial left
     out: "missing", "finished", "held" (another worker runs it), "orphaned" (a process of
-    this host died holding it: claimable once its lease runs out) or "exhausted") and the
+    this host died holding it and its attempts are used up: see ``take_job``) or
+    "exhausted") and the
     id of the sweep to advance (None if no trial ended here)."""
     if SHUTDOWN.requested:  # this worker is stopping: leave the pack to the next one
         return {job_id: RELEASED for job_id in job_ids}, None
@@ -91,7 +92,7 @@ def execute_pack(
     sweep_ids: set[str] = set()
     with session_factory() as session:
         for job_id in job_ids:
-            job = claim_job(
+            job = take_job(
                 session,
                 job_id=job_id,
                 worker=worker or worker_name(),
@@ -141,8 +142,8 @@ def _left_out(session: Session, job_id: str) -> str:
     lease = current.lease_expires_at or utcnow()
     if lease < utcnow():
         return "exhausted"
-    # a process of this host that died holding it (killed mid-pack; Celery re-sent the
-    # pack): ORPHANED, for the caller to try again once the lease has run out
+    # a process of this host that died holding it, which take_job did not take over (its
+    # attempts are used up): ORPHANED, for the caller to try again once the lease ran out
     return ORPHANED if LeaseHeldError(0, holder=current.worker).holder_died_here else "held"
 
 

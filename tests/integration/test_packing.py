@@ -112,8 +112,8 @@ def test_a_pack_killed_mid_way_resumes_to_the_undisturbed_numbers(stack: Stack):
     victim = int(workers.pop().rsplit(":", 1)[1])
     os.kill(victim, signal.SIGKILL)
     # Celery sends the pack's message again (the process died holding it): its trials are
-    # claimed again once their leases run out and resume together, each from its
-    # checkpoint (or alone, if a recover pass sent them first).
+    # taken over at once (their holder is a dead process of this host) and resume
+    # together, each from its checkpoint (or alone, if a recover pass sent them first).
     stopped_at = {i: stack.job(i).epochs_done for i in ids}
     assert all(n < 80 for n in stopped_at.values())
     done = stack.wait_sweep(sweep["id"], timeout=300)
@@ -169,3 +169,27 @@ def test_sigterm_releases_every_trial_of_the_pack(fresh: Stack):
         assert [e["metrics"]["val_loss"] for e in page] == [
             r["val_loss"] for r in reference.history
         ]
+
+
+def test_a_killed_pack_is_taken_over_before_its_leases_run_out(fresh: Stack):
+    """With 10-minute leases, a pack whose process was SIGKILLed is trained on by the
+    process Celery starts in its place, from each trial's checkpoint, without waiting
+    for the leases: the holder is a process of this host that is gone."""
+    fresh.env["SWEEPLAB_LEASE_SECONDS"] = "600"
+    fresh.start_worker(concurrency=2)
+    sweep = fresh.post("/sweeps", sweep_body("taken-over", 4, epochs=60, n_samples=20_000))
+    ids = [j.id for j in fresh.sweep_jobs(sweep["id"])]
+    wait_for(lambda: all(fresh.job(i).epochs_done >= 6 for i in ids), 120, "six epochs each")
+    workers = {fresh.job(i).worker for i in ids}
+    assert len(workers) == 1
+    victim = int(workers.pop().rsplit(":", 1)[1])
+    os.kill(victim, signal.SIGKILL)
+    done = fresh.wait_sweep(sweep["id"], timeout=240)  # the leases would hold for 600 s
+    assert done["counts"]["succeeded"] == len(RATES), fresh.logs()
+    for job in fresh.sweep_jobs(sweep["id"]):
+        assert job.attempts == 2 and int(job.worker.rsplit(":", 1)[1]) != victim
+        assert fresh.epochs(job.id) == list(range(1, 61))  # every epoch once
+    job = fresh.sweep_jobs(sweep["id"])[0]
+    reference = fit(copy.deepcopy(trainer_spec(job.spec)))
+    page = fresh.get(f"/jobs/{job.id}/metrics")["epochs"]
+    assert [e["metrics"]["val_loss"] for e in page] == [r["val_loss"] for r in reference.history]

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import copy
 import io
+import os
+import socket
+import subprocess
+import sys
 from datetime import timedelta
 
 import numpy as np
@@ -20,6 +24,7 @@ from services.jobs.lease import (
     claim_job,
     expired_leases,
     fail_exhausted,
+    take_job,
     worker_name,
 )
 from services.jobs.records import jsonable, record_epochs
@@ -192,6 +197,80 @@ def test_live_lease_means_retry_later(settings, sessions, dispatcher):
     with pytest.raises(LeaseHeldError) as info:
         run(settings, sessions, dispatcher, job_id)
     assert 25 < info.value.retry_in <= 31
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_job_whose_holder_died_on_this_host_is_taken_over_at_once(settings, sessions, dispatcher):
+    """Killed (or out of memory) holding a 10-minute lease: the copy Celery sends again
+    takes the job over now, from its checkpoint, not when the lease runs out."""
+    host = socket.gethostname()
+    job_id = make_job(sessions)
+    dead = f"{host}:{_dead_pid()}"
+    with sessions() as session:
+        assert claim_job(session, job_id=job_id, worker=dead, lease_seconds=600)
+        session.commit()
+    assert run(settings, sessions, dispatcher, job_id) == "succeeded"
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and (job.attempts, job.worker) == (2, worker_name())
+
+
+@pytest.mark.parametrize("holder", ["alive", "elsewhere"])
+def test_a_live_or_remote_holder_keeps_its_lease(settings, sessions, dispatcher, holder):
+    """Only a holder known to be gone is taken over early: a live process of this host,
+    or any process of another host, keeps the job until its lease runs out."""
+    worker = (
+        f"{socket.gethostname()}:{os.getpid()}" if holder == "alive" else f"other:{_dead_pid()}"
+    )
+    job_id = make_job(sessions)
+    with sessions() as session:
+        assert claim_job(session, job_id=job_id, worker=worker, lease_seconds=600)
+        session.commit()
+    with pytest.raises(LeaseHeldError):
+        run(settings, sessions, dispatcher, job_id)
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and (job.attempts, job.worker) == (1, worker)
+
+
+def test_one_claimant_takes_a_dead_holders_job(sessions):
+    """The takeover is a compare-and-set on the dead attempt: a second claimant that saw
+    the same dead holder gets nothing."""
+    job_id = make_job(sessions)
+    dead = (f"{socket.gethostname()}:{_dead_pid()}", 1)
+    with sessions() as session:
+        assert claim_job(session, job_id=job_id, worker=dead[0], lease_seconds=600)
+        session.commit()
+        first = claim_job(session, job_id=job_id, worker="a:1", lease_seconds=600, dead_holder=dead)
+        session.commit()
+        second = claim_job(
+            session, job_id=job_id, worker="b:2", lease_seconds=600, dead_holder=dead
+        )
+        session.commit()
+    assert first is not None and second is None
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and (job.attempts, job.worker) == (2, "a:1")
+
+
+def test_a_dead_holder_that_used_its_attempts_is_not_taken_over(settings, sessions):
+    """A job that kills its worker every time is left for the recover pass to fail."""
+    job_id = make_job(sessions)
+    dead = f"{socket.gethostname()}:{_dead_pid()}"
+    with sessions() as session:
+        assert claim_job(session, job_id=job_id, worker=dead, lease_seconds=600)
+        session.execute(update(Job).where(Job.id == job_id).values(attempts=3))
+        session.commit()
+        assert (
+            take_job(session, job_id=job_id, worker="a:1", lease_seconds=600, max_attempts=3)
+            is None
+        )
+        assert take_job(session, job_id=job_id, worker="a:1", lease_seconds=600, max_attempts=4)
 
 
 class FakeResult:

@@ -6,13 +6,17 @@ trial in the packs; each trial keeps its own row, checkpoints and outcome."""
 from __future__ import annotations
 
 import copy
+import socket
+import subprocess
+import sys
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from services.db.models import Job, JobMetric, Sweep
+from services.db.models import Job, JobMetric, Sweep, utcnow
 from services.jobs import pack_run
 from services.jobs.execute import run_chain, run_pack_chain
 from services.jobs.limits import SHUTDOWN
@@ -275,3 +279,36 @@ def test_each_trial_of_a_pack_keeps_its_time_limit(settings, sessions):
     with sessions() as session:
         for job in session.scalars(select(Job).where(Job.id.in_(ids))):
             assert job.epochs_done == 1 and job.diagnosis[0]["code"] == "timed_out"
+
+
+def test_a_pack_whose_process_died_on_this_host_is_taken_over_at_once(settings, sessions):
+    """Killed holding its trials' 10-minute leases: the pack's message, sent again by
+    Celery, takes every trial over now (none left ``orphaned`` to wait out its lease)."""
+    base = copy.deepcopy(BASE)
+    del base["hyperparameters"]["early_stopping"]
+    body = {
+        "base": base,
+        "method": "grid",
+        "parameters": {"hyperparameters.learning_rate": {"values": [0.01, 0.03]}},
+        "max_concurrency": 2,
+        "packing": 2,
+    }
+    with sessions() as session:
+        _, ids = create_sweep(session, sweep=validate_sweep(body))
+        session.commit()
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = f"{socket.gethostname()}:{proc.pid}"
+    with sessions() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(ids))
+            .values(status="running", worker=dead, attempts=1)
+            .values(lease_expires_at=utcnow() + timedelta(seconds=600))
+        )
+        session.commit()
+    kwargs = dict(settings=settings, session_factory=sessions, dispatcher=QueueDispatcher())
+    assert run_pack_chain(**kwargs, job_ids=ids) == {job_id: "succeeded" for job_id in ids}
+    with sessions() as session:
+        rows = session.scalars(select(Job).where(Job.id.in_(ids))).all()
+        assert {(j.attempts, j.worker != dead) for j in rows} == {(2, True)}
