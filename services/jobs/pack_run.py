@@ -82,8 +82,7 @@ def execute_pack(
     Returns each trial's status (its final status, "released", "lost"; for a trial left
     out: "missing", "finished", "held" (another worker runs it), "orphaned" (a process of
     this host died holding it and its attempts are used up: see ``take_job``) or
-    "exhausted") and the
-    id of the sweep to advance (None if no trial ended here)."""
+    "exhausted") and the id of the sweep to advance (None if no trial ended here)."""
     if SHUTDOWN.requested:  # this worker is stopping: leave the pack to the next one
         return {job_id: RELEASED for job_id in job_ids}, None
     statuses: dict[str, str] = {}
