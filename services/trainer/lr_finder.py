@@ -16,7 +16,12 @@ What the curve says (:func:`read_curve`, a pure function of the curve):
   step after the smoothed minimum whose loss is above ``diverge_factor`` times
   that minimum (or not finite); None when no loss went that high;
 - ``interval``: a range of good rates, from the lower of the steepest rate and
-  a tenth of the minimum's rate to the higher of the steepest and a third of it.
+  a tenth of the minimum's rate to the higher of the steepest and a third of it,
+  cut to the rates the test tried.
+
+A run whose smoothed loss was lowest at its first step and then diverged found
+no rate where the network learns: it raises ``ValueError`` (lower ``lr_min``)
+rather than suggest the first rate it tried.
 """
 
 from __future__ import annotations
@@ -113,6 +118,12 @@ def lr_range_test(
             f"the loss is not finite at the first step (learning rate {lr_min:g}): "
             "lower the lowest rate, or check the data and the network"
         )
+    if diverged_lr is not None and int(np.argmin(smoothed)) == 0:
+        raise ValueError(
+            f"the loss rose from the first step and diverged by learning rate "
+            f"{diverged_lr:.4g}: every rate tried (from {lr_min:g}) is too high, so there "
+            "is nothing to suggest; lower the lowest rate"
+        )
     return {
         "learning_rates": lrs,
         "losses": losses,
@@ -176,5 +187,9 @@ def read_curve(
         "min_loss_lr": min_lr,
         "steepest_lr": steepest,
         "suggested_lr": steepest,
-        "interval": [min(steepest, min_lr / 10.0), max(steepest, min_lr / 3.0)],
+        # never outside the rates the test tried
+        "interval": [
+            max(lrs[0], min(steepest, min_lr / 10.0)),
+            min(lrs[-1], max(steepest, min_lr / 3.0)),
+        ],
     }

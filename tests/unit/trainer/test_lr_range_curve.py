@@ -97,3 +97,28 @@ def test_bad_settings_are_refused():
         lr_range_test(spec, diverge_factor=1.0)
     with pytest.raises(ValueError, match="lr_min < lr_max"):
         lr_range_test(spec, lr_min=1.0, lr_max=0.1)
+
+
+def test_the_interval_stays_inside_the_rates_tried():
+    # the minimum at the second step: a tenth of its rate is below the first rate
+    lrs = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    losses = [1.0, 0.5, 0.9, 3.0, 9.0, 27.0]
+    out = read_curve(lrs, losses, losses)
+    assert out["interval"][0] >= lrs[0] and out["interval"][1] <= lrs[-1]
+    assert out["interval"][0] <= out["interval"][1]
+
+
+def test_a_loss_that_rises_from_the_first_step_suggests_nothing():
+    """Every rate tried is too high (the loss grows from the first step until it
+    diverges): an error that says to lower the lowest rate, not the first rate as a
+    suggestion and a "good range" below the rates tried."""
+    spec = {
+        "dataset": {"name": "moons", "n_samples": 2000, "noise": 0.2, "seed": 0},
+        "architecture": {"layers": [{"units": 64}, {"units": 64}]},
+        "hyperparameters": {"learning_rate": 0.1, "momentum": 0.9, "batch_size": 32},
+    }
+    with pytest.raises(ValueError, match="lower the lowest rate"):
+        lr_range_test(spec, lr_min=100.0, lr_max=1000.0, steps=100)
+    fine = lr_range_test(spec, lr_min=1e-4, lr_max=1000.0, steps=100)
+    assert 1e-4 <= fine["suggested_lr"] < fine["divergence_lr"]
+    assert 1e-4 <= fine["interval"][0] <= fine["interval"][1] <= fine["learning_rates"][-1]
