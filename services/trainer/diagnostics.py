@@ -160,9 +160,14 @@ def _not_learning(finite: list[dict]) -> list[dict]:
                         "epochs": len(finite),
                         "learning_rate": finite[-1].get("learning_rate"),
                     },
-                    "Raise the learning rate (a range test finds a good one: "
-                    "`sweeplab lr-find`, POST /api/v1/lr-range-tests)"
-                    + (", and use leaky_relu or He initialization." if all_dead else "."),
+                    (
+                        "A dead layer passes no gradient, so no learning rate revives it: "
+                        "see dead_relus (lower the learning rate, use leaky_relu or He "
+                        "initialization)."
+                    )
+                    if all_dead
+                    else "Raise the learning rate (a range test finds a good one: "
+                    "`sweeplab lr-find`, POST /api/v1/lr-range-tests).",
                 )
             )
     return findings

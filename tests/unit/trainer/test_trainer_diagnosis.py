@@ -74,6 +74,22 @@ def test_dead_relus():
     assert finding["evidence"]["dead_relu_fraction"][0] == pytest.approx(0.75)
 
 
+def test_a_completely_dead_layer_is_not_advised_a_higher_rate():
+    """A dead layer passes no gradient: not_learning must not say "raise the learning
+    rate" while dead_relus says to lower it."""
+    spec = _spec({"name": "moons"}, [{"units": 16}, {"units": 16}], epochs=5)
+    data = load_dataset(spec["dataset"])
+    net = build_network(spec, data)
+    net.layers[1].params["b"][:] = -50.0  # the second layer can never fire
+    result = fit(spec, data=data, network=net)
+    codes = _codes(result)
+    assert "not_learning" in codes and "dead_relus" in codes
+    for finding in result.diagnosis:
+        assert "raise the learning rate" not in finding["suggestion"].lower(), finding
+    flat = next(f for f in result.diagnosis if f["code"] == "not_learning")
+    assert "completely dead" in flat["message"] and "dead_relus" in flat["suggestion"]
+
+
 def test_tiny_dataset_and_big_network_overfit():
     result = fit(
         _spec(
