@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,23 @@ Kind = Literal["job", "sweep"]
 #: Keys only a sweep spec has (services/specs/sweep.py), and those of a job spec.
 SWEEP_KEYS = frozenset({"base", "parameters", "method", "objective", "warm_start"})
 JOB_KEYS = frozenset({"dataset", "architecture", "hyperparameters"})
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2's booleans: only ``true`` / ``false``. YAML 1.1 (PyYAML's default) also
+    reads ``yes``, ``no``, ``on`` and ``off`` as booleans, so ``packing: off`` became
+    ``false``; here they stay the words written (the API still takes ``yes`` / ``no``
+    where it expects a boolean)."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def spec_kind(spec: Any) -> Kind:
@@ -46,7 +64,7 @@ def parse_spec_text(text: str, source: str = "<spec>") -> dict[str, Any]:
             ) from err
     else:
         try:
-            spec = yaml.safe_load(body)
+            spec = yaml.load(body, Loader=_Yaml12Loader)  # noqa: S506  # a SafeLoader
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -96,3 +96,14 @@ def test_unreadable_file(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00{")
     with pytest.raises(SpecFileError, match="not UTF-8"):
         load_spec(binary)
+
+
+def test_yaml_reads_off_and_yes_as_the_words_written() -> None:
+    """YAML 1.2 booleans: ``packing: off`` is "off" (YAML 1.1 made it false, which the
+    API refused while its message said "off" was allowed); true / false stay booleans."""
+    spec = parse_spec_text(
+        "name: s\nbase: {dataset: {name: moons}}\npacking: off\nreuse: false\n"
+        "note: yes\nflag: True\n"
+    )
+    assert spec["packing"] == "off" and spec["note"] == "yes"
+    assert spec["reuse"] is False and spec["flag"] is True
