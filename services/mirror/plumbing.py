@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -152,19 +154,50 @@ class MirrorBusy(RuntimeError):
 _local_locks: dict[str, threading.Lock] = {}
 
 
+# Delete the key only if it still holds the token read (a compare-and-delete).
+_DELETE_IF = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+
+
+def _lock_token() -> bytes:
+    """A lock's token names its holder: ``host:pid/random``."""
+    return f"{socket.gethostname()}:{os.getpid()}/{uuid.uuid4().hex}".encode()
+
+
+def _held_by_the_dead(token: bytes | None) -> bool:
+    """Whether ``token`` names a process of this host that no longer exists (killed
+    while mirroring: its lock would hold for up to ``LOCK_SECONDS``)."""
+    holder = (token or b"").decode(errors="replace").split("/", 1)[0]
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 @contextlib.contextmanager
 def mirror_lock(settings: Any, name: str) -> Iterator[None]:
-    """Hold the mirror lock ``name`` (process-local and in Redis) or raise MirrorBusy."""
+    """Hold the mirror lock ``name`` (process-local and in Redis) or raise MirrorBusy.
+    A lock left by a process of this host that died is taken over at once."""
     with _plumbing_lock:
         local = _local_locks.setdefault(name, threading.Lock())
     if not local.acquire(blocking=False):
         raise MirrorBusy(name)
     try:
-        lock = redis_client(settings).lock(
-            f"sweeplab:mirror:{name}", timeout=LOCK_SECONDS, blocking=False
-        )
-        if not lock.acquire(blocking=False):
-            raise MirrorBusy(name)
+        client, key = redis_client(settings), f"sweeplab:mirror:{name}"
+        lock = client.lock(key, timeout=LOCK_SECONDS, blocking=False)
+        token = _lock_token()
+        if not lock.acquire(blocking=False, token=token):
+            held = client.get(key)
+            if not _held_by_the_dead(held):
+                raise MirrorBusy(name)
+            client.eval(_DELETE_IF, 1, key, held)
+            if not lock.acquire(blocking=False, token=token):
+                raise MirrorBusy(name)
         try:
             yield
         finally:
