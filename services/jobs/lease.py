@@ -20,6 +20,7 @@ from services.db.models import (
     Job,
     utcnow,
 )
+from services.holders import died_here
 from services.jobs.ending import retire_checkpoints
 from services.jobs.rows import rowcount
 
@@ -44,17 +45,8 @@ class LeaseHeldError(Exception):
     @property
     def holder_died_here(self) -> bool:
         """Whether the holder was a process of this host that no longer exists (killed,
-        out of memory): its lease only has to run out, no other worker will take it."""
-        host, _, pid = (self.holder or "").rpartition(":")
-        if host != socket.gethostname() or not pid.isdigit():
-            return False
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        out of memory): its job is taken over at once (:func:`take_job`)."""
+        return died_here(self.holder)
 
 
 def worker_name() -> str:

@@ -16,6 +16,7 @@ import redis
 
 from services.celery_app import make_celery
 from services.db import make_engine, make_session_factory
+from services.holders import died_here
 
 MIRROR_JOB_TASK = "sweeplab.mirror_job"
 
@@ -166,17 +167,7 @@ def _lock_token() -> bytes:
 def _held_by_the_dead(token: bytes | None) -> bool:
     """Whether ``token`` names a process of this host that no longer exists (killed
     while mirroring: its lock would hold for up to ``LOCK_SECONDS``)."""
-    holder = (token or b"").decode(errors="replace").split("/", 1)[0]
-    host, _, pid = holder.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return died_here((token or b"").decode(errors="replace").split("/", 1)[0])
 
 
 @contextlib.contextmanager
