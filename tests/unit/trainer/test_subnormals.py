@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.trainer import fit, fit_packed, lr_finder, lr_range_test, subnormals
+from services.trainer import (
+    fit,
+    fit_packed,
+    flatten_record,
+    lr_finder,
+    lr_range_test,
+    subnormals,
+)
 from services.trainer.subnormals import flushed
 
 from .conftest import strip_seconds
@@ -21,6 +28,7 @@ SPEC = {
 }
 
 TINY = np.float32(1e-30)  # a normal float32 whose product with 1e-10 is subnormal
+FLOAT32_REL = 1e-5  # issue 15's agreement where kernels differ, in float32
 
 
 def flushes() -> bool:
@@ -79,7 +87,9 @@ def test_a_run_that_raises_gives_the_mode_back():
 
 def test_flushing_leaves_the_records_and_weights_as_they_were(monkeypatch):
     """A confident float32 network meets subnormals in its gradients (this run is about
-    1.3x faster flushed on an AVX-512 core); what it records does not change."""
+    1.3x faster flushed on an AVX-512 core); what it records does not change. Flushed
+    and unflushed are not the same computation, so the numbers are compared within
+    float32's tolerance (on the AVX-512 VM they came out bit for bit equal)."""
     spec = {
         "dataset": {"name": "moons", "n_samples": 2000, "noise": 0.2, "seed": 0},
         "architecture": {"layers": [{"units": 64}, {"units": 64}], "output_activation": "softmax"},
@@ -94,6 +104,12 @@ def test_flushing_leaves_the_records_and_weights_as_they_were(monkeypatch):
     flushed_run = fit(spec)
     monkeypatch.setattr(subnormals, "SUPPORTED", False)
     plain = fit(spec)
-    assert strip_seconds(flushed_run.history) == strip_seconds(plain.history)
+    flat = [flatten_record(r) for r in strip_seconds(flushed_run.history)]
+    reference = [flatten_record(r) for r in strip_seconds(plain.history)]
+    assert [sorted(r) for r in flat] == [sorted(r) for r in reference]
+    for got, want in zip(flat, reference, strict=True):
+        assert got == pytest.approx(want, rel=FLOAT32_REL, abs=1e-30)
     assert flushed_run.status == plain.status and flushed_run.best_epoch == plain.best_epoch
-    assert np.array_equal(flushed_run.network.params_flat, plain.network.params_flat)
+    np.testing.assert_allclose(
+        flushed_run.network.params_flat, plain.network.params_flat, rtol=FLOAT32_REL, atol=1e-30
+    )
